@@ -1,0 +1,106 @@
+//! Runtimes: how a function's code becomes a running instance.
+//!
+//! A [`Runtime`] turns an [`InstanceSpec`] (kind, code, limits) into an [`Instance`] that serves
+//! activations one [`RunRequest`] at a time. The invoker owns pooling and reuse; a runtime only
+//! knows how to start, run and stop one instance. Process runtimes (Node.js, Python, exec) speak
+//! the ActionLoop protocol over pipes; a wasm runtime will sit beside them behind the same traits.
+
+pub mod process;
+
+use async_trait::async_trait;
+use nimbus_model::ActionLimits;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thiserror::Error;
+
+pub use process::{ProcessRuntime, ProcessRuntimeConfig};
+
+/// Everything needed to start an instance of one action version.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Resolved kind, e.g. `nodejs:20`, `python:3.11`, `exec`.
+    pub kind: String,
+    /// Text code, or base64 (a zip archive, or for `exec` possibly a raw executable) when `binary`.
+    pub code: String,
+    pub binary: bool,
+    /// Entry point name (`main` by default).
+    pub main: String,
+    /// Fully qualified action name `/ns/[pkg/]name`, for `__OW_ACTION_NAME` and diagnostics.
+    pub action_name: String,
+    /// Extra environment for the process (e.g. `__OW_API_HOST`); never the server's own environment.
+    pub env: BTreeMap<String, String>,
+    pub limits: ActionLimits,
+}
+
+/// One activation handed to an instance.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The merged parameters: the `value` of the ActionLoop line.
+    pub value: Map<String, Value>,
+    pub activation_id: String,
+    /// Invoking namespace.
+    pub namespace: String,
+    pub action_name: String,
+    pub action_version: String,
+    pub transaction_id: String,
+    /// Epoch ms by which the activation must end.
+    pub deadline: i64,
+    /// `uuid:key`, present only when the action may see its caller's key (`provide-api-key`).
+    pub api_key: Option<String>,
+    pub timeout: Duration,
+    /// Log budget in bytes for this activation; output past it is dropped with a marker line.
+    pub log_limit_bytes: usize,
+}
+
+/// How one activation ended, as the runtime saw it. Classification into OpenWhisk statuses
+/// (application error when the result holds `error`) is the invoker's job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunResult {
+    /// The function returned this JSON object or array.
+    Ok(Value),
+    /// The function broke the protocol or crashed (non-JSON output, exit, bad result type).
+    DeveloperError(String),
+    /// The activation ran past its timeout; the instance was killed.
+    Timeout,
+    /// The instance was killed by its memory limit.
+    MemoryExceeded,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub result: RunResult,
+    /// Log lines already formatted as `TIMESTAMP stream: text`.
+    pub logs: Vec<String>,
+    /// False when the instance must not be reused (it died, timed out or broke the protocol).
+    pub reusable: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("kind '{0}' is not supported by this runtime")]
+    UnsupportedKind(String),
+    /// Init failed for a reason the function's author can fix (bad code, missing main, crash on load).
+    #[error("{message}")]
+    Init { message: String, logs: Vec<String> },
+    /// The platform could not start the instance (missing interpreter, I/O failure).
+    #[error("could not start instance: {0}")]
+    Platform(String),
+}
+
+/// Starts instances for the kinds it supports.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    fn supports(&self, kind: &str) -> bool;
+    /// Starts and initialises an instance; returns once it is ready to run (or init failed).
+    /// `timeout` bounds the init phase.
+    async fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>, RuntimeError>;
+}
+
+/// A live, initialised instance. Not shared: the invoker serialises `run` calls.
+#[async_trait]
+pub trait Instance: Send {
+    async fn run(&mut self, req: RunRequest) -> RunOutcome;
+    /// Stops the instance and releases everything it holds.
+    async fn shutdown(self: Box<Self>);
+}

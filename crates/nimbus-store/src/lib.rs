@@ -1,0 +1,148 @@
+//! Storage boundaries of Nimbus.
+//!
+//! Four traits, one concern each, collected in [`Store`]: entities (actions, packages, triggers,
+//! rules as JSON documents with an optimistic revision), activation records, the durable
+//! invocation queue, and namespace credentials. The controller only sees `Arc<dyn Store>`, so a
+//! PostgreSQL implementation can be added beside [`sqlite::SqliteStore`] without touching it.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use nimbus_model::{Activation, ActivationId, EntityKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Insert of an existing key, or an update whose expected revision is stale.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("storage failure: {0}")]
+    Backend(String),
+    #[error("stored document is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One stored entity document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDoc {
+    pub namespace: String,
+    pub kind: EntityKind,
+    /// `name` or `pkg/name`.
+    pub key: String,
+    pub doc: Value,
+    /// Epoch ms of the last write; lists are sorted by it, newest first.
+    pub updated: i64,
+    /// Increases by one on each write; used for optimistic concurrency.
+    pub rev: i64,
+}
+
+/// Paging for entity lists.
+#[derive(Debug, Clone, Default)]
+pub struct EntityQuery {
+    /// Only keys under this package (`pkg/…`); `None` lists every entity of the kind.
+    pub package: Option<String>,
+    /// Only top-level entities (no package part), e.g. for package-less listings.
+    pub top_level_only: bool,
+    pub skip: u64,
+    /// `None` = no limit.
+    pub limit: Option<u64>,
+}
+
+/// Filters for activation lists. Lists are newest first (by `start`).
+#[derive(Debug, Clone, Default)]
+pub struct ActivationQuery {
+    /// `action` or `pkg/action`: matches the record's name, or the tail of its `path` annotation.
+    pub name: Option<String>,
+    /// Epoch ms, inclusive.
+    pub since: Option<i64>,
+    /// Epoch ms, inclusive.
+    pub upto: Option<i64>,
+    pub skip: u64,
+    pub limit: Option<u64>,
+}
+
+/// An accepted asynchronous invocation waiting in the durable queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedInvocation {
+    pub activation_id: ActivationId,
+    /// The invoking namespace.
+    pub namespace: String,
+    /// The controller's serialized request (opaque to the store).
+    pub payload: Value,
+    pub enqueued_at: i64,
+    /// How many times it was claimed before (0 on first delivery).
+    pub attempts: u32,
+}
+
+/// A namespace and one of its credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceAuth {
+    pub namespace: String,
+    pub uuid: String,
+    pub key: String,
+}
+
+#[async_trait]
+pub trait EntityStore: Send + Sync {
+    async fn get_entity(&self, ns: &str, kind: EntityKind, key: &str) -> StoreResult<Option<StoredDoc>>;
+    /// Writes a document. `expected_rev: None` inserts and fails with `Conflict` if the key exists;
+    /// `Some(rev)` replaces only if the stored revision is still `rev`. Returns the new revision.
+    async fn put_entity(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+        doc: &Value,
+        updated: i64,
+        expected_rev: Option<i64>,
+    ) -> StoreResult<i64>;
+    /// Deletes a document (`expected_rev` as for put, `None` = unconditionally). Returns whether it existed.
+    async fn delete_entity(&self, ns: &str, kind: EntityKind, key: &str, expected_rev: Option<i64>) -> StoreResult<bool>;
+    async fn list_entities(&self, ns: &str, kind: EntityKind, q: &EntityQuery) -> StoreResult<Vec<StoredDoc>>;
+    async fn count_entities(&self, ns: &str, kind: EntityKind, q: &EntityQuery) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait ActivationStore: Send + Sync {
+    /// Inserts or replaces the record with the same id.
+    async fn put_activation(&self, a: &Activation) -> StoreResult<()>;
+    async fn get_activation(&self, ns: &str, id: &ActivationId) -> StoreResult<Option<Activation>>;
+    async fn list_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<Vec<Activation>>;
+    async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait InvocationQueue: Send + Sync {
+    /// Durably records an accepted invocation (synced to disk before returning: the 202 follows it).
+    async fn enqueue(&self, item: &QueuedInvocation) -> StoreResult<()>;
+    /// Takes up to `max` pending items, oldest first, marking them claimed (and counting the attempt).
+    async fn claim(&self, max: usize) -> StoreResult<Vec<QueuedInvocation>>;
+    /// Atomically stores the finished activation and removes its queue entry.
+    async fn complete(&self, id: &ActivationId, record: &Activation) -> StoreResult<()>;
+    /// Puts a claimed item back to pending (graceful shutdown, retry).
+    async fn release(&self, id: &ActivationId) -> StoreResult<()>;
+    /// Run at start-up: every item claimed by a previous process that died goes back to pending.
+    async fn recover_claimed(&self) -> StoreResult<u64>;
+    /// Pending plus claimed items.
+    async fn queue_depth(&self) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait AuthStore: Send + Sync {
+    /// Adds a credential; the namespace springs into existence with its first credential.
+    async fn add_credential(&self, auth: &NamespaceAuth) -> StoreResult<()>;
+    async fn credential_by_uuid(&self, uuid: &str) -> StoreResult<Option<NamespaceAuth>>;
+    async fn credentials_of(&self, ns: &str) -> StoreResult<Vec<NamespaceAuth>>;
+    async fn list_namespaces(&self) -> StoreResult<Vec<String>>;
+}
+
+/// Everything the controller needs from storage.
+pub trait Store: EntityStore + ActivationStore + InvocationQueue + AuthStore {}
+
+impl<T: EntityStore + ActivationStore + InvocationQueue + AuthStore> Store for T {}
