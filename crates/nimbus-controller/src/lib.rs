@@ -1,1 +1,109 @@
+//! The controller: Nimbus's use cases, free of HTTP.
+//!
+//! It authenticates callers, applies OpenWhisk's entity rules (merge on overwrite, version bumps,
+//! packages and bindings, sharing), invokes actions (blocking directly, non-blocking through the
+//! store's durable queue), runs sequences, fires triggers through rules, throttles namespaces and
+//! writes activation records. The API layer parses HTTP into these calls and maps
+//! [`ControllerError`] back to statuses.
 
+mod access;
+mod activations;
+mod auth;
+mod catalog;
+mod entities;
+mod error;
+mod inflight;
+mod invoke;
+mod requests;
+mod throttle;
+mod triggers;
+
+use nimbus_invoker::Invoker;
+use nimbus_model::SystemLimits;
+use nimbus_store::Store;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub use activations::ActivationListQuery;
+pub use auth::{BootstrapKey, Identity, generate_key};
+pub use entities::Paging;
+pub use access::WebTarget;
+pub use error::{ControllerError, Result};
+pub use invoke::{InvokeRequest, InvokeResponse};
+pub use requests::{ActionPut, PackagePut, RulePut, TriggerPut};
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub limits: SystemLimits,
+    /// The URL functions use to call back into the API (`__OW_API_HOST`).
+    pub api_host: String,
+    /// Longest a blocking invocation waits before answering 202 (OpenWhisk: 60 s).
+    pub max_blocking_wait: Duration,
+    /// Largest invoke/fire payload in bytes (OpenWhisk: 1 MB).
+    pub max_payload_bytes: usize,
+    /// Largest activation result in bytes (OpenWhisk: 1 MB).
+    pub max_result_bytes: usize,
+    /// Queued (async) activations run at once by this node.
+    pub dispatch_concurrency: usize,
+    /// On shutdown, how long in-flight activations may take before they are recorded as interrupted.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            limits: SystemLimits::default(),
+            api_host: "http://127.0.0.1:3233".into(),
+            max_blocking_wait: Duration::from_secs(60),
+            max_payload_bytes: 1024 * 1024,
+            max_result_bytes: 1024 * 1024,
+            dispatch_concurrency: 32,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Controller {
+    store: Arc<dyn Store>,
+    invoker: Arc<Invoker>,
+    cfg: ControllerConfig,
+    auth_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
+    throttles: throttle::Throttles,
+    inflight: inflight::Inflight,
+    queue_wakeup: Notify,
+    shutting_down: AtomicBool,
+}
+
+impl Controller {
+    pub fn new(store: Arc<dyn Store>, invoker: Arc<Invoker>, cfg: ControllerConfig) -> Arc<Controller> {
+        Arc::new(Controller {
+            store,
+            invoker,
+            throttles: throttle::Throttles::new(cfg.limits.clone()),
+            cfg,
+            auth_cache: Default::default(),
+            inflight: Default::default(),
+            queue_wakeup: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.cfg
+    }
+
+    pub fn limits(&self) -> &SystemLimits {
+        &self.cfg.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn invoker(&self) -> &Arc<Invoker> {
+        &self.invoker
+    }
+}

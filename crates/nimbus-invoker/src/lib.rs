@@ -1,1 +1,161 @@
+//! The invoker: runs one activation on an instance of the right runtime.
+//!
+//! It owns the instance pool of this node: warm instances are keyed by the action version they
+//! were initialised with, reused while idle, evicted after `idle_timeout`, and bounded by
+//! `max_instances` (over the bound, an idle instance of another action is evicted, or the request
+//! waits). It also turns a runtime's raw [`RunResult`] into an OpenWhisk [`ActivationResponse`].
 
+mod pool;
+
+use nimbus_model::{ActivationResponse, ResponseStatus};
+use nimbus_runtime::{InstanceSpec, RunRequest, RunResult, Runtime, RuntimeError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use pool::{PoolStats, PoolConfig};
+
+/// What the controller learns from one run.
+#[derive(Debug, Clone)]
+pub struct InvokeOutcome {
+    pub response: ActivationResponse,
+    pub logs: Vec<String>,
+    /// Milliseconds spent starting and initialising an instance (cold start only).
+    pub init_time: Option<u64>,
+    /// Epoch ms when the function started running (after init).
+    pub start: i64,
+    pub end: i64,
+    pub timed_out: bool,
+}
+
+pub struct Invoker {
+    pool: pool::Pool,
+}
+
+impl Invoker {
+    pub fn new(runtimes: Vec<Arc<dyn Runtime>>, cfg: PoolConfig) -> Arc<Invoker> {
+        let inv = Arc::new(Invoker { pool: pool::Pool::new(runtimes, cfg) });
+        pool::Pool::spawn_reaper(&inv.pool);
+        inv
+    }
+
+    pub fn supports(&self, kind: &str) -> bool {
+        self.pool.supports(kind)
+    }
+
+    /// Runs `req` on a warm instance for `pool_key`, starting one from `spec` when none is idle.
+    pub async fn invoke(&self, pool_key: &str, spec: &InstanceSpec, req: RunRequest) -> InvokeOutcome {
+        let timeout_ms = spec.limits.timeout;
+        let memory_mb = spec.limits.memory;
+        let started = Instant::now();
+        let (mut lease, init_time) = match self.pool.checkout(pool_key, spec).await {
+            Ok(x) => x,
+            Err(e) => {
+                let now = nimbus_model::now_millis();
+                let (response, logs) = match e {
+                    RuntimeError::Init { message, logs } => {
+                        (ActivationResponse::error(ResponseStatus::DeveloperError, message), logs)
+                    }
+                    RuntimeError::UnsupportedKind(k) => (
+                        ActivationResponse::error(ResponseStatus::WhiskError, format!("kind '{k}' has no runtime on this node")),
+                        vec![],
+                    ),
+                    RuntimeError::Platform(m) => (ActivationResponse::error(ResponseStatus::WhiskError, m), vec![]),
+                };
+                let init = started.elapsed().as_millis() as u64;
+                return InvokeOutcome { response, logs, init_time: Some(init), start: now, end: now, timed_out: false };
+            }
+        };
+        let start = nimbus_model::now_millis();
+        let out = lease.instance_mut().run(req).await;
+        let end = nimbus_model::now_millis();
+        let timed_out = out.result == RunResult::Timeout;
+        let response = classify(out.result, timeout_ms, memory_mb);
+        if out.reusable {
+            self.pool.checkin(lease);
+        } else {
+            self.pool.discard(lease).await;
+        }
+        InvokeOutcome { response, logs: out.logs, init_time, start, end, timed_out }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Stops every idle instance (busy ones are stopped when their run returns).
+    pub async fn shutdown(&self) {
+        self.pool.shutdown().await;
+    }
+
+    /// Idle timeout currently in force.
+    pub fn idle_timeout(&self) -> Duration {
+        self.pool.idle_timeout()
+    }
+}
+
+/// OpenWhisk's reading of a run: a result holding `error` is an application error; protocol
+/// breaches, timeouts and out-of-memory kills are developer errors.
+pub fn classify(result: RunResult, timeout_ms: u64, memory_mb: u64) -> ActivationResponse {
+    match result {
+        RunResult::Ok(v) => {
+            let is_app_error = v.as_object().is_some_and(|o| o.contains_key("error"));
+            let mut r = if is_app_error {
+                ActivationResponse::new(ResponseStatus::ApplicationError, v)
+            } else {
+                ActivationResponse::success(v)
+            };
+            r.size = serde_json::to_vec(&r.result).ok().map(|b| b.len());
+            r
+        }
+        RunResult::DeveloperError(m) => ActivationResponse::error(ResponseStatus::DeveloperError, m),
+        RunResult::Timeout => ActivationResponse::error(
+            ResponseStatus::DeveloperError,
+            format!("The action exceeded its time limits of {timeout_ms} milliseconds."),
+        ),
+        RunResult::MemoryExceeded => ActivationResponse::error(
+            ResponseStatus::DeveloperError,
+            format!("memory limit exceeded: the action used more than its limit of {memory_mb} MB and was killed."),
+        ),
+    }
+}
+
+/// A result over `max_bytes` is replaced by a developer error (OpenWhisk: 1 MB).
+pub fn enforce_result_size(resp: &mut ActivationResponse, max_bytes: usize) {
+    let size = resp.size.unwrap_or_else(|| serde_json::to_vec(&resp.result).map(|b| b.len()).unwrap_or(0));
+    if size > max_bytes {
+        *resp = ActivationResponse::error(
+            ResponseStatus::DeveloperError,
+            format!("The action produced a response that exceeded the allowed length: {size} > {max_bytes} bytes."),
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn classification_follows_openwhisk() {
+        let r = classify(RunResult::Ok(json!({"a": 1})), 100, 256);
+        assert_eq!(r.status(), ResponseStatus::Success);
+        let r = classify(RunResult::Ok(json!({"error": "no"})), 100, 256);
+        assert_eq!(r.status(), ResponseStatus::ApplicationError);
+        assert!(!r.success);
+        let r = classify(RunResult::Ok(json!([1, 2])), 100, 256);
+        assert!(r.success);
+        let r = classify(RunResult::Timeout, 1500, 256);
+        assert_eq!(r.status(), ResponseStatus::DeveloperError);
+        assert_eq!(r.result["error"], "The action exceeded its time limits of 1500 milliseconds.");
+        let r = classify(RunResult::MemoryExceeded, 100, 128);
+        assert!(r.result["error"].as_str().unwrap().contains("memory limit exceeded"));
+    }
+
+    #[test]
+    fn oversize_results_become_developer_errors() {
+        let mut r = classify(RunResult::Ok(json!({"x": "y".repeat(100)})), 100, 256);
+        enforce_result_size(&mut r, 50);
+        assert_eq!(r.status(), ResponseStatus::DeveloperError);
+    }
+}

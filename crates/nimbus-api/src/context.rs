@@ -1,0 +1,64 @@
+//! Per-request context: the transaction id, and the authenticated caller.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine;
+use nimbus_controller::{ControllerError, Identity};
+use nimbus_model::ActivationId;
+
+/// A transaction id for the request (`code` in error bodies, `x-request-id` in logs).
+#[derive(Debug, Clone)]
+pub struct Tid(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Tid {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(t) = parts.extensions.get::<Tid>() {
+            return Ok(t.clone());
+        }
+        let t = Tid(ActivationId::generate().to_string());
+        parts.extensions.insert(t.clone());
+        Ok(t)
+    }
+}
+
+/// Decodes `Authorization: Basic base64(uuid:key)`.
+pub fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
+    let h = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = h.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, k) = s.split_once(':')?;
+    Some((u.to_string(), k.to_string()))
+}
+
+/// An authenticated caller plus the transaction id.
+pub struct Ctx {
+    pub who: Identity,
+    pub tid: String,
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Ok(Tid(tid)) = Tid::from_request_parts(parts, state).await;
+        let Some((uuid, key)) = basic_credentials(parts) else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "The resource requires authentication, which was not supplied with the request", &tid));
+        };
+        match state.controller.authenticate(&uuid, &key).await {
+            Ok(who) => Ok(Ctx { who, tid }),
+            Err(ControllerError::Unauthorized) => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "The supplied authentication is invalid", &tid))
+            }
+            Err(e) => Err(ApiError::from_controller(e, &tid)),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Who may read or invoke what: own namespace fully; another namespace only through
+//! `publish: true` packages.
+
+use crate::{Controller, ControllerError, Identity, Result};
+use nimbus_model::entity::{Action, Package};
+use nimbus_model::{EntityKind, FullyQualifiedName, KeyValues};
+
+/// An action found for invocation, with the parameters it inherits.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedAction {
+    pub action: Action,
+    /// Package parameters, then binding parameters (the binding wins).
+    pub inherited: KeyValues,
+    /// `ns/binding` when reached through a binding.
+    pub binding: Option<String>,
+}
+
+impl ResolvedAction {
+    /// `ns/[pkg/]name` of the action actually run.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.action.namespace, self.action.path.to_path())
+    }
+}
+
+impl Controller {
+    pub(crate) fn ensure_own(&self, who: &Identity, ns: &str) -> Result<()> {
+        if who.resolve_ns(ns) == who.namespace { Ok(()) } else { Err(ControllerError::forbidden()) }
+    }
+
+    pub(crate) async fn load_package(&self, ns: &str, name: &str) -> Result<Option<(Package, i64)>> {
+        self.load(ns, EntityKind::Package, name).await
+    }
+
+    /// Resolves a package for reading by `who`, following a binding. Returns the package the
+    /// actions live in and the merged parameters.
+    pub(crate) async fn resolve_package(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+    ) -> Result<(Package, KeyValues, Option<String>)> {
+        let ns = who.resolve_ns(ns);
+        let own = ns == who.namespace;
+        let Some((pkg, _)) = self.load_package(ns, name).await? else {
+            return Err(if own { ControllerError::not_found() } else { ControllerError::forbidden() });
+        };
+        if !own && !pkg.publish {
+            return Err(ControllerError::forbidden());
+        }
+        match &pkg.binding {
+            None => Ok((pkg.clone(), pkg.parameters.clone(), None)),
+            Some(b) => {
+                let Some((target, _)) = self.load_package(&b.namespace, &b.name).await? else {
+                    return Err(ControllerError::NotFound(format!(
+                        "The binding '{ns}/{name}' points at the package '/{}/{}', which does not exist.",
+                        b.namespace, b.name
+                    )));
+                };
+                if target.namespace != who.namespace && !target.publish {
+                    return Err(ControllerError::forbidden());
+                }
+                let params = target.parameters.merged(&pkg.parameters);
+                Ok((target, params, Some(format!("{ns}/{name}"))))
+            }
+        }
+    }
+
+    /// Finds an action that `who` may read and invoke.
+    pub(crate) async fn resolve_action(&self, who: &Identity, fqn: &FullyQualifiedName) -> Result<ResolvedAction> {
+        let ns = who.resolve_ns(&fqn.namespace).to_string();
+        match &fqn.path.package {
+            None => {
+                if ns != who.namespace {
+                    return Err(ControllerError::forbidden());
+                }
+                let Some((action, _)) = self.load::<Action>(&ns, EntityKind::Action, &fqn.path.name).await? else {
+                    return Err(ControllerError::not_found());
+                };
+                Ok(ResolvedAction { action, inherited: KeyValues::new(), binding: None })
+            }
+            Some(pkg_name) => {
+                let (pkg, inherited, binding) = self.resolve_package(who, &ns, pkg_name).await?;
+                let key = format!("{}/{}", pkg.name, fqn.path.name);
+                let Some((action, _)) = self.load::<Action>(&pkg.namespace, EntityKind::Action, &key).await? else {
+                    return Err(ControllerError::not_found());
+                };
+                Ok(ResolvedAction { action, inherited, binding })
+            }
+        }
+    }
+}
+
+/// A web-exported action found by its public URL.
+#[derive(Debug, Clone)]
+pub struct WebTarget {
+    /// The namespace owner's identity: web actions run as their owner.
+    pub owner: Identity,
+    pub action: FullyQualifiedName,
+    pub annotations: KeyValues,
+}
+
+impl Controller {
+    /// Finds `ns/[pkg/]name` for a web request. Anything not web-exported is "not found", so the
+    /// URL space reveals nothing about private actions.
+    pub async fn resolve_web_action(&self, ns: &str, package: Option<&str>, name: &str) -> Result<WebTarget> {
+        let Some(cred) = self.store.credentials_of(ns).await?.into_iter().next() else {
+            return Err(ControllerError::not_found());
+        };
+        let owner = Identity { namespace: cred.namespace, uuid: cred.uuid, key: cred.key };
+        let path = nimbus_model::EntityPath::new(package.map(str::to_string), name);
+        nimbus_model::names::validate_name(name)?;
+        let fqn = FullyQualifiedName::new(ns, path);
+        let r = match self.resolve_action(&owner, &fqn).await {
+            Ok(r) => r,
+            Err(ControllerError::Forbidden(_)) => return Err(ControllerError::not_found()),
+            Err(e) => return Err(e),
+        };
+        if !r.action.annotations.is_truthy("web-export") {
+            return Err(ControllerError::not_found());
+        }
+        Ok(WebTarget { owner, action: fqn, annotations: r.action.annotations })
+    }
+}

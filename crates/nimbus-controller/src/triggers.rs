@@ -1,0 +1,84 @@
+//! Firing a trigger: one trigger activation record, and one queued activation per active rule.
+
+use crate::{Controller, ControllerError, Identity, Result};
+use nimbus_model::entity::{RuleStatus, Trigger};
+use nimbus_model::{Activation, ActivationId, ActivationResponse, EntityKind, KeyValues, now_millis};
+use serde_json::{Map, Value, json};
+
+impl Controller {
+    /// Fires `ns/name`. `None` means no active rule matched (204): nothing is recorded.
+    pub async fn fire_trigger(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+        payload: Map<String, Value>,
+    ) -> Result<Option<ActivationId>> {
+        self.ensure_own(who, ns)?;
+        let sz = serde_json::to_vec(&payload).map(|b| b.len()).unwrap_or(0);
+        if sz > self.cfg.max_payload_bytes {
+            return Err(ControllerError::TooLarge(format!(
+                "The request payload is {sz} bytes, over the limit of {} bytes.",
+                self.cfg.max_payload_bytes
+            )));
+        }
+        let Some((trigger, _)) = self.load::<Trigger>(&who.namespace, EntityKind::Trigger, name).await? else {
+            return Err(ControllerError::not_found());
+        };
+        let rules: Vec<_> = self
+            .rules_of_trigger(&trigger)
+            .await?
+            .into_iter()
+            .filter(|r| r.status == RuleStatus::Active)
+            .collect();
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        self.throttles.admit_fire(&who.namespace)?;
+        let mut params = trigger.parameters.to_object();
+        for (k, v) in payload {
+            params.insert(k, v);
+        }
+        let trigger_id = ActivationId::generate();
+        let start = now_millis();
+        let mut logs = Vec::new();
+        for rule in &rules {
+            let rule_name = format!("{}/{}", rule.namespace, rule.name);
+            let entry = match rule.action_fqn() {
+                Ok(action) => {
+                    let action_path = action.to_string().trim_start_matches('/').to_string();
+                    let checked = self.resolve_action(who, &action).await;
+                    match checked {
+                        Ok(_) => match self.enqueue_for(who, &action, params.clone(), Some(trigger_id.clone())).await {
+                            Ok(id) => json!({"statusCode": 0, "success": true, "activationId": id, "rule": rule_name, "action": action_path}),
+                            Err(e) => json!({"statusCode": 3, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path}),
+                        },
+                        Err(e) => json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path}),
+                    }
+                }
+                Err(e) => json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name}),
+            };
+            logs.push(entry.to_string());
+        }
+        let mut annotations = KeyValues::new();
+        annotations.set("path", json!(format!("{}/{}", trigger.namespace, trigger.name)));
+        annotations.set("kind", json!("trigger"));
+        let record = Activation {
+            namespace: who.namespace.clone(),
+            name: trigger.name.clone(),
+            subject: who.namespace.clone(),
+            activation_id: trigger_id.clone(),
+            version: trigger.version,
+            publish: false,
+            start,
+            end: 0,
+            duration: None,
+            cause: None,
+            logs,
+            annotations,
+            response: ActivationResponse::success(Value::Object(params)),
+        };
+        self.store.put_activation(&record).await?;
+        Ok(Some(trigger_id))
+    }
+}

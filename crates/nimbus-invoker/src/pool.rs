@@ -1,0 +1,198 @@
+//! Warm instances per action version, with idle eviction and a node-wide instance bound.
+
+use nimbus_runtime::{Instance, InstanceSpec, Runtime, RuntimeError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// An idle instance older than this is stopped (scale to zero).
+    pub idle_timeout: Duration,
+    /// Live instances (idle + busy + starting) on this node.
+    pub max_instances: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { idle_timeout: Duration::from_secs(600), max_instances: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub idle: usize,
+    pub busy: usize,
+}
+
+struct Idle {
+    key: String,
+    instance: Box<dyn Instance>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Idle>,
+    /// Instances checked out or starting.
+    busy: usize,
+}
+
+/// An instance checked out of the pool for one run.
+pub(crate) struct Lease {
+    key: String,
+    instance: Box<dyn Instance>,
+}
+
+impl Lease {
+    pub(crate) fn instance_mut(&mut self) -> &mut dyn Instance {
+        self.instance.as_mut()
+    }
+}
+
+pub(crate) struct Pool {
+    runtimes: Vec<Arc<dyn Runtime>>,
+    cfg: PoolConfig,
+    state: Arc<Mutex<State>>,
+    freed: Arc<Notify>,
+}
+
+impl Pool {
+    pub(crate) fn new(runtimes: Vec<Arc<dyn Runtime>>, cfg: PoolConfig) -> Pool {
+        Pool { runtimes, cfg, state: Arc::new(Mutex::new(State::default())), freed: Arc::new(Notify::new()) }
+    }
+
+    pub(crate) fn supports(&self, kind: &str) -> bool {
+        self.runtimes.iter().any(|r| r.supports(kind))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        self.cfg.idle_timeout
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state itself stays consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns a warm instance for `key`, or starts one (reporting the init time).
+    pub(crate) async fn checkout(&self, key: &str, spec: &InstanceSpec) -> Result<(Lease, Option<u64>), RuntimeError> {
+        loop {
+            let evicted;
+            {
+                let mut st = self.lock();
+                // Most recently used first: it is the one most likely still hot in caches.
+                if let Some(pos) = st.idle.iter().rposition(|i| i.key == key) {
+                    let idle = st.idle.remove(pos);
+                    st.busy += 1;
+                    return Ok((Lease { key: idle.key, instance: idle.instance }, None));
+                }
+                let live = st.idle.len() + st.busy;
+                if live < self.cfg.max_instances {
+                    st.busy += 1;
+                    break;
+                }
+                if st.idle.is_empty() {
+                    evicted = None;
+                } else {
+                    // At the bound: make room by stopping the longest-idle instance of another action.
+                    let oldest = st
+                        .idle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, i)| i.since)
+                        .map(|(n, _)| n)
+                        .unwrap_or(0);
+                    evicted = Some(st.idle.remove(oldest));
+                    st.busy += 1;
+                }
+            }
+            match evicted {
+                Some(old) => {
+                    old.instance.shutdown().await;
+                    break;
+                }
+                None => self.freed.notified().await,
+            }
+        }
+        let started = Instant::now();
+        let runtime = self.runtimes.iter().find(|r| r.supports(&spec.kind)).cloned();
+        let result = match runtime {
+            Some(rt) => rt.start(spec, Duration::from_millis(spec.limits.timeout)).await,
+            None => Err(RuntimeError::UnsupportedKind(spec.kind.clone())),
+        };
+        match result {
+            Ok(instance) => Ok((
+                Lease { key: key.to_string(), instance },
+                Some(started.elapsed().as_millis() as u64),
+            )),
+            Err(e) => {
+                self.lock().busy -= 1;
+                self.freed.notify_one();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn checkin(&self, lease: Lease) {
+        let mut st = self.lock();
+        st.busy -= 1;
+        st.idle.push(Idle { key: lease.key, instance: lease.instance, since: Instant::now() });
+        drop(st);
+        self.freed.notify_one();
+    }
+
+    pub(crate) async fn discard(&self, lease: Lease) {
+        lease.instance.shutdown().await;
+        self.lock().busy -= 1;
+        self.freed.notify_one();
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        PoolStats { idle: st.idle.len(), busy: st.busy }
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        let all: Vec<Idle> = std::mem::take(&mut self.lock().idle);
+        for i in all {
+            i.instance.shutdown().await;
+        }
+    }
+
+    fn take_expired(state: &Mutex<State>, idle_timeout: Duration) -> Vec<Idle> {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (expired, keep): (Vec<Idle>, Vec<Idle>) =
+            std::mem::take(&mut st.idle).into_iter().partition(|i| now.duration_since(i.since) >= idle_timeout);
+        st.idle = keep;
+        expired
+    }
+
+    /// Periodically stops instances idle for longer than the idle timeout.
+    pub(crate) fn spawn_reaper(pool: &Pool) {
+        let state: Weak<Mutex<State>> = Arc::downgrade(&pool.state);
+        let freed = pool.freed.clone();
+        let idle_timeout = pool.cfg.idle_timeout;
+        let tick = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(state) = state.upgrade() else { return };
+                let expired = Pool::take_expired(&state, idle_timeout);
+                drop(state);
+                if !expired.is_empty() {
+                    tracing::debug!(count = expired.len(), "stopping idle instances");
+                    for i in expired {
+                        i.instance.shutdown().await;
+                    }
+                    freed.notify_waiters();
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,179 @@
+//! `nimbus serve`: wires store, runtimes, invoker, controller and API together and runs them
+//! until SIGTERM/SIGINT.
+
+use crate::admin::write_auth_file;
+use anyhow::Context;
+use clap::Args;
+use nimbus_controller::{Controller, ControllerConfig};
+use nimbus_invoker::{Invoker, PoolConfig};
+use nimbus_model::SystemLimits;
+use nimbus_runtime::{ProcessRuntime, ProcessRuntimeConfig, Runtime};
+use nimbus_store::SqliteStore;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on. Defaults to loopback only.
+    #[arg(long, env = "NIMBUS_LISTEN", default_value = "127.0.0.1:3233")]
+    pub listen: SocketAddr,
+    /// Where the embedded store, keys and function code live.
+    #[arg(long, env = "NIMBUS_DATA_DIR", default_value = ".nimbus")]
+    pub data_dir: PathBuf,
+    /// Development mode: use the well-known OpenWhisk keys for guest and whisk.system.
+    #[arg(long)]
+    pub dev: bool,
+    /// URL that functions use to reach this API (`__OW_API_HOST`); defaults to http://LISTEN.
+    #[arg(long, env = "NIMBUS_API_HOST")]
+    pub api_host: Option<String>,
+    /// Seconds an idle warm instance is kept before it is stopped.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout: u64,
+    /// Live function instances on this node.
+    #[arg(long, default_value_t = 64)]
+    pub max_instances: usize,
+    /// Namespace throttle: invocations per minute.
+    #[arg(long, default_value_t = SystemLimits::default().invocations_per_minute)]
+    pub invocations_per_minute: u64,
+    /// Namespace throttle: concurrent activations.
+    #[arg(long, default_value_t = SystemLimits::default().concurrent_invocations)]
+    pub concurrent_invocations: u64,
+    /// Namespace throttle: trigger fires per minute.
+    #[arg(long, default_value_t = SystemLimits::default().fires_per_minute)]
+    pub fires_per_minute: u64,
+    /// Seconds in-flight activations get to finish on shutdown.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Log format of the server's own logs.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+    /// Do not put function processes into memory cgroups even where possible.
+    #[arg(long)]
+    pub no_cgroups: bool,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(&a.log_format);
+    create_private_dir(&a.data_dir)?;
+    let db = a.data_dir.join("nimbus.db");
+    let store = SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+    let mut warnings = Vec::new();
+    let runtime = ProcessRuntime::new(ProcessRuntimeConfig {
+        work_dir: a.data_dir.join("instances"),
+        cgroups: !a.no_cgroups,
+        ..ProcessRuntimeConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    warnings.extend(runtime.warnings());
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
+    let invoker = Invoker::new(
+        runtimes,
+        PoolConfig { idle_timeout: Duration::from_secs(a.idle_timeout), max_instances: a.max_instances },
+    );
+    let limits = SystemLimits {
+        invocations_per_minute: a.invocations_per_minute,
+        concurrent_invocations: a.concurrent_invocations,
+        fires_per_minute: a.fires_per_minute,
+        ..SystemLimits::default()
+    };
+    let api_host = a.api_host.clone().unwrap_or_else(|| format!("http://{}", a.listen));
+    let controller = Controller::new(
+        Arc::new(store),
+        invoker,
+        ControllerConfig { limits, api_host, shutdown_grace: Duration::from_secs(a.shutdown_grace), ..Default::default() },
+    );
+
+    let keys = controller.bootstrap_namespaces(a.dev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut system = None;
+    for k in &keys {
+        let file = a.data_dir.join("auth").join(&k.auth.namespace);
+        if k.created || !file.exists() {
+            let path = write_auth_file(&a.data_dir, &k.auth.namespace, &k.auth.uuid, &k.auth.key)?;
+            if k.created {
+                println!("namespace {} key: {}:{} (stored in {})", k.auth.namespace, k.auth.uuid, k.auth.key, path.display());
+            }
+        }
+        if k.auth.namespace == "whisk.system" {
+            system = Some(nimbus_controller::Identity {
+                namespace: k.auth.namespace.clone(),
+                uuid: k.auth.uuid.clone(),
+                key: k.auth.key.clone(),
+            });
+        }
+    }
+    if let Some(sys) = &system
+        && controller.install_catalog(sys).await.map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        tracing::info!("published /whisk.system/utils");
+    }
+    let dispatcher = controller.start_dispatcher().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let app = nimbus_api::router(
+        controller.clone(),
+        nimbus_api::ServerInfo { build: env!("CARGO_PKG_VERSION").to_string(), warnings },
+    );
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    if a.dev {
+        tracing::warn!("development mode: the well-known OpenWhisk keys are accepted");
+    }
+    tracing::info!(listen = %a.listen, data_dir = %a.data_dir.display(), "nimbus is ready");
+    eprintln!("nimbus listening on http://{}", a.listen);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight activations");
+    let _ = stop_tx.send(true);
+    controller.shutdown().await;
+    dispatcher.abort();
+    // Give open HTTP exchanges a moment to deliver their answers, then stop regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
