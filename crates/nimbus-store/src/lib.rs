@@ -90,7 +90,12 @@ pub struct NamespaceAuth {
 
 #[async_trait]
 pub trait EntityStore: Send + Sync {
-    async fn get_entity(&self, ns: &str, kind: EntityKind, key: &str) -> StoreResult<Option<StoredDoc>>;
+    async fn get_entity(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+    ) -> StoreResult<Option<StoredDoc>>;
     /// Writes a document. `expected_rev: None` inserts and fails with `Conflict` if the key exists;
     /// `Some(rev)` replaces only if the stored revision is still `rev`. Returns the new revision.
     async fn put_entity(
@@ -103,9 +108,21 @@ pub trait EntityStore: Send + Sync {
         expected_rev: Option<i64>,
     ) -> StoreResult<i64>;
     /// Deletes a document (`expected_rev` as for put, `None` = unconditionally). Returns whether it existed.
-    async fn delete_entity(&self, ns: &str, kind: EntityKind, key: &str, expected_rev: Option<i64>) -> StoreResult<bool>;
-    async fn list_entities(&self, ns: &str, kind: EntityKind, q: &EntityQuery) -> StoreResult<Vec<StoredDoc>>;
-    async fn count_entities(&self, ns: &str, kind: EntityKind, q: &EntityQuery) -> StoreResult<u64>;
+    async fn delete_entity(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+        expected_rev: Option<i64>,
+    ) -> StoreResult<bool>;
+    async fn list_entities(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        q: &EntityQuery,
+    ) -> StoreResult<Vec<StoredDoc>>;
+    async fn count_entities(&self, ns: &str, kind: EntityKind, q: &EntityQuery)
+    -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -113,7 +130,8 @@ pub trait ActivationStore: Send + Sync {
     /// Inserts or replaces the record with the same id.
     async fn put_activation(&self, a: &Activation) -> StoreResult<()>;
     async fn get_activation(&self, ns: &str, id: &ActivationId) -> StoreResult<Option<Activation>>;
-    async fn list_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<Vec<Activation>>;
+    async fn list_activations(&self, ns: &str, q: &ActivationQuery)
+    -> StoreResult<Vec<Activation>>;
     async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64>;
 }
 

@@ -1,1 +1,881 @@
-// implemented by helper
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! # Connections
+//! * One **writer** connection behind a `std::sync::Mutex`. SQLite admits a single writer at a
+//!   time anyway; serialising writers in-process is fair and cheap, whereas several writer
+//!   connections would contend on the file lock through `busy_timeout` sleeps.
+//! * A few (`READERS`) **reader** connections, each behind its own mutex and opened with
+//!   `query_only`. WAL lets them read a committed snapshot while the writer writes. A reader is
+//!   chosen round-robin, preferring one that is free.
+//!
+//! Every SQLite call runs inside `tokio::task::spawn_blocking`, never on the async executor.
+//! [`SqliteStore::open`] itself is synchronous (it is called once at start-up).
+//!
+//! # Durability
+//! `synchronous` is a per-connection setting and SQLite refuses to change it inside a
+//! transaction, so the writer sets it right before each write, outside any transaction:
+//! * `FULL` for entity, auth and all queue writes (and migrations): in WAL mode the WAL is
+//!   fsynced at every commit, so an acknowledged write survives power loss (the API answers
+//!   202 only after `enqueue` returns).
+//! * `NORMAL` for [`ActivationStore::put_activation`] only: no fsync at commit, the WAL is synced
+//!   at checkpoints. Still atomic and safe against a killed process; a power cut may lose the
+//!   last few records, which is acceptable for logs of finished runs. Since the WAL is
+//!   sequential, the next `FULL` commit also makes those earlier records durable.
+//!
+//! The level is set explicitly on *every* write (the pragma does no I/O) rather than restored
+//! afterwards, so a failed or panicking write can never leave a durable write at `NORMAL`.
+//!
+//! Each write is one statement or one transaction (`BEGIN IMMEDIATE`), so an error such as
+//! `SQLITE_FULL` rolls it back completely and is returned as [`StoreError::Backend`].
+//!
+//! # Schema
+//! Migrations live in `src/migrations/NNNN_*.sql`, are applied in order and recorded in
+//! `PRAGMA user_version`. The SQL avoids SQLite-only features so it can be ported to PostgreSQL.
+
+use crate::{
+    ActivationQuery, ActivationStore, AuthStore, EntityQuery, EntityStore, InvocationQueue,
+    NamespaceAuth, QueuedInvocation, StoreError, StoreResult, StoredDoc,
+};
+use async_trait::async_trait;
+use nimbus_model::{Activation, ActivationId, EntityKind};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
+
+/// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// Number of reader connections.
+const READERS: usize = 3;
+
+/// How long a connection waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite-backed implementation of every store trait. Cheap to clone (shared connections).
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `synchronous` level a write runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsync at each commit: survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a process crash.
+    Normal,
+}
+
+impl Durability {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Maps a SQLite error to `Backend`, naming the failed operation.
+fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => {
+            StoreError::Backend(format!("{op} failed, disk full (nothing was written): {e}"))
+        }
+        _ => StoreError::Backend(format!("{op} failed: {e}")),
+    }
+}
+
+fn encode<T: serde::Serialize>(op: &'static str, v: &T) -> StoreResult<String> {
+    serde_json::to_string(v)
+        .map_err(|e| StoreError::Backend(format!("{op}: cannot encode JSON: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn parse_id(text: &str) -> StoreResult<ActivationId> {
+    ActivationId::parse(text).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "stored activation id {text:?} is not 32 hex characters"
+        ))
+    })
+}
+
+/// SQLite integers are signed; counts and offsets beyond `i64::MAX` are clamped.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `LIMIT ? OFFSET ?` arguments; SQLite spells "no limit" as -1.
+fn paging(skip: u64, limit: Option<u64>) -> [SqlValue; 2] {
+    [
+        SqlValue::Integer(limit.map_or(-1, to_i64)),
+        SqlValue::Integer(to_i64(skip)),
+    ]
+}
+
+/// The part of the `path` annotation after the namespace (`guest/pkg/a` -> `pkg/a`), or the
+/// record's name when there is no usable annotation.
+fn path_tail(a: &Activation) -> String {
+    a.path_annotation()
+        .and_then(|p| p.split_once('/'))
+        .map(|(_, tail)| tail)
+        .filter(|tail| !tail.is_empty())
+        .unwrap_or(&a.name)
+        .to_string()
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let op = "open database";
+    let conn = Connection::open(path).map_err(db_err(op))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(op))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(db_err(op))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let op = "schema migration";
+    let target = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    loop {
+        // Read the version inside the write transaction: another process may migrate too.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err(op))?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err(op))?;
+        if version > target {
+            return Err(StoreError::Backend(format!(
+                "database schema version {version} is newer than this build supports ({target})"
+            )));
+        }
+        if version == target {
+            return Ok(());
+        }
+        let sql = usize::try_from(version)
+            .ok()
+            .and_then(|i| MIGRATIONS.get(i))
+            .ok_or_else(|| {
+                StoreError::Backend(format!("invalid database schema version {version}"))
+            })?;
+        tx.execute_batch(sql).map_err(db_err(op))?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(db_err(op))?;
+        tx.commit().map_err(db_err(op))?;
+        tracing::info!(version = version + 1, "store schema migrated");
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its parent directories if needed) the database at `path`,
+    /// switches it to WAL mode and brings its schema up to date. Blocking: call it at start-up
+    /// or from `spawn_blocking`.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let mut writer = open_connection(path)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(db_err("enable WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "cannot enable WAL on {} (journal mode is {mode})",
+                path.display()
+            )));
+        }
+        writer
+            .pragma_update(None, "synchronous", Durability::Full.pragma_value())
+            .map_err(db_err("open database"))?;
+        migrate(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = open_connection(path)?;
+            r.pragma_update(None, "query_only", "ON")
+                .map_err(db_err("open reader"))?;
+            readers.push(Mutex::new(r));
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the writer connection, in a blocking thread, with `synchronous` set to `durability`.
+    async fn write<T, F>(&self, op: &'static str, durability: Durability, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(op, move || {
+            // A panic inside `f` unwinds through the transaction guard, which rolls back: the
+            // connection stays usable, so a poisoned lock is simply taken over.
+            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            conn.pragma_update(None, "synchronous", durability.pragma_value())
+                .map_err(db_err(op))?;
+            f(&mut conn)
+        })
+        .await
+    }
+
+    /// Runs `f` on a reader connection, in a blocking thread.
+    async fn read<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(op, move || {
+            let conn = inner.reader();
+            f(&conn)
+        })
+        .await
+    }
+
+    /// Test hook: runs `f` on the writer connection as is (`synchronous` left untouched), e.g. to
+    /// inspect pragmas, corrupt a row or cap the file size.
+    #[cfg(test)]
+    async fn with_writer<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking("test hook", move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    /// A free reader if there is one, else waits for the next one in round-robin order.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            match self.readers[(start + i) % n].try_lock() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[start]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn blocking<T, F>(op: &'static str, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StoreError::Backend(format!("{op} failed: blocking task did not finish: {e}"))
+    })?
+}
+
+/// `WHERE` clause and arguments shared by `list_entities` and `count_entities`.
+fn entity_filter(ns: &str, kind: EntityKind, q: &EntityQuery) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("namespace = ? AND collection = ?");
+    let mut args = vec![
+        SqlValue::Text(ns.to_string()),
+        SqlValue::Text(kind.collection().to_string()),
+    ];
+    if let Some(pkg) = &q.package {
+        // A prefix comparison rather than LIKE: package names may contain `_` or `%`.
+        sql.push_str(" AND substr(key, 1, length(?)) = ?");
+        let prefix = format!("{pkg}/");
+        args.push(SqlValue::Text(prefix.clone()));
+        args.push(SqlValue::Text(prefix));
+    }
+    if q.top_level_only {
+        sql.push_str(" AND key NOT LIKE '%/%'");
+    }
+    (sql, args)
+}
+
+/// `WHERE` clause and arguments shared by `list_activations` and `count_activations`.
+fn activation_filter(ns: &str, q: &ActivationQuery) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("namespace = ?");
+    let mut args = vec![SqlValue::Text(ns.to_string())];
+    if let Some(name) = &q.name {
+        sql.push_str(if name.contains('/') {
+            " AND path_tail = ?"
+        } else {
+            " AND name = ?"
+        });
+        args.push(SqlValue::Text(name.clone()));
+    }
+    if let Some(since) = q.since {
+        sql.push_str(" AND start_ms >= ?");
+        args.push(SqlValue::Integer(since));
+    }
+    if let Some(upto) = q.upto {
+        sql.push_str(" AND start_ms <= ?");
+        args.push(SqlValue::Integer(upto));
+    }
+    (sql, args)
+}
+
+/// Inserts or replaces one activation record (on any connection or transaction).
+fn upsert_activation(
+    conn: &Connection,
+    op: &'static str,
+    a: &Activation,
+    record: &str,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO activations (namespace, activation_id, name, path_tail, start_ms, end_ms, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (namespace, activation_id) DO UPDATE SET
+             name = excluded.name, path_tail = excluded.path_tail, start_ms = excluded.start_ms,
+             end_ms = excluded.end_ms, record = excluded.record",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            a.namespace,
+            a.activation_id.as_str(),
+            a.name,
+            path_tail(a),
+            a.start,
+            a.end,
+            record
+        ])
+    })
+    .map_err(db_err(op))?;
+    Ok(())
+}
+
+#[async_trait]
+impl EntityStore for SqliteStore {
+    async fn get_entity(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+    ) -> StoreResult<Option<StoredDoc>> {
+        let op = "get_entity";
+        let (ns, key) = (ns.to_string(), key.to_string());
+        self.read(op, move |c| {
+            let row: Option<(String, i64, i64)> = c
+                .prepare_cached(
+                    "SELECT doc, updated, rev FROM entities
+                     WHERE namespace = ?1 AND collection = ?2 AND key = ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![ns, kind.collection(), key], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                })
+                .map_err(db_err(op))?;
+            row.map(|(doc, updated, rev)| {
+                let doc = decode(&format!("entity {ns}/{}/{key}", kind.collection()), &doc)?;
+                Ok(StoredDoc {
+                    namespace: ns,
+                    kind,
+                    key,
+                    doc,
+                    updated,
+                    rev,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_entity(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+        doc: &Value,
+        updated: i64,
+        expected_rev: Option<i64>,
+    ) -> StoreResult<i64> {
+        let op = "put_entity";
+        let doc = encode(op, doc)?;
+        let (ns, key) = (ns.to_string(), key.to_string());
+        self.write(op, Durability::Full, move |c| {
+            let what = format!("{} {ns}/{key}", kind.collection());
+            match expected_rev {
+                None => {
+                    let n = c
+                        .execute(
+                            "INSERT INTO entities (namespace, collection, key, doc, updated, rev)
+                             VALUES (?1, ?2, ?3, ?4, ?5, 1)
+                             ON CONFLICT (namespace, collection, key) DO NOTHING",
+                            params![ns, kind.collection(), key, doc, updated],
+                        )
+                        .map_err(db_err(op))?;
+                    if n == 0 {
+                        return Err(StoreError::Conflict(format!("{what} already exists")));
+                    }
+                    Ok(1)
+                }
+                Some(rev) => {
+                    let n = c
+                        .execute(
+                            "UPDATE entities SET doc = ?1, updated = ?2, rev = rev + 1
+                             WHERE namespace = ?3 AND collection = ?4 AND key = ?5 AND rev = ?6",
+                            params![doc, updated, ns, kind.collection(), key, rev],
+                        )
+                        .map_err(db_err(op))?;
+                    if n == 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "{what} was changed or deleted (expected revision {rev})"
+                        )));
+                    }
+                    Ok(rev + 1)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete_entity(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+        expected_rev: Option<i64>,
+    ) -> StoreResult<bool> {
+        let op = "delete_entity";
+        let (ns, key) = (ns.to_string(), key.to_string());
+        self.write(op, Durability::Full, move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM entities
+                     WHERE namespace = ?1 AND collection = ?2 AND key = ?3 AND (?4 IS NULL OR rev = ?4)",
+                    params![ns, kind.collection(), key, expected_rev],
+                )
+                .map_err(db_err(op))?;
+            match (n, expected_rev) {
+                (0, Some(rev)) => Err(StoreError::Conflict(format!(
+                    "{} {ns}/{key} was changed or deleted (expected revision {rev})",
+                    kind.collection()
+                ))),
+                (n, _) => Ok(n > 0),
+            }
+        })
+        .await
+    }
+
+    async fn list_entities(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        q: &EntityQuery,
+    ) -> StoreResult<Vec<StoredDoc>> {
+        let op = "list_entities";
+        let (filter, mut args) = entity_filter(ns, kind, q);
+        args.extend(paging(q.skip, q.limit));
+        let ns = ns.to_string();
+        self.read(op, move |c| {
+            let sql = format!(
+                "SELECT key, doc, updated, rev FROM entities WHERE {filter}
+                 ORDER BY updated DESC, key ASC LIMIT ? OFFSET ?"
+            );
+            let rows: Vec<(String, String, i64, i64)> = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_map(rusqlite::params_from_iter(args), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err(op))?;
+            rows.into_iter()
+                .map(|(key, doc, updated, rev)| {
+                    let doc = decode(&format!("entity {ns}/{}/{key}", kind.collection()), &doc)?;
+                    Ok(StoredDoc {
+                        namespace: ns.clone(),
+                        kind,
+                        key,
+                        doc,
+                        updated,
+                        rev,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_entities(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        q: &EntityQuery,
+    ) -> StoreResult<u64> {
+        let op = "count_entities";
+        let (filter, args) = entity_filter(ns, kind, q);
+        self.read(op, move |c| {
+            let sql = format!("SELECT COUNT(*) FROM entities WHERE {filter}");
+            c.prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+                })
+                .map(to_u64)
+                .map_err(db_err(op))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ActivationStore for SqliteStore {
+    async fn put_activation(&self, a: &Activation) -> StoreResult<()> {
+        let op = "put_activation";
+        let record = encode(op, a)?;
+        let a = a.clone();
+        self.write(op, Durability::Normal, move |c| {
+            upsert_activation(c, op, &a, &record)
+        })
+        .await
+    }
+
+    async fn get_activation(&self, ns: &str, id: &ActivationId) -> StoreResult<Option<Activation>> {
+        let op = "get_activation";
+        let (ns, id) = (ns.to_string(), id.clone());
+        self.read(op, move |c| {
+            let record: Option<String> = c
+                .prepare_cached(
+                    "SELECT record FROM activations WHERE namespace = ?1 AND activation_id = ?2",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![ns, id.as_str()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(db_err(op))?;
+            record
+                .map(|r| decode(&format!("activation {id}"), &r))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_activations(
+        &self,
+        ns: &str,
+        q: &ActivationQuery,
+    ) -> StoreResult<Vec<Activation>> {
+        let op = "list_activations";
+        let (filter, mut args) = activation_filter(ns, q);
+        args.extend(paging(q.skip, q.limit));
+        self.read(op, move |c| {
+            let sql = format!(
+                "SELECT activation_id, record FROM activations WHERE {filter}
+                 ORDER BY start_ms DESC, activation_id ASC LIMIT ? OFFSET ?"
+            );
+            let rows: Vec<(String, String)> = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_map(rusqlite::params_from_iter(args), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err(op))?;
+            rows.iter()
+                .map(|(id, record)| decode(&format!("activation {id}"), record))
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64> {
+        let op = "count_activations";
+        let (filter, args) = activation_filter(ns, q);
+        self.read(op, move |c| {
+            let sql = format!("SELECT COUNT(*) FROM activations WHERE {filter}");
+            c.prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+                })
+                .map(to_u64)
+                .map_err(db_err(op))
+        })
+        .await
+    }
+}
+
+/// Queue semantics of this implementation:
+/// * `claim` returns each item with `attempts` = the number of claims *before* this one
+///   (0 on first delivery), and stores the incremented count.
+/// * `complete` of an id that is no longer queued still stores the record (idempotent).
+/// * `release` of an id that is not claimed is a no-op.
+/// * All queue writes run with `synchronous=FULL`.
+#[async_trait]
+impl InvocationQueue for SqliteStore {
+    async fn enqueue(&self, item: &QueuedInvocation) -> StoreResult<()> {
+        let op = "enqueue";
+        let payload = encode(op, &item.payload)?;
+        let item = item.clone();
+        self.write(op, Durability::Full, move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO invocation_queue
+                         (activation_id, namespace, payload, enqueued_at, attempts, state, claimed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL)
+                     ON CONFLICT (activation_id) DO NOTHING",
+                    params![
+                        item.activation_id.as_str(),
+                        item.namespace,
+                        payload,
+                        item.enqueued_at,
+                        i64::from(item.attempts)
+                    ],
+                )
+                .map_err(db_err(op))?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "activation {} is already queued",
+                    item.activation_id
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim(&self, max: usize) -> StoreResult<Vec<QueuedInvocation>> {
+        let op = "claim";
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        self.write(op, Durability::Full, move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err(op))?;
+            let rows: Vec<(String, String, String, i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT activation_id, namespace, payload, enqueued_at, attempts
+                     FROM invocation_queue WHERE state = 'pending'
+                     ORDER BY enqueued_at ASC, activation_id ASC LIMIT ?1",
+                )
+                .and_then(|mut st| {
+                    st.query_map(params![limit], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err(op))?;
+            let now = now_millis();
+            let mut items = Vec::with_capacity(rows.len());
+            {
+                let mut mark = tx
+                    .prepare_cached(
+                        "UPDATE invocation_queue SET state = 'claimed', attempts = attempts + 1, claimed_at = ?1
+                         WHERE activation_id = ?2",
+                    )
+                    .map_err(db_err(op))?;
+                for (id, namespace, payload, enqueued_at, attempts) in rows {
+                    let item = QueuedInvocation {
+                        activation_id: parse_id(&id)?,
+                        namespace,
+                        payload: decode(&format!("queued invocation {id}"), &payload)?,
+                        enqueued_at,
+                        attempts: u32::try_from(attempts).map_err(|_| {
+                            StoreError::Corrupt(format!("queued invocation {id}: bad attempts {attempts}"))
+                        })?,
+                    };
+                    mark.execute(params![now, id]).map_err(db_err(op))?;
+                    items.push(item);
+                }
+            }
+            tx.commit().map_err(db_err(op))?;
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn complete(&self, id: &ActivationId, record: &Activation) -> StoreResult<()> {
+        let op = "complete";
+        let json = encode(op, record)?;
+        let (id, record) = (id.clone(), record.clone());
+        self.write(op, Durability::Full, move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err(op))?;
+            upsert_activation(&tx, op, &record, &json)?;
+            tx.execute(
+                "DELETE FROM invocation_queue WHERE activation_id = ?1",
+                params![id.as_str()],
+            )
+            .map_err(db_err(op))?;
+            tx.commit().map_err(db_err(op))
+        })
+        .await
+    }
+
+    async fn release(&self, id: &ActivationId) -> StoreResult<()> {
+        let op = "release";
+        let id = id.clone();
+        self.write(op, Durability::Full, move |c| {
+            c.execute(
+                "UPDATE invocation_queue SET state = 'pending', claimed_at = NULL
+                 WHERE activation_id = ?1 AND state = 'claimed'",
+                params![id.as_str()],
+            )
+            .map_err(db_err(op))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recover_claimed(&self) -> StoreResult<u64> {
+        let op = "recover_claimed";
+        self.write(op, Durability::Full, move |c| {
+            let n = c
+                .execute(
+                    "UPDATE invocation_queue SET state = 'pending', claimed_at = NULL WHERE state = 'claimed'",
+                    [],
+                )
+                .map_err(db_err(op))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        let op = "queue_depth";
+        self.read(op, move |c| {
+            c.query_row("SELECT COUNT(*) FROM invocation_queue", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(to_u64)
+            .map_err(db_err(op))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuthStore for SqliteStore {
+    async fn add_credential(&self, auth: &NamespaceAuth) -> StoreResult<()> {
+        let op = "add_credential";
+        let auth = auth.clone();
+        self.write(op, Durability::Full, move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO credentials (uuid, namespace, key) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (uuid) DO NOTHING",
+                    params![auth.uuid, auth.namespace, auth.key],
+                )
+                .map_err(db_err(op))?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "credential {} already exists",
+                    auth.uuid
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn credential_by_uuid(&self, uuid: &str) -> StoreResult<Option<NamespaceAuth>> {
+        let op = "credential_by_uuid";
+        let uuid = uuid.to_string();
+        self.read(op, move |c| {
+            c.prepare_cached("SELECT uuid, namespace, key FROM credentials WHERE uuid = ?1")
+                .and_then(|mut st| {
+                    st.query_row(params![uuid], |r| {
+                        Ok(NamespaceAuth {
+                            uuid: r.get(0)?,
+                            namespace: r.get(1)?,
+                            key: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db_err(op))
+        })
+        .await
+    }
+
+    async fn credentials_of(&self, ns: &str) -> StoreResult<Vec<NamespaceAuth>> {
+        let op = "credentials_of";
+        let ns = ns.to_string();
+        self.read(op, move |c| {
+            c.prepare_cached(
+                "SELECT uuid, namespace, key FROM credentials WHERE namespace = ?1 ORDER BY uuid",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![ns], |r| {
+                    Ok(NamespaceAuth {
+                        uuid: r.get(0)?,
+                        namespace: r.get(1)?,
+                        key: r.get(2)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(db_err(op))
+        })
+        .await
+    }
+
+    async fn list_namespaces(&self) -> StoreResult<Vec<String>> {
+        let op = "list_namespaces";
+        self.read(op, move |c| {
+            c.prepare_cached("SELECT DISTINCT namespace FROM credentials ORDER BY namespace")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .map_err(db_err(op))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

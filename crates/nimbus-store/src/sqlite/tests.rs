@@ -1,0 +1,799 @@
+use super::*;
+use nimbus_model::{ActivationResponse, KeyValues, Version};
+use serde_json::json;
+use std::collections::HashSet;
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("db").join("nimbus.sqlite")).unwrap()
+}
+
+fn id(n: u32) -> ActivationId {
+    ActivationId::parse(&format!("{n:032x}")).unwrap()
+}
+
+fn activation(ns: &str, n: u32, name: &str, path: Option<&str>, start: i64) -> Activation {
+    let mut annotations = KeyValues::new();
+    if let Some(p) = path {
+        annotations.set("path", json!(p));
+    }
+    Activation {
+        namespace: ns.into(),
+        name: name.into(),
+        subject: ns.into(),
+        activation_id: id(n),
+        version: Version::default(),
+        publish: false,
+        start,
+        end: start + 5,
+        duration: Some(5),
+        cause: None,
+        logs: vec![format!("log {n}")],
+        annotations,
+        response: ActivationResponse::success(json!({ "n": n })),
+    }
+}
+
+fn queued(n: u32, enqueued_at: i64) -> QueuedInvocation {
+    QueuedInvocation {
+        activation_id: id(n),
+        namespace: "guest".into(),
+        payload: json!({ "action": "hello", "n": n }),
+        enqueued_at,
+        attempts: 0,
+    }
+}
+
+fn ids(acts: &[Activation]) -> Vec<ActivationId> {
+    acts.iter().map(|a| a.activation_id.clone()).collect()
+}
+
+fn keys(docs: &[StoredDoc]) -> Vec<&str> {
+    docs.iter().map(|d| d.key.as_str()).collect()
+}
+
+#[tokio::test]
+async fn open_creates_dirs_enables_wal_and_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    assert!(s.path().exists());
+    let (mode, version, sync) = s
+        .with_writer(|c| {
+            let mode: String = c
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            let version: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = c
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            Ok((mode, version, sync))
+        })
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    assert_eq!(sync, 2, "writes default to synchronous=FULL");
+}
+
+/// `synchronous` left on the writer by the last write: 1 = NORMAL, 2 = FULL.
+async fn sync_level(s: &SqliteStore) -> i64 {
+    s.with_writer(|c| {
+        Ok(
+            c.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
+                .unwrap(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_put_activation_runs_at_synchronous_normal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.put_activation(&activation("guest", 1, "a", None, 1))
+        .await
+        .unwrap();
+    assert_eq!(sync_level(&s).await, 1);
+    s.put_entity("guest", EntityKind::Action, "a", &json!({}), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(sync_level(&s).await, 2);
+
+    s.put_activation(&activation("guest", 2, "a", None, 2))
+        .await
+        .unwrap();
+    s.enqueue(&queued(3, 3)).await.unwrap();
+    assert_eq!(sync_level(&s).await, 2);
+
+    s.put_activation(&activation("guest", 4, "a", None, 4))
+        .await
+        .unwrap();
+    s.complete(&id(3), &activation("guest", 3, "a", None, 3))
+        .await
+        .unwrap();
+    assert_eq!(sync_level(&s).await, 2);
+
+    s.put_activation(&activation("guest", 5, "a", None, 5))
+        .await
+        .unwrap();
+    s.add_credential(&NamespaceAuth {
+        namespace: "g".into(),
+        uuid: "u".into(),
+        key: "k".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(sync_level(&s).await, 2);
+
+    s.put_activation(&activation("guest", 6, "a", None, 6))
+        .await
+        .unwrap();
+    s.delete_entity("guest", EntityKind::Action, "a", None)
+        .await
+        .unwrap();
+    assert_eq!(sync_level(&s).await, 2);
+}
+
+#[tokio::test]
+async fn entity_revisions_and_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let k = EntityKind::Action;
+    assert_eq!(
+        s.put_entity("guest", k, "a", &json!({"v": 1}), 10, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        s.put_entity("guest", k, "a", &json!({"v": 9}), 11, None)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.put_entity("guest", k, "a", &json!({"v": 2}), 12, Some(1))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        s.put_entity("guest", k, "a", &json!({"v": 3}), 13, Some(1))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = s.get_entity("guest", k, "a").await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        StoredDoc {
+            namespace: "guest".into(),
+            kind: k,
+            key: "a".into(),
+            doc: json!({"v": 2}),
+            updated: 12,
+            rev: 2
+        }
+    );
+    // Same key in another kind or namespace is a different entity.
+    assert_eq!(
+        s.put_entity("guest", EntityKind::Package, "a", &json!({}), 1, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.put_entity("other", k, "a", &json!({}), 1, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.get_entity("nobody", k, "a").await.unwrap().is_none());
+
+    assert!(matches!(
+        s.delete_entity("guest", k, "a", Some(1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.delete_entity("guest", k, "a", Some(2)).await.unwrap());
+    assert!(s.get_entity("guest", k, "a").await.unwrap().is_none());
+    // The row vanished: conditional writes conflict, unconditional delete reports absence.
+    assert!(matches!(
+        s.put_entity("guest", k, "a", &json!({}), 14, Some(2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.delete_entity("guest", k, "a", Some(2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!s.delete_entity("guest", k, "a", None).await.unwrap());
+    assert!(
+        s.delete_entity("guest", EntityKind::Package, "a", None)
+            .await
+            .unwrap()
+    );
+    // Re-creating starts over at revision 1.
+    assert_eq!(
+        s.put_entity("guest", k, "a", &json!({}), 15, None)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn entity_lists_sort_page_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let k = EntityKind::Action;
+    for (key, updated) in [
+        ("b", 30),
+        ("a", 30),
+        ("c", 10),
+        ("p/x", 50),
+        ("p/y", 20),
+        ("p_/z", 40),
+        ("pq/w", 60),
+    ] {
+        s.put_entity("guest", k, key, &json!({ "key": key }), updated, None)
+            .await
+            .unwrap();
+    }
+    s.put_entity("guest", EntityKind::Trigger, "t", &json!({}), 99, None)
+        .await
+        .unwrap();
+    s.put_entity("other", k, "zz", &json!({}), 99, None)
+        .await
+        .unwrap();
+
+    let all = s
+        .list_entities("guest", k, &EntityQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(keys(&all), ["pq/w", "p/x", "p_/z", "a", "b", "p/y", "c"]);
+    assert_eq!(all[0].doc, json!({"key": "pq/w"}));
+    assert_eq!(
+        s.count_entities("guest", k, &EntityQuery::default())
+            .await
+            .unwrap(),
+        7
+    );
+
+    let page = EntityQuery {
+        skip: 2,
+        limit: Some(3),
+        ..Default::default()
+    };
+    assert_eq!(
+        keys(&s.list_entities("guest", k, &page).await.unwrap()),
+        ["p_/z", "a", "b"]
+    );
+    assert_eq!(
+        s.count_entities("guest", k, &page).await.unwrap(),
+        7,
+        "count ignores paging"
+    );
+    let past_end = EntityQuery {
+        skip: 7,
+        ..Default::default()
+    };
+    assert!(
+        s.list_entities("guest", k, &past_end)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let pkg = EntityQuery {
+        package: Some("p".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        keys(&s.list_entities("guest", k, &pkg).await.unwrap()),
+        ["p/x", "p/y"]
+    );
+    assert_eq!(s.count_entities("guest", k, &pkg).await.unwrap(), 2);
+    let pkg_page = EntityQuery {
+        package: Some("p".into()),
+        skip: 1,
+        limit: Some(5),
+        top_level_only: false,
+    };
+    assert_eq!(
+        keys(&s.list_entities("guest", k, &pkg_page).await.unwrap()),
+        ["p/y"]
+    );
+    // `_` is not a wildcard.
+    let underscore = EntityQuery {
+        package: Some("p_".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        keys(&s.list_entities("guest", k, &underscore).await.unwrap()),
+        ["p_/z"]
+    );
+
+    let top = EntityQuery {
+        top_level_only: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        keys(&s.list_entities("guest", k, &top).await.unwrap()),
+        ["a", "b", "c"]
+    );
+    assert_eq!(s.count_entities("guest", k, &top).await.unwrap(), 3);
+    let top_page = EntityQuery {
+        top_level_only: true,
+        limit: Some(1),
+        skip: 1,
+        package: None,
+    };
+    assert_eq!(
+        keys(&s.list_entities("guest", k, &top_page).await.unwrap()),
+        ["b"]
+    );
+
+    assert_eq!(
+        s.count_entities("guest", EntityKind::Trigger, &EntityQuery::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.count_entities("guest", EntityKind::Rule, &EntityQuery::default())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn activation_filters_order_and_isolation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let records = [
+        activation("guest", 1, "a", Some("guest/a"), 100),
+        activation("guest", 2, "a", Some("guest/pkg/a"), 200),
+        activation("guest", 3, "b", Some("guest/b"), 300),
+        activation("guest", 4, "a", None, 300), // ties with 3 on start
+        activation("guest", 5, "t", None, 400),
+        activation("other", 6, "a", Some("other/a"), 500),
+    ];
+    for a in &records {
+        s.put_activation(a).await.unwrap();
+    }
+    let q = |name: Option<&str>, since, upto, skip, limit| ActivationQuery {
+        name: name.map(String::from),
+        since,
+        upto,
+        skip,
+        limit,
+    };
+    let list = |q: ActivationQuery| {
+        let s = s.clone();
+        async move { ids(&s.list_activations("guest", &q).await.unwrap()) }
+    };
+
+    let all = s
+        .list_activations("guest", &ActivationQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(ids(&all), [id(5), id(3), id(4), id(2), id(1)]);
+    assert_eq!(all[3], records[1], "full record round-trips");
+    assert_eq!(
+        s.count_activations("guest", &ActivationQuery::default())
+            .await
+            .unwrap(),
+        5
+    );
+
+    // Plain name matches the name column (packaged `a` included), `pkg/a` the path tail only.
+    assert_eq!(
+        list(q(Some("a"), None, None, 0, None)).await,
+        [id(4), id(2), id(1)]
+    );
+    assert_eq!(list(q(Some("pkg/a"), None, None, 0, None)).await, [id(2)]);
+    assert_eq!(
+        list(q(Some("pkg/b"), None, None, 0, None)).await,
+        Vec::<ActivationId>::new()
+    );
+    assert_eq!(
+        s.count_activations("guest", &q(Some("a"), None, None, 0, None))
+            .await
+            .unwrap(),
+        3
+    );
+
+    // since/upto are inclusive.
+    assert_eq!(
+        list(q(None, Some(200), Some(300), 0, None)).await,
+        [id(3), id(4), id(2)]
+    );
+    assert_eq!(list(q(None, Some(301), None, 0, None)).await, [id(5)]);
+    assert_eq!(list(q(None, None, Some(100), 0, None)).await, [id(1)]);
+    assert_eq!(
+        s.count_activations("guest", &q(None, Some(200), Some(300), 0, None))
+            .await
+            .unwrap(),
+        3
+    );
+
+    assert_eq!(list(q(None, None, None, 1, Some(2))).await, [id(3), id(4)]);
+    assert_eq!(
+        list(q(Some("a"), Some(150), None, 1, Some(10))).await,
+        [id(2)]
+    );
+    assert_eq!(
+        s.count_activations("guest", &q(None, None, None, 1, Some(2)))
+            .await
+            .unwrap(),
+        5
+    );
+
+    // Namespace isolation.
+    assert!(s.get_activation("guest", &id(6)).await.unwrap().is_none());
+    assert_eq!(
+        s.get_activation("other", &id(6)).await.unwrap().unwrap(),
+        records[5]
+    );
+    assert_eq!(
+        s.get_activation("guest", &id(1)).await.unwrap().unwrap(),
+        records[0]
+    );
+    assert_eq!(
+        s.count_activations("other", &ActivationQuery::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.count_activations("nobody", &ActivationQuery::default())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn put_activation_replaces_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut a = activation("guest", 1, "a", Some("guest/a"), 100);
+    s.put_activation(&a).await.unwrap();
+    a.start = 900;
+    a.name = "renamed".into();
+    s.put_activation(&a).await.unwrap();
+    assert_eq!(
+        s.count_activations("guest", &ActivationQuery::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.get_activation("guest", &id(1)).await.unwrap().unwrap(), a);
+    let by_name = ActivationQuery {
+        name: Some("renamed".into()),
+        since: Some(900),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s.list_activations("guest", &by_name).await.unwrap()),
+        [id(1)]
+    );
+}
+
+#[tokio::test]
+async fn queue_enqueue_claim_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.enqueue(&queued(2, 20)).await.unwrap();
+    s.enqueue(&queued(1, 10)).await.unwrap();
+    s.enqueue(&queued(3, 30)).await.unwrap();
+    assert!(matches!(
+        s.enqueue(&queued(1, 99)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.queue_depth().await.unwrap(), 3);
+    assert!(s.claim(0).await.unwrap().is_empty());
+
+    let first = s.claim(2).await.unwrap();
+    assert_eq!(
+        first,
+        [queued(1, 10), queued(2, 20)],
+        "oldest first, attempts 0 on first delivery"
+    );
+    let second = s.claim(10).await.unwrap();
+    assert_eq!(
+        second,
+        [queued(3, 30)],
+        "claimed items are not handed out again"
+    );
+    assert!(s.claim(10).await.unwrap().is_empty());
+    assert_eq!(
+        s.queue_depth().await.unwrap(),
+        3,
+        "claimed items still count"
+    );
+
+    let record = activation("guest", 1, "hello", Some("guest/hello"), 10);
+    s.complete(&id(1), &record).await.unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 2);
+    assert_eq!(
+        s.get_activation("guest", &id(1)).await.unwrap().unwrap(),
+        record
+    );
+
+    // Release puts an item back, with its attempt counted.
+    s.release(&id(2)).await.unwrap();
+    s.release(&id(42)).await.unwrap(); // unknown id: no-op
+    let again = s.claim(10).await.unwrap();
+    assert_eq!(
+        again,
+        [QueuedInvocation {
+            attempts: 1,
+            ..queued(2, 20)
+        }]
+    );
+    assert_eq!(s.recover_claimed().await.unwrap(), 2);
+    assert_eq!(s.recover_claimed().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_share_an_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for n in 0..20 {
+        s.enqueue(&queued(n, i64::from(n))).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = s.claim(3).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch.into_iter().map(|q| q.activation_id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for t in tasks {
+        for i in t.await.unwrap() {
+            total += 1;
+            assert!(seen.insert(i), "item claimed twice");
+        }
+    }
+    assert_eq!(total, 20);
+}
+
+#[tokio::test]
+async fn crash_with_claimed_items_then_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(&dir);
+        s.enqueue(&queued(1, 10)).await.unwrap();
+        s.enqueue(&queued(2, 20)).await.unwrap();
+        s.enqueue(&queued(3, 30)).await.unwrap();
+        assert_eq!(s.claim(2).await.unwrap().len(), 2);
+        // dropped here with two items claimed, as if the process died
+    }
+    let s = open(&dir);
+    assert_eq!(s.queue_depth().await.unwrap(), 3);
+    assert_eq!(
+        s.claim(10).await.unwrap(),
+        [queued(3, 30)],
+        "claims survive the restart"
+    );
+    assert_eq!(s.recover_claimed().await.unwrap(), 3);
+    let redelivered = s.claim(10).await.unwrap();
+    assert_eq!(
+        redelivered,
+        [
+            QueuedInvocation {
+                attempts: 1,
+                ..queued(1, 10)
+            },
+            QueuedInvocation {
+                attempts: 1,
+                ..queued(2, 20)
+            },
+            QueuedInvocation {
+                attempts: 1,
+                ..queued(3, 30)
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = activation("guest", 7, "a", Some("guest/a"), 70);
+    {
+        let s = open(&dir);
+        s.put_entity(
+            "guest",
+            EntityKind::Rule,
+            "r",
+            &json!({"on": true}),
+            5,
+            None,
+        )
+        .await
+        .unwrap();
+        s.put_entity(
+            "guest",
+            EntityKind::Rule,
+            "r",
+            &json!({"on": false}),
+            6,
+            Some(1),
+        )
+        .await
+        .unwrap();
+        s.put_activation(&record).await.unwrap();
+        s.enqueue(&queued(8, 80)).await.unwrap();
+        s.add_credential(&NamespaceAuth {
+            namespace: "guest".into(),
+            uuid: "u1".into(),
+            key: "k1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    // Reopening must not re-run migrations (which would fail on existing tables).
+    let s = open(&dir);
+    let doc = s
+        .get_entity("guest", EntityKind::Rule, "r")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (doc.doc, doc.updated, doc.rev),
+        (json!({"on": false}), 6, 2)
+    );
+    assert_eq!(
+        s.get_activation("guest", &id(7)).await.unwrap().unwrap(),
+        record
+    );
+    assert_eq!(s.claim(5).await.unwrap(), [queued(8, 80)]);
+    assert_eq!(s.credential_by_uuid("u1").await.unwrap().unwrap().key, "k1");
+}
+
+#[tokio::test]
+async fn auth_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let cred = |ns: &str, uuid: &str, key: &str| NamespaceAuth {
+        namespace: ns.into(),
+        uuid: uuid.into(),
+        key: key.into(),
+    };
+    s.add_credential(&cred("zeta", "u3", "k3")).await.unwrap();
+    s.add_credential(&cred("guest", "u2", "k2")).await.unwrap();
+    s.add_credential(&cred("guest", "u1", "k1")).await.unwrap();
+    assert!(matches!(
+        s.add_credential(&cred("other", "u1", "x")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.credential_by_uuid("u2").await.unwrap(),
+        Some(cred("guest", "u2", "k2"))
+    );
+    assert_eq!(s.credential_by_uuid("nope").await.unwrap(), None);
+    assert_eq!(
+        s.credentials_of("guest").await.unwrap(),
+        [cred("guest", "u1", "k1"), cred("guest", "u2", "k2")]
+    );
+    assert!(
+        s.credentials_of("other").await.unwrap().is_empty(),
+        "failed insert left nothing"
+    );
+    assert_eq!(s.list_namespaces().await.unwrap(), ["guest", "zeta"]);
+}
+
+#[tokio::test]
+async fn corrupt_documents_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.put_entity("guest", EntityKind::Action, "a", &json!({}), 1, None)
+        .await
+        .unwrap();
+    s.put_activation(&activation("guest", 1, "a", None, 1))
+        .await
+        .unwrap();
+    s.with_writer(|c| {
+        c.execute_batch(
+            "UPDATE entities SET doc = '{broken'; UPDATE activations SET record = '[]';",
+        )
+        .unwrap();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.get_entity("guest", EntityKind::Action, "a").await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.list_entities("guest", EntityKind::Action, &EntityQuery::default())
+            .await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.get_activation("guest", &id(1)).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn full_disk_is_an_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.enqueue(&queued(1, 10)).await.unwrap();
+    assert_eq!(s.claim(1).await.unwrap().len(), 1);
+    // Cap the database at its current size: any write needing a new page gets SQLITE_FULL.
+    s.with_writer(|c| {
+        let pages: i64 = c
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        c.pragma_update(None, "max_page_count", pages).unwrap();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let big = json!({ "blob": "x".repeat(200_000) });
+
+    match s
+        .put_entity("guest", EntityKind::Action, "big", &big, 1, None)
+        .await
+    {
+        Err(StoreError::Backend(msg)) => assert!(
+            msg.contains("put_entity") && msg.contains("disk full"),
+            "{msg}"
+        ),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    assert!(
+        s.get_entity("guest", EntityKind::Action, "big")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut record = activation("guest", 1, "a", None, 1);
+    record.logs = vec!["y".repeat(200_000)];
+    assert!(matches!(
+        s.complete(&id(1), &record).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert!(s.get_activation("guest", &id(1)).await.unwrap().is_none());
+    assert_eq!(
+        s.queue_depth().await.unwrap(),
+        1,
+        "queue entry kept when the record could not be stored"
+    );
+
+    // Once space is back, the same writes succeed.
+    s.with_writer(|c| {
+        c.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    s.complete(&id(1), &record).await.unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    assert_eq!(
+        s.get_activation("guest", &id(1)).await.unwrap().unwrap(),
+        record
+    );
+    assert_eq!(
+        s.put_entity("guest", EntityKind::Action, "big", &big, 1, None)
+            .await
+            .unwrap(),
+        1
+    );
+}
