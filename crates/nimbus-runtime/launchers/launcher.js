@@ -1,0 +1,177 @@
+'use strict';
+// Nimbus ActionLoop launcher for Node.js: `node launcher.js <codedir> <main>`.
+//
+// Protocol (see nimbus-runtime's process.rs): load the code, then write {"ok":true} (or
+// {"ok":false,"error":...} and exit 1) on fd 3. Then, for each JSON line on stdin, call the
+// entry point and write exactly one JSON line on fd 3 -- but only once everything the function
+// printed has left process.stdout/process.stderr, which are asynchronous when they are pipes.
+// The runtime relies on that ordering to collect logs without sentinel lines.
+
+const fs = require('fs');
+const path = require('path');
+const vm = require('vm');
+const Module = require('module');
+const readline = require('readline');
+const { pathToFileURL } = require('url');
+
+const RESULT_FD = 3;
+const codeDir = path.resolve(process.argv[2] || '.');
+const mainName = process.argv[3] || 'main';
+
+// A closed log pipe must not crash the function.
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});
+
+// Resolves once every write queued so far on the stream has been handed to the OS: write
+// callbacks run in order, so the callback of an empty write comes after all earlier ones.
+function flushed(stream) {
+  return new Promise((resolve) => {
+    if (stream.destroyed || !stream.writable) {
+      resolve();
+      return;
+    }
+    try {
+      stream.write('', () => resolve());
+    } catch (_) {
+      resolve();
+    }
+  });
+}
+
+async function send(obj) {
+  let line;
+  try {
+    line = JSON.stringify(obj);
+  } catch (e) {
+    process.stderr.write(`The action result could not be serialized to JSON: ${e && e.message}\n`);
+  }
+  if (line === undefined) line = 'null';
+  await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+  const buf = Buffer.from(line + '\n', 'utf8');
+  let off = 0;
+  while (off < buf.length) off += fs.writeSync(RESULT_FD, buf, off, buf.length - off);
+}
+
+function firstLine(s) {
+  return String(s).split('\n')[0];
+}
+
+// "SyntaxError: Unexpected identifier 'bar' (index.js:4)": the decorated stack of a syntax
+// error starts with "<file>:<line>"; the rest of the stack is launcher noise.
+function describeLoadError(e) {
+  if (!(e instanceof Error)) return String(e);
+  let text = `${e.name}: ${firstLine(e.message)}`;
+  const m = /^(\/[^\n]*):(\d+)\n/.exec(e.stack || '');
+  if (m) text += ` (${path.relative(codeDir, m[1]) || m[1]}:${m[2]})`;
+  return text;
+}
+
+function pick(exp) {
+  if (exp && typeof exp[mainName] === 'function') return exp[mainName];
+  if (typeof exp === 'function' && mainName === 'main') return exp;
+  if (exp && exp.default && typeof exp.default[mainName] === 'function') return exp.default[mainName];
+  return undefined;
+}
+
+// Plain code (no package.json): index.js is compiled as a CommonJS module body with a trailing
+// `return <main>`, so both `exports.main = ...` and a top-level `function main() {}` work, and
+// the code runs exactly once.
+function loadIndex(file) {
+  let code = fs.readFileSync(file, 'utf8');
+  if (code.charCodeAt(0) === 0xfeff) code = code.slice(1);
+  if (code.startsWith('#!')) code = '//' + code.slice(2);
+  const isIdent = /^[A-Za-z_$][\w$]*$/.test(mainName);
+  const tail = isIdent ? `\n;return (typeof ${mainName} !== 'undefined' ? ${mainName} : undefined);` : '\n;return undefined;';
+  const mod = new Module(file, null);
+  mod.filename = file;
+  mod.paths = Module._nodeModulePaths(path.dirname(file));
+  const req = Module.createRequire(file);
+  const fn = vm.compileFunction(code + tail, ['exports', 'require', 'module', '__filename', '__dirname'], {
+    filename: file,
+  });
+  const found = fn.call(mod.exports, mod.exports, req, mod, file, path.dirname(file));
+  mod.loaded = true;
+  return pick(mod.exports) || (typeof found === 'function' ? found : undefined);
+}
+
+async function load() {
+  if (fs.existsSync(path.join(codeDir, 'package.json'))) {
+    try {
+      return pick(require(codeDir));
+    } catch (e) {
+      if (e && e.code === 'ERR_REQUIRE_ESM') {
+        const entry = require.resolve(codeDir);
+        return pick(await import(pathToFileURL(entry).href));
+      }
+      throw e;
+    }
+  }
+  return loadIndex(path.join(codeDir, 'index.js'));
+}
+
+function errorValue(e) {
+  if (e instanceof Error) return e.message;
+  if (e === undefined || e === null) return String(e);
+  if (typeof e === 'object') {
+    try {
+      JSON.stringify(e);
+      return e;
+    } catch (_) {
+      return String(e);
+    }
+  }
+  return e;
+}
+
+async function serve(entry) {
+  const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity, terminal: false });
+  let previous = [];
+  for await (const line of rl) {
+    if (!line.trim()) continue;
+    let msg;
+    try {
+      msg = JSON.parse(line);
+    } catch (e) {
+      process.stderr.write(`Invalid request line: ${e.message}\n`);
+      await send({ error: 'The runtime sent an invalid request.' });
+      continue;
+    }
+    // Every key but `value` becomes __OW_<KEY>; keys of the previous request that are absent
+    // now (e.g. api_key) must not linger.
+    const keys = [];
+    for (const [k, v] of Object.entries(msg)) {
+      if (k === 'value') continue;
+      const name = '__OW_' + k.toUpperCase();
+      process.env[name] = typeof v === 'string' ? v : JSON.stringify(v);
+      keys.push(name);
+    }
+    for (const k of previous) if (!keys.includes(k)) delete process.env[k];
+    previous = keys;
+
+    let result;
+    try {
+      result = await entry(msg.value === undefined ? {} : msg.value);
+      if (result === undefined || result === null) result = {};
+    } catch (e) {
+      process.stderr.write(`${e instanceof Error && e.stack ? e.stack : JSON.stringify(errorValue(e))}\n`);
+      result = { error: errorValue(e) };
+    }
+    await send(result);
+  }
+  process.exit(0);
+}
+
+(async () => {
+  let entry;
+  try {
+    entry = await load();
+    if (typeof entry !== 'function') throw new Error(`main function '${mainName}' not found`);
+  } catch (e) {
+    process.stderr.write(`${e instanceof Error && e.stack ? e.stack : String(e)}\n`);
+    const message = e instanceof Error && e.message === `main function '${mainName}' not found` ? e.message : describeLoadError(e);
+    await send({ ok: false, error: message });
+    process.exit(1);
+  }
+  await send({ ok: true });
+  await serve(entry);
+})();

@@ -1,0 +1,132 @@
+# Nimbus ActionLoop launcher for Python: `python3 -u launcher.py <codedir> <main>`.
+#
+# Protocol (see nimbus-runtime's process.rs): load __main__.py, then write {"ok":true} (or
+# {"ok":false,"error":...} and exit 1) on fd 3. Then, for each JSON line on stdin, call the
+# entry point and write exactly one JSON line on fd 3, after flushing stdout and stderr: the
+# runtime relies on that ordering to collect logs without sentinel lines.
+
+import asyncio
+import glob
+import importlib.util
+import inspect
+import json
+import os
+import site
+import sys
+import traceback
+
+
+class LoadError(Exception):
+    pass
+
+
+def send(out, obj):
+    try:
+        line = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        print(f"The action result could not be serialized to JSON: {e}", file=sys.stderr)
+        line = "null"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out.write((line + "\n").encode("utf-8"))
+    out.flush()
+
+
+def add_virtualenv(codedir):
+    """Puts a bundled virtualenv's site-packages right after the code dir on sys.path."""
+    venv = os.path.join(codedir, "virtualenv")
+    if not os.path.isdir(venv):
+        return
+    for sp in sorted(glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))):
+        before = list(sys.path)
+        site.addsitedir(sp)  # also runs its .pth files
+        added = [p for p in sys.path if p not in before]
+        for p in added:
+            sys.path.remove(p)
+        sys.path[1:1] = added
+
+
+def load(codedir, main_name):
+    sys.path.insert(0, codedir)
+    add_virtualenv(codedir)
+    path = os.path.join(codedir, "__main__.py")
+    if not os.path.isfile(path):
+        raise LoadError("Zip file does not include mandatory file __main__.py")
+    # Not named __main__: an `if __name__ == "__main__":` block must not run at load time.
+    spec = importlib.util.spec_from_file_location("main__", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    fn = getattr(module, main_name, None)
+    if not callable(fn):
+        raise LoadError(f"main function '{main_name}' not found")
+    return fn
+
+
+def describe(e):
+    if isinstance(e, LoadError):
+        return str(e)
+    if isinstance(e, SyntaxError):
+        where = f" ({os.path.basename(e.filename or '')}, line {e.lineno})" if e.lineno else ""
+        return f"{type(e).__name__}: {e.msg}{where}"
+    return f"{type(e).__name__}: {e}"
+
+
+def main():
+    codedir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
+    main_name = sys.argv[2] if len(sys.argv) > 2 else "main"
+
+    out = os.fdopen(3, "wb")
+    os.set_inheritable(3, False)  # subprocesses of the function must not hold the result pipe
+    # Requests come on a private copy of stdin; the function's own stdin is /dev/null, so code
+    # that reads stdin cannot swallow the next request.
+    requests = os.fdopen(os.dup(0), "rb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+    try:
+        fn = load(codedir, main_name)
+    except BaseException as e:  # noqa: B036 - anything the module does at import time
+        traceback.print_exc()
+        send(out, {"ok": False, "error": describe(e)})
+        sys.exit(1)
+    send(out, {"ok": True})
+
+    previous = set()
+    while True:
+        line = requests.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            msg = json.loads(line)
+        except ValueError as e:
+            print(f"Invalid request line: {e}", file=sys.stderr)
+            send(out, {"error": "The runtime sent an invalid request."})
+            continue
+        keys = set()
+        for k, v in msg.items():
+            if k == "value":
+                continue
+            name = "__OW_" + k.upper()
+            os.environ[name] = v if isinstance(v, str) else json.dumps(v)
+            keys.add(name)
+        for k in previous - keys:
+            os.environ.pop(k, None)
+        previous = keys
+
+        try:
+            res = fn(msg.get("value", {}))
+            if inspect.iscoroutine(res):
+                res = asyncio.run(res)
+        except Exception as e:
+            traceback.print_exc()
+            res = {"error": str(e)}
+        send(out, res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,525 @@
+//! Memory limits for instances with Linux control groups.
+//!
+//! One cgroup per instance, all under a `nimbus` parent. The parent is nested in the cgroup this
+//! process already belongs to (found via `/proc/self/cgroup`), not at the root of the hierarchy:
+//! instances stay inside whatever limits the operator put on the server (systemd unit, container),
+//! and on cgroup v2 that is the subtree a delegating manager lets us write. Mount points are found
+//! by parsing `/proc/self/mountinfo`, never hard-coded.
+//!
+//! Two implementations sit behind [`CgroupManager`]: [`V1Manager`] (the `memory` controller of a
+//! v1 hierarchy; `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes`, the `oom_kill` counter of
+//! `memory.oom_control`) and [`V2Manager`] (unified hierarchy; `memory.max`, `memory.swap.max`,
+//! the `oom_kill` counter of `memory.events`). [`detect`] picks whichever this machine offers and
+//! lets us write, or returns `None` with a warning.
+
+pub mod mountinfo;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Name of the parent cgroup all instance cgroups live under.
+pub const PARENT_NAME: &str = "nimbus";
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("cgroup file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid cgroup name '{0}': use letters, digits, '.', '_' and '-'")]
+    InvalidName(String),
+    #[error("cgroup {0} is still busy after killing its processes")]
+    Busy(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// One instance's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupHandle {
+    name: String,
+    path: PathBuf,
+}
+
+impl CgroupHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cgroup's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `cgroup.procs`: writing a pid (as decimal text) moves that process in. A runtime may open
+    /// it before `fork` and write the child's own pid between `fork` and `exec`.
+    pub fn procs_path(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+/// Creates, populates, inspects and removes per-instance cgroups.
+pub trait CgroupManager: Send + Sync + fmt::Debug {
+    fn version(&self) -> CgroupVersion;
+
+    /// The `nimbus` parent directory.
+    fn base(&self) -> &Path;
+
+    /// Creates cgroup `name` (one path component) with a memory limit of `memory_bytes`, swap
+    /// included where the kernel accounts it. A stale cgroup of the same name is replaced.
+    fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError>;
+
+    /// Did the kernel OOM-kill a process of this cgroup because of its memory limit?
+    fn memory_exceeded(&self, cg: &CgroupHandle) -> Result<bool, CgroupError>;
+
+    /// Moves process `pid` into the cgroup.
+    fn add_pid(&self, cg: &CgroupHandle, pid: u32) -> Result<(), CgroupError> {
+        let p = cg.procs_path();
+        fs::write(&p, pid.to_string()).map_err(io_err(&p))
+    }
+
+    /// SIGKILLs every process still in the cgroup (including ones that left the process group).
+    fn kill_all(&self, cg: &CgroupHandle) -> Result<(), CgroupError> {
+        let p = cg.procs_path();
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(CgroupError::Io { path: p, source: e }),
+        };
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // ESRCH: it is already gone, which is what we want.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup, killing leftovers if it stays busy, then removes the `nimbus` parent
+    /// if that has become empty (so nothing is left behind in a hierarchy we do not own).
+    /// Blocks for up to about a second.
+    fn remove(&self, cg: &CgroupHandle) -> Result<(), CgroupError> {
+        let mut result = Err(CgroupError::Busy(cg.path.clone()));
+        for attempt in 0..60 {
+            match fs::remove_dir(&cg.path) {
+                Ok(()) => {
+                    result = Ok(());
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    result = Ok(());
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc_ebusy()) => {
+                    // Processes that just got SIGKILL need a moment to leave; after a few tries
+                    // assume something escaped the process group and kill the whole cgroup.
+                    if attempt % 10 == 5 {
+                        self.kill_all(cg)?;
+                    }
+                    std::thread::sleep(Duration::from_millis(if attempt < 10 { 5 } else { 20 }));
+                }
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        path: cg.path.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        // Fails (EBUSY/ENOTEMPTY) while sibling instances exist: fine.
+        let _ = fs::remove_dir(self.base());
+        result
+    }
+}
+
+fn libc_ebusy() -> i32 {
+    nix::errno::Errno::EBUSY as i32
+}
+
+fn check_name(name: &str) -> Result<(), CgroupError> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CgroupError::InvalidName(name.to_string()))
+    }
+}
+
+/// Writes a control file; a missing file is reported as `Ok(false)` for optional knobs.
+fn write_optional(path: &Path, value: &str) -> Result<bool, CgroupError> {
+    match fs::write(path, value) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CgroupError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Makes `base/name`, recreating `base` if a concurrent `remove` just deleted it and replacing a
+/// stale cgroup of the same name.
+fn make_child(
+    base: &Path,
+    name: &str,
+    ensure_base: &dyn Fn() -> Result<(), CgroupError>,
+) -> Result<PathBuf, CgroupError> {
+    check_name(name)?;
+    let dir = base.join(name);
+    let mut last = None;
+    for _ in 0..5 {
+        ensure_base()?;
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tracing::warn!(path = %dir.display(), "replacing a stale cgroup");
+                fs::remove_dir(&dir).map_err(io_err(&dir))?;
+            }
+            Err(e) => {
+                return Err(CgroupError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(CgroupError::Io {
+        path: dir,
+        source: last.unwrap_or_else(|| io::Error::other("could not create the cgroup")),
+    })
+}
+
+/// cgroup v1: the `memory` controller's own hierarchy.
+#[derive(Debug, Clone)]
+pub struct V1Manager {
+    base: PathBuf,
+}
+
+impl V1Manager {
+    /// `base` is the `nimbus` parent inside a v1 memory hierarchy, e.g.
+    /// `/sys/fs/cgroup/memory/nimbus`. Nothing is touched until [`CgroupManager::create`].
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        V1Manager { base: base.into() }
+    }
+
+    fn ensure_base(&self) -> Result<(), CgroupError> {
+        fs::create_dir_all(&self.base).map_err(io_err(&self.base))
+    }
+}
+
+impl CgroupManager for V1Manager {
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::V1
+    }
+
+    fn base(&self) -> &Path {
+        &self.base
+    }
+
+    fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError> {
+        let path = make_child(&self.base, name, &|| self.ensure_base())?;
+        let cg = CgroupHandle {
+            name: name.to_string(),
+            path,
+        };
+        let setup = || -> Result<(), CgroupError> {
+            let limit = cg.path.join("memory.limit_in_bytes");
+            fs::write(&limit, memory_bytes.to_string()).map_err(io_err(&limit))?;
+            // memsw must be >= the memory limit, so it is written second. Without it the kernel
+            // would swap instead of killing, hiding the overrun (and making the function crawl).
+            if !write_optional(
+                &cg.path.join("memory.memsw.limit_in_bytes"),
+                &memory_bytes.to_string(),
+            )? {
+                tracing::debug!("memory.memsw.limit_in_bytes absent (swap accounting off)");
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            let _ = fs::remove_dir(&cg.path);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn memory_exceeded(&self, cg: &CgroupHandle) -> Result<bool, CgroupError> {
+        let p = cg.path.join("memory.oom_control");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        if let Some(kills) = mountinfo::keyed_value(&text, "oom_kill") {
+            return Ok(kills > 0);
+        }
+        // Kernels before 4.13 have no counter: a death after hitting the limit is the best hint.
+        let p = cg.path.join("memory.failcnt");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(text.trim().parse::<u64>().unwrap_or(0) > 0)
+    }
+}
+
+/// cgroup v2: the unified hierarchy.
+#[derive(Debug, Clone)]
+pub struct V2Manager {
+    base: PathBuf,
+}
+
+impl V2Manager {
+    /// `base` is the `nimbus` parent in the unified hierarchy. Its parent must have the memory
+    /// controller available (listed in its `cgroup.controllers`).
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        V2Manager { base: base.into() }
+    }
+
+    /// Creates the parent and enables the memory controller for its children. Enabling it in
+    /// the parent's parent fails with EBUSY when that cgroup holds processes itself (v2's
+    /// no-internal-processes rule), which is reported as an error.
+    fn ensure_base(&self) -> Result<(), CgroupError> {
+        if let Some(parent) = self.base.parent() {
+            enable_memory(parent)?;
+        }
+        fs::create_dir_all(&self.base).map_err(io_err(&self.base))?;
+        enable_memory(&self.base)
+    }
+}
+
+fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
+    let p = dir.join("cgroup.subtree_control");
+    let current = fs::read_to_string(&p).map_err(io_err(&p))?;
+    if current.split_whitespace().any(|c| c == "memory") {
+        return Ok(());
+    }
+    fs::write(&p, "+memory").map_err(io_err(&p))
+}
+
+impl CgroupManager for V2Manager {
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::V2
+    }
+
+    fn base(&self) -> &Path {
+        &self.base
+    }
+
+    fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError> {
+        let path = make_child(&self.base, name, &|| self.ensure_base())?;
+        let cg = CgroupHandle {
+            name: name.to_string(),
+            path,
+        };
+        let setup = || -> Result<(), CgroupError> {
+            let max = cg.path.join("memory.max");
+            fs::write(&max, memory_bytes.to_string()).map_err(io_err(&max))?;
+            // No swap: an overrun must end in an OOM kill we can report, not in swapping.
+            write_optional(&cg.path.join("memory.swap.max"), "0")?;
+            // Kill the whole instance on OOM rather than one arbitrary process of it.
+            write_optional(&cg.path.join("memory.oom.group"), "1")?;
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            let _ = fs::remove_dir(&cg.path);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn memory_exceeded(&self, cg: &CgroupHandle) -> Result<bool, CgroupError> {
+        let p = cg.path.join("memory.events");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(mountinfo::keyed_value(&text, "oom_kill").unwrap_or(0) > 0
+            || mountinfo::keyed_value(&text, "oom_group_kill").unwrap_or(0) > 0)
+    }
+
+    fn kill_all(&self, cg: &CgroupHandle) -> Result<(), CgroupError> {
+        // cgroup.kill (5.14+) kills atomically, racing no fork.
+        if write_optional(&cg.path.join("cgroup.kill"), "1")? {
+            return Ok(());
+        }
+        let p = cg.procs_path();
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        Ok(())
+    }
+}
+
+/// Where a manager could live, from the mount table and this process's cgroups (pure, testable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub version: CgroupVersion,
+    /// The cgroup this process is in (the parent of the `nimbus` directory).
+    pub own_dir: PathBuf,
+}
+
+impl Candidate {
+    pub fn base(&self) -> PathBuf {
+        self.own_dir.join(PARENT_NAME)
+    }
+}
+
+/// Candidates in order of preference: v2 first, then v1's memory hierarchy.
+pub fn candidates(mountinfo_text: &str, proc_cgroup_text: &str) -> Vec<Candidate> {
+    let mounts = mountinfo::parse_mountinfo(mountinfo_text);
+    let own = mountinfo::parse_proc_cgroup(proc_cgroup_text);
+    let mut out = Vec::new();
+    if let Some(path) = mountinfo::v2_cgroup_path(&own)
+        && let Some(m) = mountinfo::v2_mount(&mounts, path)
+    {
+        out.push(Candidate {
+            version: CgroupVersion::V2,
+            own_dir: mountinfo::cgroup_dir(m, path),
+        });
+    }
+    if let Some(path) = mountinfo::v1_cgroup_path(&own, "memory")
+        && let Some(m) = mountinfo::v1_mount(&mounts, "memory", path)
+    {
+        out.push(Candidate {
+            version: CgroupVersion::V1,
+            own_dir: mountinfo::cgroup_dir(m, path),
+        });
+    }
+    out
+}
+
+/// Finds a usable memory cgroup manager, or `None` (with a warning) when there is none or we
+/// may not write it (not root, read-only mount, no delegation). Never fails harder than that.
+pub fn detect() -> Option<Arc<dyn CgroupManager>> {
+    let mi = match fs::read_to_string("/proc/self/mountinfo") {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read /proc/self/mountinfo; memory limits are not enforced");
+            return None;
+        }
+    };
+    let pc = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for c in candidates(&mi, &pc) {
+        match probe(&c) {
+            Ok(m) => {
+                tracing::info!(version = ?c.version, base = %c.base().display(), "cgroup memory limits enabled");
+                return Some(m);
+            }
+            Err(reason) => {
+                tracing::debug!(version = ?c.version, dir = %c.own_dir.display(), %reason, "cgroup candidate unusable")
+            }
+        }
+    }
+    tracing::warn!("no writable cgroup memory controller found; memory limits are not enforced");
+    None
+}
+
+/// Checks that a candidate offers the memory controller and is writable, leaving nothing behind.
+fn probe(c: &Candidate) -> Result<Arc<dyn CgroupManager>, String> {
+    let base = c.base();
+    let existed = base.exists();
+    let manager: Arc<dyn CgroupManager> = match c.version {
+        CgroupVersion::V2 => {
+            let controllers = fs::read_to_string(c.own_dir.join("cgroup.controllers"))
+                .map_err(|e| e.to_string())?;
+            if !controllers.split_whitespace().any(|x| x == "memory") {
+                return Err("the memory controller is not available here".into());
+            }
+            let m = V2Manager::new(&base);
+            m.ensure_base().map_err(|e| e.to_string())?;
+            Arc::new(m)
+        }
+        CgroupVersion::V1 => {
+            let m = V1Manager::new(&base);
+            m.ensure_base().map_err(|e| e.to_string())?;
+            if !base.join("memory.limit_in_bytes").exists() {
+                let _ = fs::remove_dir(&base);
+                return Err("not a memory cgroup hierarchy".into());
+            }
+            Arc::new(m)
+        }
+    };
+    if !existed {
+        let _ = fs::remove_dir(&base);
+    }
+    Ok(manager)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_prefer_v2_then_v1_and_nest_under_own_cgroup() {
+        let mi = "\
+32 31 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let pc = "4:memory:/svc/a\n0::/svc/b\n";
+        let c = candidates(mi, pc);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].version, CgroupVersion::V2);
+        assert_eq!(
+            c[0].base(),
+            PathBuf::from("/sys/fs/cgroup/unified/svc/b/nimbus")
+        );
+        assert_eq!(c[1].version, CgroupVersion::V1);
+        assert_eq!(
+            c[1].base(),
+            PathBuf::from("/sys/fs/cgroup/memory/svc/a/nimbus")
+        );
+        assert!(candidates("", "").is_empty());
+    }
+
+    #[test]
+    fn names_must_be_single_components() {
+        assert!(check_name("abc-1.2_x").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x", "a b"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Exercises a fake v1 tree in a temp dir: files are plain files there, so this checks the
+    /// writes and reads, not the kernel.
+    #[test]
+    fn v1_manager_writes_limits_and_reads_oom_counter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = V1Manager::new(tmp.path().join("nimbus"));
+        let cg = m.create("inst-1", 128 << 20).unwrap();
+        assert_eq!(
+            fs::read_to_string(cg.path().join("memory.limit_in_bytes")).unwrap(),
+            "134217728"
+        );
+        // Plain directories: the optional memsw file is created as a regular file here.
+        fs::write(
+            cg.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        assert!(!m.memory_exceeded(&cg).unwrap());
+        fs::write(
+            cg.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
+        assert!(m.memory_exceeded(&cg).unwrap());
+        assert!(m.create("../evil", 1).is_err());
+    }
+}
