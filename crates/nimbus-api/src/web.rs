@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use base64::Engine;
-use nimbus_controller::{ControllerError, InvokeRequest, InvokeResponse};
+use nimbus_controller::{InvokeRequest, InvokeResponse};
 use nimbus_model::ResponseStatus;
 use serde_json::{Map, Value, json};
 
@@ -399,6 +399,5 @@ mod tests {
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let r = http_response(json!({"body": {"a": 1}}), "t").unwrap();
         assert_eq!(r.headers()["content-type"], "application/json");
-        let _ = ControllerError::not_found();
     }
 }

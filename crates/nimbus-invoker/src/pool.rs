@@ -1,7 +1,6 @@
 //! Warm instances per action version, with idle eviction and a node-wide instance bound.
 
 use nimbus_runtime::{Instance, InstanceSpec, Runtime, RuntimeError};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;

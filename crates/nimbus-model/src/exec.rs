@@ -41,7 +41,7 @@ pub struct ExecJson {
 /// OpenWhisk's `Exec.isBinaryCode`: non-empty, a length divisible by 4 and only base64 characters.
 pub fn is_binary_code(code: &str) -> bool {
     let t = code.trim();
-    if t.is_empty() || t.len() % 4 != 0 {
+    if t.is_empty() || !t.len().is_multiple_of(4) {
         return false;
     }
     let body = t.trim_end_matches('=');

@@ -90,7 +90,12 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         ..ProcessRuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    warnings.extend(runtime.warnings());
+    if runtime.cgroup_manager().is_none() {
+        warnings.push(
+            "memory limits are NOT enforced: no writable cgroup hierarchy was found (run as root on Linux, or see --no-cgroups)"
+                .to_string(),
+        );
+    }
     for w in &warnings {
         tracing::warn!("{w}");
     }

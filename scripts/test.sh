@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole Nimbus test suite, from a fresh machine: installs what it needs, starts the local
+# services that are down, then runs formatting and lint checks, every Rust test (unit and API
+# integration tests against a real server process) and the Node.js suites (the system catalog,
+# and the compatibility suite driving the server with the official `openwhisk` npm client).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '\n== %s\n' "$*"; }
+
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Local services used by the cluster/event backends; start whichever is down (cheap when up).
+start_if_down() { # name port command...
+  local name=$1 port=$2; shift 2
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "starting $name"
+    "$@" >/dev/null 2>&1 || echo "warning: could not start $name"
+  fi
+}
+if [ "$(id -u)" = 0 ]; then
+  command -v pg_ctlcluster >/dev/null && start_if_down postgresql 5432 sh -c 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'
+  command -v nats-server >/dev/null && start_if_down nats 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  command -v mosquitto >/dev/null && start_if_down mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
+
+log "node suites"
+bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"
+export NIMBUS_BIN="$bin_dir/nimbus"
+(cd tests/compat && npm ci --no-audit --no-fund --loglevel=error)
+node --test --test-concurrency=1 crates/nimbus-controller/catalog/ tests/compat/
