@@ -28,12 +28,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Tid {
 
 /// Decodes `Authorization: Basic base64(uuid:key)`.
 pub fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
-    let h = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let h = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, rest) = h.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (u, k) = s.split_once(':')?;
     Some((u.to_string(), k.to_string()))
@@ -48,16 +54,25 @@ pub struct Ctx {
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Ok(Tid(tid)) = Tid::from_request_parts(parts, state).await;
         let Some((uuid, key)) = basic_credentials(parts) else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "The resource requires authentication, which was not supplied with the request", &tid));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "The resource requires authentication, which was not supplied with the request",
+                &tid,
+            ));
         };
         match state.controller.authenticate(&uuid, &key).await {
             Ok(who) => Ok(Ctx { who, tid }),
-            Err(ControllerError::Unauthorized) => {
-                Err(ApiError::new(StatusCode::UNAUTHORIZED, "The supplied authentication is invalid", &tid))
-            }
+            Err(ControllerError::Unauthorized) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "The supplied authentication is invalid",
+                &tid,
+            )),
             Err(e) => Err(ApiError::from_controller(e, &tid)),
         }
     }

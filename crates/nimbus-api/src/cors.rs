@@ -7,7 +7,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 const API_METHODS: &str = "GET, DELETE, POST, PUT, HEAD";
-const API_HEADERS: &str = "Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent";
+const API_HEADERS: &str =
+    "Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent";
 
 pub async fn cors(req: Request, next: Next) -> Response {
     let is_web = req.uri().path().starts_with("/api/v1/web/");
@@ -25,7 +26,16 @@ pub async fn cors(req: Request, next: Next) -> Response {
 
 fn add(r: &mut Response) {
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(API_METHODS));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(API_HEADERS));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(API_METHODS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(API_HEADERS),
+    );
 }

@@ -15,7 +15,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>, code: &str) -> Self {
-        ApiError { status, message: message.into(), code: code.to_string() }
+        ApiError {
+            status,
+            message: message.into(),
+            code: code.to_string(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>, code: &str) -> Self {
@@ -41,10 +45,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(json!({"error": self.message, "code": self.code}))).into_response();
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"OpenWhisk secure realm\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"OpenWhisk secure realm\""),
+            );
         }
         r
     }

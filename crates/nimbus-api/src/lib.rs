@@ -30,7 +30,10 @@ pub struct AppState {
 
 /// The whole router: API, web actions, info endpoints.
 pub fn router(controller: Arc<Controller>, info: ServerInfo) -> Router {
-    let state = AppState { controller, info: Arc::new(info) };
+    let state = AppState {
+        controller,
+        info: Arc::new(info),
+    };
     routes::routes()
         .merge(web::routes())
         .merge(info::routes())

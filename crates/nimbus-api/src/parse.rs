@@ -16,7 +16,9 @@ pub fn flag(q: &Query, name: &str) -> Result<bool, String> {
         None => Ok(false),
         Some("true") | Some("") | Some("yes") => Ok(true),
         Some("false") | Some("no") => Ok(false),
-        Some(other) => Err(format!("The parameter '{name}' must be true or false, not '{other}'.")),
+        Some(other) => Err(format!(
+            "The parameter '{name}' must be true or false, not '{other}'."
+        )),
     }
 }
 
@@ -28,17 +30,26 @@ pub fn paging(q: &Query, tid: &str) -> Result<Paging, ApiError> {
     let num = |name: &str, default: u64| -> Result<u64, ApiError> {
         match q.get(name) {
             None => Ok(default),
-            Some(s) => s
-                .parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("The parameter '{name}' must be a non-negative integer, not '{s}'."), tid)),
+            Some(s) => s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    format!("The parameter '{name}' must be a non-negative integer, not '{s}'."),
+                    tid,
+                )
+            }),
         }
     };
     let skip = num("skip", 0)?;
     let limit = num("limit", 30)?;
     if limit > 200 {
-        return Err(ApiError::bad_request(format!("The value '{limit}' is not in the range of 0 to 200."), tid));
+        return Err(ApiError::bad_request(
+            format!("The value '{limit}' is not in the range of 0 to 200."),
+            tid,
+        ));
     }
-    Ok(Paging { skip, limit: if limit == 0 { 200 } else { limit } })
+    Ok(Paging {
+        skip,
+        limit: if limit == 0 { 200 } else { limit },
+    })
 }
 
 /// Reads the body, mapping an over-size body to 413.
@@ -47,7 +58,10 @@ pub fn body(b: Result<Bytes, BytesRejection>, tid: &str) -> Result<Bytes, ApiErr
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("The request content was too large: the limit is {} bytes.", crate::MAX_BODY_BYTES),
+                format!(
+                    "The request content was too large: the limit is {} bytes.",
+                    crate::MAX_BODY_BYTES
+                ),
                 tid,
             )
         } else {
@@ -58,7 +72,11 @@ pub fn body(b: Result<Bytes, BytesRejection>, tid: &str) -> Result<Bytes, ApiErr
 
 /// Parses a JSON body into `T`; an empty body is `{}`.
 pub fn json<T: DeserializeOwned>(b: &Bytes, tid: &str) -> Result<T, ApiError> {
-    let src: &[u8] = if b.iter().all(|c| c.is_ascii_whitespace()) { b"{}" } else { b };
+    let src: &[u8] = if b.iter().all(|c| c.is_ascii_whitespace()) {
+        b"{}"
+    } else {
+        b
+    };
     serde_json::from_slice(src)
         .map_err(|e| ApiError::bad_request(format!("The request content was malformed:\n{e}"), tid))
 }
@@ -67,6 +85,9 @@ pub fn json<T: DeserializeOwned>(b: &Bytes, tid: &str) -> Result<T, ApiError> {
 pub fn object(b: &Bytes, tid: &str) -> Result<Map<String, Value>, ApiError> {
     match json::<Value>(b, tid)? {
         Value::Object(o) => Ok(o),
-        _ => Err(ApiError::bad_request("The request content was malformed:\nexpected a JSON object", tid)),
+        _ => Err(ApiError::bad_request(
+            "The request content was malformed:\nexpected a JSON object",
+            tid,
+        )),
     }
 }

@@ -12,7 +12,9 @@ use axum::extract::{Path, Query as Q, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use nimbus_controller::{ActionPut, ActivationListQuery, InvokeRequest, InvokeResponse, PackagePut, RulePut, TriggerPut};
+use nimbus_controller::{
+    ActionPut, ActivationListQuery, InvokeRequest, InvokeResponse, PackagePut, RulePut, TriggerPut,
+};
 use nimbus_model::{Activation, EntityKind, EntityPath, FullyQualifiedName, ResponseStatus};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -26,17 +28,44 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/namespaces/{ns}/limits", get(limits))
         .route(&format!("{ns}/actions"), get(list_actions))
         .route(&format!("{ns}/actions/"), get(list_actions))
-        .route(&format!("{ns}/actions/{{*path}}"), get(get_action).put(put_action).delete(delete_action).post(invoke_action))
+        .route(
+            &format!("{ns}/actions/{{*path}}"),
+            get(get_action)
+                .put(put_action)
+                .delete(delete_action)
+                .post(invoke_action),
+        )
         .route(&format!("{ns}/packages"), get(list_packages))
-        .route(&format!("{ns}/packages/{{name}}"), get(get_package).put(put_package).delete(delete_package))
+        .route(
+            &format!("{ns}/packages/{{name}}"),
+            get(get_package).put(put_package).delete(delete_package),
+        )
         .route(&format!("{ns}/triggers"), get(list_triggers))
-        .route(&format!("{ns}/triggers/{{name}}"), get(get_trigger).put(put_trigger).delete(delete_trigger).post(fire_trigger))
+        .route(
+            &format!("{ns}/triggers/{{name}}"),
+            get(get_trigger)
+                .put(put_trigger)
+                .delete(delete_trigger)
+                .post(fire_trigger),
+        )
         .route(&format!("{ns}/rules"), get(list_rules))
-        .route(&format!("{ns}/rules/{{name}}"), get(get_rule).put(put_rule).delete(delete_rule).post(set_rule_status))
+        .route(
+            &format!("{ns}/rules/{{name}}"),
+            get(get_rule)
+                .put(put_rule)
+                .delete(delete_rule)
+                .post(set_rule_status),
+        )
         .route(&format!("{ns}/activations"), get(list_activations))
         .route(&format!("{ns}/activations/{{id}}"), get(get_activation))
-        .route(&format!("{ns}/activations/{{id}}/result"), get(activation_result))
-        .route(&format!("{ns}/activations/{{id}}/logs"), get(activation_logs))
+        .route(
+            &format!("{ns}/activations/{{id}}/result"),
+            get(activation_result),
+        )
+        .route(
+            &format!("{ns}/activations/{{id}}/logs"),
+            get(activation_logs),
+        )
 }
 
 fn ok(v: Value) -> ApiResult {
@@ -53,7 +82,10 @@ async fn list_namespaces(ctx: Ctx) -> ApiResult {
 
 async fn limits(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>) -> ApiResult {
     if ctx.who.resolve_ns(&ns) != ctx.who.namespace {
-        return Err(ApiError::from_controller(nimbus_controller::ControllerError::forbidden(), &ctx.tid));
+        return Err(ApiError::from_controller(
+            nimbus_controller::ControllerError::forbidden(),
+            &ctx.tid,
+        ));
     }
     let l = s.controller.limits();
     ok(json!({
@@ -75,28 +107,53 @@ async fn limits(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>) -> 
 
 // ----- actions -----
 
-async fn list_actions(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>, Q(q): Q<Query>) -> ApiResult {
+async fn list_actions(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     let paging = parse::paging(&q, &ctx.tid)?;
     if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s.controller.count(&ctx.who, &ns, EntityKind::Action).await.map_err(ctl(&ctx.tid))?;
+        let n = s
+            .controller
+            .count(&ctx.who, &ns, EntityKind::Action)
+            .await
+            .map_err(ctl(&ctx.tid))?;
         return ok(json!({"actions": n}));
     }
-    let list = s.controller.list_actions(&ctx.who, &ns, None, paging).await.map_err(ctl(&ctx.tid))?;
+    let list = s
+        .controller
+        .list_actions(&ctx.who, &ns, None, paging)
+        .await
+        .map_err(ctl(&ctx.tid))?;
     ok(Value::Array(list))
 }
 
-async fn get_action(State(s): State<AppState>, ctx: Ctx, Path((ns, path)): Path<(String, String)>, Q(q): Q<Query>) -> ApiResult {
+async fn get_action(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, path)): Path<(String, String)>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     if let Some(pkg) = path.strip_suffix('/') {
         // `actions/{pkg}/`: the actions of a package or binding.
         let paging = parse::paging(&q, &ctx.tid)?;
-        let list = s.controller.list_actions(&ctx.who, &ns, Some(pkg), paging).await.map_err(ctl(&ctx.tid))?;
+        let list = s
+            .controller
+            .list_actions(&ctx.who, &ns, Some(pkg), paging)
+            .await
+            .map_err(ctl(&ctx.tid))?;
         return ok(Value::Array(list));
     }
     let with_code = match q.get("code") {
         None => true,
         Some(_) => parse::flag_or(&q, "code", &ctx.tid)?,
     };
-    ok(s.controller.get_action(&ctx.who, &ns, &path, with_code).await.map_err(ctl(&ctx.tid))?)
+    ok(s.controller
+        .get_action(&ctx.who, &ns, &path, with_code)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 async fn put_action(
@@ -109,11 +166,21 @@ async fn put_action(
     let body = parse::body(body, &ctx.tid)?;
     let put: ActionPut = parse::json(&body, &ctx.tid)?;
     let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller.put_action(&ctx.who, &ns, &path, put, overwrite).await.map_err(ctl(&ctx.tid))?)
+    ok(s.controller
+        .put_action(&ctx.who, &ns, &path, put, overwrite)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
-async fn delete_action(State(s): State<AppState>, ctx: Ctx, Path((ns, path)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.delete_action(&ctx.who, &ns, &path).await.map_err(ctl(&ctx.tid))?)
+async fn delete_action(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, path)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .delete_action(&ctx.who, &ns, &path)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 fn with_activation_header(mut r: Response, id: &str) -> Response {
@@ -127,7 +194,9 @@ fn with_activation_header(mut r: Response, id: &str) -> Response {
 pub fn activation_status(a: &Activation) -> StatusCode {
     match a.response.status() {
         ResponseStatus::Success => StatusCode::OK,
-        ResponseStatus::ApplicationError | ResponseStatus::DeveloperError => StatusCode::BAD_GATEWAY,
+        ResponseStatus::ApplicationError | ResponseStatus::DeveloperError => {
+            StatusCode::BAD_GATEWAY
+        }
         ResponseStatus::WhiskError => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -150,15 +219,32 @@ async fn invoke_action(
             match t.parse::<u64>() {
                 Ok(ms) if ms <= max => Some(Duration::from_millis(ms)),
                 _ => {
-                    return Err(ApiError::bad_request(format!("Timeout must be number of milliseconds up to {max}."), &tid));
+                    return Err(ApiError::bad_request(
+                        format!("Timeout must be number of milliseconds up to {max}."),
+                        &tid,
+                    ));
                 }
             }
         }
     };
     let params = parse::object(&body, &tid)?;
-    let fqn = FullyQualifiedName::new(ctx.who.resolve_ns(&ns), EntityPath::parse(&path).map_err(|e| ApiError::bad_request(e.to_string(), &tid))?);
-    let req = InvokeRequest { action: fqn, params, blocking, wait, cause: None };
-    match s.controller.invoke(&ctx.who, req).await.map_err(ctl(&tid))? {
+    let fqn = FullyQualifiedName::new(
+        ctx.who.resolve_ns(&ns),
+        EntityPath::parse(&path).map_err(|e| ApiError::bad_request(e.to_string(), &tid))?,
+    );
+    let req = InvokeRequest {
+        action: fqn,
+        params,
+        blocking,
+        wait,
+        cause: None,
+    };
+    match s
+        .controller
+        .invoke(&ctx.who, req)
+        .await
+        .map_err(ctl(&tid))?
+    {
         InvokeResponse::Accepted(id) => {
             let r = (StatusCode::ACCEPTED, Json(json!({"activationId": id}))).into_response();
             Ok(with_activation_header(r, id.as_str()))
@@ -171,25 +257,49 @@ async fn invoke_action(
             } else {
                 serde_json::to_value(&*a).unwrap_or(Value::Null)
             };
-            Ok(with_activation_header((status, Json(body)).into_response(), &id))
+            Ok(with_activation_header(
+                (status, Json(body)).into_response(),
+                &id,
+            ))
         }
     }
 }
 
 // ----- packages -----
 
-async fn list_packages(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>, Q(q): Q<Query>) -> ApiResult {
+async fn list_packages(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     let paging = parse::paging(&q, &ctx.tid)?;
     if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s.controller.count(&ctx.who, &ns, EntityKind::Package).await.map_err(ctl(&ctx.tid))?;
+        let n = s
+            .controller
+            .count(&ctx.who, &ns, EntityKind::Package)
+            .await
+            .map_err(ctl(&ctx.tid))?;
         return ok(json!({"packages": n}));
     }
     let public = parse::flag_or(&q, "public", &ctx.tid)?;
-    ok(Value::Array(s.controller.list_packages(&ctx.who, &ns, public, paging).await.map_err(ctl(&ctx.tid))?))
+    ok(Value::Array(
+        s.controller
+            .list_packages(&ctx.who, &ns, public, paging)
+            .await
+            .map_err(ctl(&ctx.tid))?,
+    ))
 }
 
-async fn get_package(State(s): State<AppState>, ctx: Ctx, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.get_package(&ctx.who, &ns, &name).await.map_err(ctl(&ctx.tid))?)
+async fn get_package(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .get_package(&ctx.who, &ns, &name)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 async fn put_package(
@@ -202,27 +312,59 @@ async fn put_package(
     let body = parse::body(body, &ctx.tid)?;
     let put: PackagePut = parse::json(&body, &ctx.tid)?;
     let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller.put_package(&ctx.who, &ns, &name, put, overwrite).await.map_err(ctl(&ctx.tid))?)
+    ok(s.controller
+        .put_package(&ctx.who, &ns, &name, put, overwrite)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
-async fn delete_package(State(s): State<AppState>, ctx: Ctx, Path((ns, name)): Path<(String, String)>, Q(q): Q<Query>) -> ApiResult {
+async fn delete_package(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     let force = parse::flag_or(&q, "force", &ctx.tid)?;
-    ok(s.controller.delete_package(&ctx.who, &ns, &name, force).await.map_err(ctl(&ctx.tid))?)
+    ok(s.controller
+        .delete_package(&ctx.who, &ns, &name, force)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 // ----- triggers -----
 
-async fn list_triggers(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>, Q(q): Q<Query>) -> ApiResult {
+async fn list_triggers(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     let paging = parse::paging(&q, &ctx.tid)?;
     if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s.controller.count(&ctx.who, &ns, EntityKind::Trigger).await.map_err(ctl(&ctx.tid))?;
+        let n = s
+            .controller
+            .count(&ctx.who, &ns, EntityKind::Trigger)
+            .await
+            .map_err(ctl(&ctx.tid))?;
         return ok(json!({"triggers": n}));
     }
-    ok(Value::Array(s.controller.list_triggers(&ctx.who, &ns, paging).await.map_err(ctl(&ctx.tid))?))
+    ok(Value::Array(
+        s.controller
+            .list_triggers(&ctx.who, &ns, paging)
+            .await
+            .map_err(ctl(&ctx.tid))?,
+    ))
 }
 
-async fn get_trigger(State(s): State<AppState>, ctx: Ctx, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.get_trigger(&ctx.who, &ns, &name).await.map_err(ctl(&ctx.tid))?)
+async fn get_trigger(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .get_trigger(&ctx.who, &ns, &name)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 async fn put_trigger(
@@ -235,11 +377,21 @@ async fn put_trigger(
     let body = parse::body(body, &ctx.tid)?;
     let put: TriggerPut = parse::json(&body, &ctx.tid)?;
     let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller.put_trigger(&ctx.who, &ns, &name, put, overwrite).await.map_err(ctl(&ctx.tid))?)
+    ok(s.controller
+        .put_trigger(&ctx.who, &ns, &name, put, overwrite)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
-async fn delete_trigger(State(s): State<AppState>, ctx: Ctx, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.delete_trigger(&ctx.who, &ns, &name).await.map_err(ctl(&ctx.tid))?)
+async fn delete_trigger(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .delete_trigger(&ctx.who, &ns, &name)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 async fn fire_trigger(
@@ -250,7 +402,12 @@ async fn fire_trigger(
 ) -> ApiResult {
     let body = parse::body(body, &ctx.tid)?;
     let payload = parse::object(&body, &ctx.tid)?;
-    match s.controller.fire_trigger(&ctx.who, &ns, &name, payload).await.map_err(ctl(&ctx.tid))? {
+    match s
+        .controller
+        .fire_trigger(&ctx.who, &ns, &name, payload)
+        .await
+        .map_err(ctl(&ctx.tid))?
+    {
         Some(id) => {
             let r = (StatusCode::ACCEPTED, Json(json!({"activationId": id}))).into_response();
             Ok(with_activation_header(r, id.as_str()))
@@ -261,17 +418,38 @@ async fn fire_trigger(
 
 // ----- rules -----
 
-async fn list_rules(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>, Q(q): Q<Query>) -> ApiResult {
+async fn list_rules(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     let paging = parse::paging(&q, &ctx.tid)?;
     if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s.controller.count(&ctx.who, &ns, EntityKind::Rule).await.map_err(ctl(&ctx.tid))?;
+        let n = s
+            .controller
+            .count(&ctx.who, &ns, EntityKind::Rule)
+            .await
+            .map_err(ctl(&ctx.tid))?;
         return ok(json!({"rules": n}));
     }
-    ok(Value::Array(s.controller.list_rules(&ctx.who, &ns, paging).await.map_err(ctl(&ctx.tid))?))
+    ok(Value::Array(
+        s.controller
+            .list_rules(&ctx.who, &ns, paging)
+            .await
+            .map_err(ctl(&ctx.tid))?,
+    ))
 }
 
-async fn get_rule(State(s): State<AppState>, ctx: Ctx, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.get_rule(&ctx.who, &ns, &name).await.map_err(ctl(&ctx.tid))?)
+async fn get_rule(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .get_rule(&ctx.who, &ns, &name)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 async fn put_rule(
@@ -284,11 +462,21 @@ async fn put_rule(
     let body = parse::body(body, &ctx.tid)?;
     let put: RulePut = parse::json(&body, &ctx.tid)?;
     let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller.put_rule(&ctx.who, &ns, &name, put, overwrite).await.map_err(ctl(&ctx.tid))?)
+    ok(s.controller
+        .put_rule(&ctx.who, &ns, &name, put, overwrite)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
-async fn delete_rule(State(s): State<AppState>, ctx: Ctx, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.delete_rule(&ctx.who, &ns, &name).await.map_err(ctl(&ctx.tid))?)
+async fn delete_rule(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .delete_rule(&ctx.who, &ns, &name)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
 async fn set_rule_status(
@@ -299,48 +487,105 @@ async fn set_rule_status(
 ) -> ApiResult {
     let body = parse::body(body, &ctx.tid)?;
     let v = parse::object(&body, &ctx.tid)?;
-    let status = v.get("status").and_then(|s| s.as_str()).unwrap_or_default().to_string();
-    s.controller.set_rule_status(&ctx.who, &ns, &name, &status).await.map_err(ctl(&ctx.tid))?;
+    let status = v
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_string();
+    s.controller
+        .set_rule_status(&ctx.who, &ns, &name, &status)
+        .await
+        .map_err(ctl(&ctx.tid))?;
     Ok(StatusCode::OK.into_response())
 }
 
 // ----- activations -----
 
-async fn list_activations(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>, Q(q): Q<Query>) -> ApiResult {
+async fn list_activations(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    Q(q): Q<Query>,
+) -> ApiResult {
     let tid = &ctx.tid;
     let paging = parse::paging(&q, tid)?;
     let docs = parse::flag_or(&q, "docs", tid)?;
     let count = parse::flag_or(&q, "count", tid)?;
     if docs && count {
-        return Err(ApiError::bad_request("The parameters 'docs' and 'count' cannot be used together.", tid));
+        return Err(ApiError::bad_request(
+            "The parameters 'docs' and 'count' cannot be used together.",
+            tid,
+        ));
     }
     let epoch = |name: &str| -> Result<Option<i64>, ApiError> {
         match q.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .parse::<i64>()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("Parameter '{name}' is not a valid value for epoch milliseconds: '{v}'."), tid)),
+            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
+                ApiError::bad_request(
+                    format!(
+                        "Parameter '{name}' is not a valid value for epoch milliseconds: '{v}'."
+                    ),
+                    tid,
+                )
+            }),
         }
     };
     let name = q.get("name").filter(|n| !n.is_empty()).cloned();
-    let query = ActivationListQuery { name, since: epoch("since")?, upto: epoch("upto")?, skip: paging.skip, limit: paging.limit, docs };
+    let query = ActivationListQuery {
+        name,
+        since: epoch("since")?,
+        upto: epoch("upto")?,
+        skip: paging.skip,
+        limit: paging.limit,
+        docs,
+    };
     if count {
-        let n = s.controller.count_activations(&ctx.who, &ns, &query).await.map_err(ctl(tid))?;
+        let n = s
+            .controller
+            .count_activations(&ctx.who, &ns, &query)
+            .await
+            .map_err(ctl(tid))?;
         return ok(json!({"activations": n}));
     }
-    ok(Value::Array(s.controller.list_activations(&ctx.who, &ns, &query).await.map_err(ctl(tid))?))
+    ok(Value::Array(
+        s.controller
+            .list_activations(&ctx.who, &ns, &query)
+            .await
+            .map_err(ctl(tid))?,
+    ))
 }
 
-async fn get_activation(State(s): State<AppState>, ctx: Ctx, Path((ns, id)): Path<(String, String)>) -> ApiResult {
-    let a = s.controller.get_activation(&ctx.who, &ns, &id).await.map_err(ctl(&ctx.tid))?;
+async fn get_activation(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, id)): Path<(String, String)>,
+) -> ApiResult {
+    let a = s
+        .controller
+        .get_activation(&ctx.who, &ns, &id)
+        .await
+        .map_err(ctl(&ctx.tid))?;
     ok(serde_json::to_value(&a).unwrap_or(Value::Null))
 }
 
-async fn activation_result(State(s): State<AppState>, ctx: Ctx, Path((ns, id)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.activation_result(&ctx.who, &ns, &id).await.map_err(ctl(&ctx.tid))?)
+async fn activation_result(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, id)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .activation_result(&ctx.who, &ns, &id)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }
 
-async fn activation_logs(State(s): State<AppState>, ctx: Ctx, Path((ns, id)): Path<(String, String)>) -> ApiResult {
-    ok(s.controller.activation_logs(&ctx.who, &ns, &id).await.map_err(ctl(&ctx.tid))?)
+async fn activation_logs(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, id)): Path<(String, String)>,
+) -> ApiResult {
+    ok(s.controller
+        .activation_logs(&ctx.who, &ns, &id)
+        .await
+        .map_err(ctl(&ctx.tid))?)
 }

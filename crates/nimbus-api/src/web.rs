@@ -41,20 +41,34 @@ fn parse_path(rest: &str) -> Result<WebPath, String> {
     let action_seg = segs.next().unwrap_or_default();
     let tail = segs.next().map(|t| format!("/{t}")).unwrap_or_default();
     if pkg.is_empty() || action_seg.is_empty() {
-        return Err("The web action URL must be /api/v1/web/{namespace}/{package or default}/{action}.".into());
+        return Err(
+            "The web action URL must be /api/v1/web/{namespace}/{package or default}/{action}."
+                .into(),
+        );
     }
     let (action, ext) = match action_seg.rsplit_once('.') {
         Some((a, e)) if EXTENSIONS.contains(&e) => (a.to_string(), e.to_string()),
-        Some((_, e)) if !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()) && e.len() <= 5 => {
+        Some((_, e))
+            if !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()) && e.len() <= 5 =>
+        {
             return Err(format!(
                 "Resource representation '.{e}' is not supported; use one of: {}.",
-                EXTENSIONS.iter().map(|x| format!(".{x}")).collect::<Vec<_>>().join(", ")
+                EXTENSIONS
+                    .iter()
+                    .map(|x| format!(".{x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         _ => (action_seg.to_string(), "http".to_string()),
     };
     let package = (pkg != "default").then(|| pkg.to_string());
-    Ok(WebPath { package, action, ext, rest: tail })
+    Ok(WebPath {
+        package,
+        action,
+        ext,
+        rest: tail,
+    })
 }
 
 fn is_binary_type(ct: &str) -> bool {
@@ -68,7 +82,10 @@ fn is_binary_type(ct: &str) -> bool {
 }
 
 fn cors_headers(h: &mut HeaderMap, req_headers: &HeaderMap) {
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("OPTIONS, GET, DELETE, POST, PUT, HEAD, PATCH"),
@@ -76,7 +93,9 @@ fn cors_headers(h: &mut HeaderMap, req_headers: &HeaderMap) {
     let allow = req_headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned()
-        .unwrap_or(HeaderValue::from_static("Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent"));
+        .unwrap_or(HeaderValue::from_static(
+            "Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent",
+        ));
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow);
 }
 
@@ -86,7 +105,11 @@ async fn web(
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let tid = parts.extensions.get::<Tid>().map(|t| t.0.clone()).unwrap_or_else(|| nimbus_model::ActivationId::generate().to_string());
+    let tid = parts
+        .extensions
+        .get::<Tid>()
+        .map(|t| t.0.clone())
+        .unwrap_or_else(|| nimbus_model::ActivationId::generate().to_string());
     match handle(&s, &ns, &rest, &parts, body, &tid).await {
         Ok(r) => r,
         Err(e) => {
@@ -125,9 +148,17 @@ async fn handle(
         None | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => {
             let Some((u, k)) = basic_credentials(parts) else {
-                return Err(ApiError::new(StatusCode::UNAUTHORIZED, "The resource requires authentication, which was not supplied with the request", tid));
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "The resource requires authentication, which was not supplied with the request",
+                    tid,
+                ));
             };
-            let who = s.controller.authenticate(&u, &k).await.map_err(|e| ApiError::from_controller(e, tid))?;
+            let who = s
+                .controller
+                .authenticate(&u, &k)
+                .await
+                .map_err(|e| ApiError::from_controller(e, tid))?;
             user = Some(who.namespace);
         }
         Some(secret) => {
@@ -135,9 +166,17 @@ async fn handle(
                 Value::String(x) => x.clone(),
                 other => other.to_string(),
             };
-            let given = parts.headers.get("x-require-whisk-auth").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let given = parts
+                .headers
+                .get("x-require-whisk-auth")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             if given != expected {
-                return Err(ApiError::new(StatusCode::UNAUTHORIZED, "The supplied authentication is invalid", tid));
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "The supplied authentication is invalid",
+                    tid,
+                ));
             }
         }
     }
@@ -148,12 +187,26 @@ async fn handle(
         user = Some(who.namespace);
     }
     let params = build_params(parts, &body, &wp.rest, ann.is_truthy("raw-http"), user, tid)?;
-    let req = InvokeRequest { action: target.action.clone(), params, blocking: true, wait: None, cause: None };
-    let outcome = s.controller.invoke(&target.owner, req).await.map_err(|e| ApiError::from_controller(e, tid))?;
+    let req = InvokeRequest {
+        action: target.action.clone(),
+        params,
+        blocking: true,
+        wait: None,
+        cause: None,
+    };
+    let outcome = s
+        .controller
+        .invoke(&target.owner, req)
+        .await
+        .map_err(|e| ApiError::from_controller(e, tid))?;
     let a = match outcome {
         InvokeResponse::Done(a) => a,
         InvokeResponse::Accepted(id) => {
-            let mut r = (StatusCode::ACCEPTED, axum::Json(json!({"error": "Response not yet ready.", "code": tid}))).into_response();
+            let mut r = (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"error": "Response not yet ready.", "code": tid})),
+            )
+                .into_response();
             if let Ok(v) = HeaderValue::from_str(id.as_str()) {
                 r.headers_mut().insert("x-openwhisk-activation-id", v);
             }
@@ -185,7 +238,10 @@ async fn handle(
         r.headers_mut().insert("x-openwhisk-activation-id", v);
     }
     if !custom_options {
-        r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
     }
     Ok(r)
 }
@@ -200,7 +256,12 @@ fn build_params(
 ) -> Result<Map<String, Value>, ApiError> {
     let mut params = Map::new();
     let query = parts.uri.query().unwrap_or_default();
-    let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     if raw {
         params.insert("__ow_query".into(), json!(query));
         let b = if body.is_empty() {
@@ -223,7 +284,10 @@ fn build_params(
                         params.insert("__ow_body".into(), json!(other.to_string()));
                     }
                     Err(e) => {
-                        return Err(ApiError::bad_request(format!("The request content was malformed:\n{e}"), tid));
+                        return Err(ApiError::bad_request(
+                            format!("The request content was malformed:\n{e}"),
+                            tid,
+                        ));
                     }
                 }
             } else if ct.starts_with("application/x-www-form-urlencoded") {
@@ -231,22 +295,39 @@ fn build_params(
                     params.insert(k, json!(v));
                 }
             } else if is_binary_type(&ct) || std::str::from_utf8(body).is_err() {
-                params.insert("__ow_body".into(), json!(base64::engine::general_purpose::STANDARD.encode(body)));
+                params.insert(
+                    "__ow_body".into(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(body)),
+                );
             } else {
                 params.insert("__ow_body".into(), json!(String::from_utf8_lossy(body)));
             }
         }
     }
-    if params.keys().any(|k| k.starts_with("__ow_") && k != "__ow_body" && k != "__ow_query") {
-        return Err(ApiError::bad_request("Request defines parameters that are not allowed (e.g., reserved properties).", tid));
+    if params
+        .keys()
+        .any(|k| k.starts_with("__ow_") && k != "__ow_body" && k != "__ow_query")
+    {
+        return Err(ApiError::bad_request(
+            "Request defines parameters that are not allowed (e.g., reserved properties).",
+            tid,
+        ));
     }
     let headers: Map<String, Value> = parts
         .headers
         .iter()
         .filter(|(k, _)| *k != header::AUTHORIZATION)
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), json!(v.to_str().unwrap_or_default())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                json!(v.to_str().unwrap_or_default()),
+            )
+        })
         .collect();
-    params.insert("__ow_method".into(), json!(parts.method.as_str().to_ascii_lowercase()));
+    params.insert(
+        "__ow_method".into(),
+        json!(parts.method.as_str().to_ascii_lowercase()),
+    );
     params.insert("__ow_headers".into(), Value::Object(headers));
     params.insert("__ow_path".into(), json!(rest));
     if let Some(u) = user {
@@ -297,17 +378,25 @@ fn project(mut v: Value, rest: &str) -> Value {
 }
 
 fn render(wp: &WebPath, result: Value, tid: &str) -> Result<Response, ApiError> {
-    let text_field = |result: &Value, field: &str, ctype: &'static str| -> Result<Response, ApiError> {
-        let v = project(result.clone(), &wp.rest);
-        let s = v.get(field).or_else(|| v.get("body")).and_then(|x| x.as_str()).map(str::to_string);
-        match s {
-            Some(s) => Ok(([(header::CONTENT_TYPE, ctype)], s).into_response()),
-            None => Err(ApiError::bad_request(
-                format!("The action did not return a '{field}' property for a .{} response.", wp.ext),
-                tid,
-            )),
-        }
-    };
+    let text_field =
+        |result: &Value, field: &str, ctype: &'static str| -> Result<Response, ApiError> {
+            let v = project(result.clone(), &wp.rest);
+            let s = v
+                .get(field)
+                .or_else(|| v.get("body"))
+                .and_then(|x| x.as_str())
+                .map(str::to_string);
+            match s {
+                Some(s) => Ok(([(header::CONTENT_TYPE, ctype)], s).into_response()),
+                None => Err(ApiError::bad_request(
+                    format!(
+                        "The action did not return a '{field}' property for a .{} response.",
+                        wp.ext
+                    ),
+                    tid,
+                )),
+            }
+        };
     match wp.ext.as_str() {
         "json" => Ok(axum::Json(project(result, &wp.rest)).into_response()),
         "html" => text_field(&result, "html", "text/html; charset=utf-8"),
@@ -324,11 +413,20 @@ fn http_response(result: Value, tid: &str) -> Result<Response, ApiError> {
     if let Some(Value::Object(h)) = obj.get("headers") {
         for (k, v) in h {
             let values: Vec<String> = match v {
-                Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect(),
                 Value::String(s) => vec![s.clone()],
                 other => vec![other.to_string()],
             };
-            let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else { continue };
+            let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+                continue;
+            };
             for val in values {
                 if let Ok(hv) = HeaderValue::from_str(&val) {
                     headers.append(name.clone(), hv);
@@ -341,24 +439,42 @@ fn http_response(result: Value, tid: &str) -> Result<Response, ApiError> {
         Some(v) => v
             .as_u64()
             .and_then(|c| StatusCode::from_u16(c as u16).ok())
-            .ok_or_else(|| ApiError::bad_request("The action returned an invalid statusCode.", tid))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("The action returned an invalid statusCode.", tid)
+            })?,
         None if body.is_null() => StatusCode::NO_CONTENT,
         None => StatusCode::OK,
     };
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes: Vec<u8> = match (&body, ct.as_deref()) {
         (Value::Null, _) => Vec::new(),
-        (Value::String(s), Some(t)) if is_binary_type(t) => base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(|_| ApiError::bad_request("Response type in header did not match generated content type.", tid))?,
+        (Value::String(s), Some(t)) if is_binary_type(t) => {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "Response type in header did not match generated content type.",
+                        tid,
+                    )
+                })?
+        }
         (Value::String(s), Some(_)) => s.clone().into_bytes(),
         (Value::String(s), None) => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             s.clone().into_bytes()
         }
         (other, _) => {
             if ct.is_none() {
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
             }
             other.to_string().into_bytes()
         }
@@ -377,7 +493,15 @@ mod tests {
     #[test]
     fn web_paths_split_package_action_extension_and_rest() {
         let p = parse_path("default/hello.json/a/b").unwrap();
-        assert_eq!(p, WebPath { package: None, action: "hello".into(), ext: "json".into(), rest: "/a/b".into() });
+        assert_eq!(
+            p,
+            WebPath {
+                package: None,
+                action: "hello".into(),
+                ext: "json".into(),
+                rest: "/a/b".into()
+            }
+        );
         let p = parse_path("pkg/hello").unwrap();
         assert_eq!(p.package.as_deref(), Some("pkg"));
         assert_eq!(p.ext, "http");
@@ -387,12 +511,23 @@ mod tests {
 
     #[test]
     fn form_decoding() {
-        assert_eq!(form_urlencoded("a=1&b=x+y%21&c"), vec![("a".into(), "1".into()), ("b".into(), "x y!".into()), ("c".into(), "".into())]);
+        assert_eq!(
+            form_urlencoded("a=1&b=x+y%21&c"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y!".into()),
+                ("c".into(), "".into())
+            ]
+        );
     }
 
     #[test]
     fn http_results_become_responses() {
-        let r = http_response(json!({"statusCode": 201, "headers": {"x-a": "1"}, "body": "hi"}), "t").unwrap();
+        let r = http_response(
+            json!({"statusCode": 201, "headers": {"x-a": "1"}, "body": "hi"}),
+            "t",
+        )
+        .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
         let r = http_response(json!({}), "t").unwrap();

@@ -24,10 +24,18 @@ impl ResolvedAction {
 
 impl Controller {
     pub(crate) fn ensure_own(&self, who: &Identity, ns: &str) -> Result<()> {
-        if who.resolve_ns(ns) == who.namespace { Ok(()) } else { Err(ControllerError::forbidden()) }
+        if who.resolve_ns(ns) == who.namespace {
+            Ok(())
+        } else {
+            Err(ControllerError::forbidden())
+        }
     }
 
-    pub(crate) async fn load_package(&self, ns: &str, name: &str) -> Result<Option<(Package, i64)>> {
+    pub(crate) async fn load_package(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<(Package, i64)>> {
         self.load(ns, EntityKind::Package, name).await
     }
 
@@ -42,7 +50,11 @@ impl Controller {
         let ns = who.resolve_ns(ns);
         let own = ns == who.namespace;
         let Some((pkg, _)) = self.load_package(ns, name).await? else {
-            return Err(if own { ControllerError::not_found() } else { ControllerError::forbidden() });
+            return Err(if own {
+                ControllerError::not_found()
+            } else {
+                ControllerError::forbidden()
+            });
         };
         if !own && !pkg.publish {
             return Err(ControllerError::forbidden());
@@ -66,25 +78,43 @@ impl Controller {
     }
 
     /// Finds an action that `who` may read and invoke.
-    pub(crate) async fn resolve_action(&self, who: &Identity, fqn: &FullyQualifiedName) -> Result<ResolvedAction> {
+    pub(crate) async fn resolve_action(
+        &self,
+        who: &Identity,
+        fqn: &FullyQualifiedName,
+    ) -> Result<ResolvedAction> {
         let ns = who.resolve_ns(&fqn.namespace).to_string();
         match &fqn.path.package {
             None => {
                 if ns != who.namespace {
                     return Err(ControllerError::forbidden());
                 }
-                let Some((action, _)) = self.load::<Action>(&ns, EntityKind::Action, &fqn.path.name).await? else {
+                let Some((action, _)) = self
+                    .load::<Action>(&ns, EntityKind::Action, &fqn.path.name)
+                    .await?
+                else {
                     return Err(ControllerError::not_found());
                 };
-                Ok(ResolvedAction { action, inherited: KeyValues::new(), binding: None })
+                Ok(ResolvedAction {
+                    action,
+                    inherited: KeyValues::new(),
+                    binding: None,
+                })
             }
             Some(pkg_name) => {
                 let (pkg, inherited, binding) = self.resolve_package(who, &ns, pkg_name).await?;
                 let key = format!("{}/{}", pkg.name, fqn.path.name);
-                let Some((action, _)) = self.load::<Action>(&pkg.namespace, EntityKind::Action, &key).await? else {
+                let Some((action, _)) = self
+                    .load::<Action>(&pkg.namespace, EntityKind::Action, &key)
+                    .await?
+                else {
                     return Err(ControllerError::not_found());
                 };
-                Ok(ResolvedAction { action, inherited, binding })
+                Ok(ResolvedAction {
+                    action,
+                    inherited,
+                    binding,
+                })
             }
         }
     }
@@ -102,11 +132,20 @@ pub struct WebTarget {
 impl Controller {
     /// Finds `ns/[pkg/]name` for a web request. Anything not web-exported is "not found", so the
     /// URL space reveals nothing about private actions.
-    pub async fn resolve_web_action(&self, ns: &str, package: Option<&str>, name: &str) -> Result<WebTarget> {
+    pub async fn resolve_web_action(
+        &self,
+        ns: &str,
+        package: Option<&str>,
+        name: &str,
+    ) -> Result<WebTarget> {
         let Some(cred) = self.store.credentials_of(ns).await?.into_iter().next() else {
             return Err(ControllerError::not_found());
         };
-        let owner = Identity { namespace: cred.namespace, uuid: cred.uuid, key: cred.key };
+        let owner = Identity {
+            namespace: cred.namespace,
+            uuid: cred.uuid,
+            key: cred.key,
+        };
         let path = nimbus_model::EntityPath::new(package.map(str::to_string), name);
         nimbus_model::names::validate_name(name)?;
         let fqn = FullyQualifiedName::new(ns, path);
@@ -118,6 +157,10 @@ impl Controller {
         if !r.action.annotations.is_truthy("web-export") {
             return Err(ControllerError::not_found());
         }
-        Ok(WebTarget { owner, action: fqn, annotations: r.action.annotations })
+        Ok(WebTarget {
+            owner,
+            action: fqn,
+            annotations: r.action.annotations,
+        })
     }
 }

@@ -17,7 +17,12 @@ pub struct ActivationListQuery {
 }
 
 impl Controller {
-    pub async fn list_activations(&self, who: &Identity, ns: &str, q: &ActivationListQuery) -> Result<Vec<Value>> {
+    pub async fn list_activations(
+        &self,
+        who: &Identity,
+        ns: &str,
+        q: &ActivationListQuery,
+    ) -> Result<Vec<Value>> {
         self.ensure_own(who, ns)?;
         let list = self
             .store
@@ -34,17 +39,34 @@ impl Controller {
             .await?;
         Ok(list
             .iter()
-            .map(|a| if q.docs { serde_json::to_value(a).unwrap_or(Value::Null) } else { a.brief() })
+            .map(|a| {
+                if q.docs {
+                    serde_json::to_value(a).unwrap_or(Value::Null)
+                } else {
+                    a.brief()
+                }
+            })
             .collect())
     }
 
-    pub async fn count_activations(&self, who: &Identity, ns: &str, q: &ActivationListQuery) -> Result<u64> {
+    pub async fn count_activations(
+        &self,
+        who: &Identity,
+        ns: &str,
+        q: &ActivationListQuery,
+    ) -> Result<u64> {
         self.ensure_own(who, ns)?;
         Ok(self
             .store
             .count_activations(
                 &who.namespace,
-                &ActivationQuery { name: q.name.clone(), since: q.since, upto: q.upto, skip: 0, limit: None },
+                &ActivationQuery {
+                    name: q.name.clone(),
+                    since: q.since,
+                    upto: q.upto,
+                    skip: 0,
+                    limit: None,
+                },
             )
             .await?)
     }

@@ -41,8 +41,16 @@ pub const DEV_KEYS: &[(&str, &str, &str)] = &[
 
 /// A fresh credential: a random UUID and 64 random alphanumeric characters (OpenWhisk's key shape).
 pub fn generate_key(namespace: &str) -> NamespaceAuth {
-    let key: String = rand::rng().sample_iter(&Alphanumeric).take(64).map(char::from).collect();
-    NamespaceAuth { namespace: namespace.to_string(), uuid: uuid::Uuid::new_v4().to_string(), key }
+    let key: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(64)
+        .map(char::from)
+        .collect();
+    NamespaceAuth {
+        namespace: namespace.to_string(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        key,
+    }
 }
 
 /// A credential created (or found) at start-up.
@@ -63,7 +71,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Controller {
     /// Checks `uuid:key`; 401 on anything else.
     pub async fn authenticate(&self, uuid: &str, key: &str) -> Result<Identity> {
-        if let Some(id) = self.auth_cache.read().unwrap_or_else(|p| p.into_inner()).get(uuid) {
+        if let Some(id) = self
+            .auth_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uuid)
+        {
             return if constant_time_eq(id.key.as_bytes(), key.as_bytes()) {
                 Ok(id.clone())
             } else {
@@ -76,7 +89,11 @@ impl Controller {
         if !constant_time_eq(cred.key.as_bytes(), key.as_bytes()) {
             return Err(ControllerError::Unauthorized);
         }
-        let id = Identity { namespace: cred.namespace, uuid: cred.uuid, key: cred.key };
+        let id = Identity {
+            namespace: cred.namespace,
+            uuid: cred.uuid,
+            key: cred.key,
+        };
         self.auth_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -91,7 +108,11 @@ impl Controller {
             .store
             .credential_by_uuid(uuid)
             .await?
-            .map(|c| Identity { namespace: c.namespace, uuid: c.uuid, key: c.key }))
+            .map(|c| Identity {
+                namespace: c.namespace,
+                uuid: c.uuid,
+                key: c.key,
+            }))
     }
 
     /// Makes sure `guest` and `whisk.system` exist. With `dev`, the well-known keys are used
@@ -103,21 +124,37 @@ impl Controller {
             let existing = self.store.credentials_of(ns).await?;
             if dev {
                 if let Some(c) = existing.iter().find(|c| c.uuid == *uuid) {
-                    out.push(BootstrapKey { auth: c.clone(), created: false });
+                    out.push(BootstrapKey {
+                        auth: c.clone(),
+                        created: false,
+                    });
                 } else {
-                    let auth = NamespaceAuth { namespace: ns.to_string(), uuid: uuid.to_string(), key: key.to_string() };
+                    let auth = NamespaceAuth {
+                        namespace: ns.to_string(),
+                        uuid: uuid.to_string(),
+                        key: key.to_string(),
+                    };
                     self.store.add_credential(&auth).await?;
-                    out.push(BootstrapKey { auth, created: true });
+                    out.push(BootstrapKey {
+                        auth,
+                        created: true,
+                    });
                 }
                 continue;
             }
             // Outside dev mode the well-known keys must never grant access.
             if let Some(c) = existing.iter().find(|c| c.uuid != *uuid) {
-                out.push(BootstrapKey { auth: c.clone(), created: false });
+                out.push(BootstrapKey {
+                    auth: c.clone(),
+                    created: false,
+                });
             } else {
                 let auth = generate_key(ns);
                 self.store.add_credential(&auth).await?;
-                out.push(BootstrapKey { auth, created: true });
+                out.push(BootstrapKey {
+                    auth,
+                    created: true,
+                });
             }
         }
         Ok(out)

@@ -1,7 +1,7 @@
 //! The system catalog published at first start: `/whisk.system/utils`.
 
-use crate::{Controller, Identity, Result};
 use crate::requests::{ActionPut, PackagePut};
+use crate::{Controller, Identity, Result};
 use nimbus_model::exec::ExecJson;
 use nimbus_model::{EntityKind, KeyValues};
 use serde::Deserialize;
@@ -45,7 +45,12 @@ impl Controller {
     pub async fn install_catalog(&self, system: &Identity) -> Result<bool> {
         let m: Manifest = serde_json::from_str(MANIFEST)
             .map_err(|e| crate::ControllerError::Internal(format!("catalog manifest: {e}")))?;
-        if self.store.get_entity(&system.namespace, EntityKind::Package, &m.package).await?.is_some() {
+        if self
+            .store
+            .get_entity(&system.namespace, EntityKind::Package, &m.package)
+            .await?
+            .is_some()
+        {
             return Ok(false);
         }
         let mut ann = KeyValues::new();
@@ -54,13 +59,20 @@ impl Controller {
             system,
             "_",
             &m.package,
-            PackagePut { publish: Some(true), annotations: Some(ann), ..Default::default() },
+            PackagePut {
+                publish: Some(true),
+                annotations: Some(ann),
+                ..Default::default()
+            },
             false,
         )
         .await?;
         for a in &m.actions {
             let Some((_, code)) = SOURCES.iter().find(|(f, _)| *f == a.file) else {
-                return Err(crate::ControllerError::Internal(format!("catalog file {} is not built in", a.file)));
+                return Err(crate::ControllerError::Internal(format!(
+                    "catalog file {} is not built in",
+                    a.file
+                )));
             };
             let mut ann = KeyValues::new();
             ann.set("description", json!(a.description));
@@ -72,11 +84,16 @@ impl Controller {
                 ann.set("sampleOutput", s.clone());
             }
             let put = ActionPut {
-                exec: Some(ExecJson { kind: a.kind.clone(), code: Some(code.to_string()), ..Default::default() }),
+                exec: Some(ExecJson {
+                    kind: a.kind.clone(),
+                    code: Some(code.to_string()),
+                    ..Default::default()
+                }),
                 annotations: Some(ann),
                 ..Default::default()
             };
-            self.put_action(system, "_", &format!("{}/{}", m.package, a.name), put, true).await?;
+            self.put_action(system, "_", &format!("{}/{}", m.package, a.name), put, true)
+                .await?;
         }
         Ok(true)
     }

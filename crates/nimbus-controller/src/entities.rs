@@ -2,7 +2,9 @@
 
 use crate::requests::{ActionPut, PackagePut, RulePut, TriggerPut};
 use crate::{Controller, ControllerError, Identity, Result};
-use nimbus_model::entity::{Action, BindingRef, EntityPathDoc, Package, Rule, RuleStatus, Trigger, Version};
+use nimbus_model::entity::{
+    Action, BindingRef, EntityPathDoc, Package, Rule, RuleStatus, Trigger, Version,
+};
 use nimbus_model::exec::Exec;
 use nimbus_model::limits::ActionLimits;
 use nimbus_model::names::validate_name;
@@ -33,12 +35,21 @@ fn version_for(given: &Option<String>, old: Option<Version>) -> Result<Version> 
 }
 
 impl Controller {
-    pub(crate) async fn load<T: DeserializeOwned>(&self, ns: &str, kind: EntityKind, key: &str) -> Result<Option<(T, i64)>> {
+    pub(crate) async fn load<T: DeserializeOwned>(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+    ) -> Result<Option<(T, i64)>> {
         match self.store.get_entity(ns, kind, key).await? {
             None => Ok(None),
             Some(d) => {
-                let v: T = serde_json::from_value(d.doc)
-                    .map_err(|e| ControllerError::Internal(format!("stored {} '{ns}/{key}' is unreadable: {e}", kind.collection())))?;
+                let v: T = serde_json::from_value(d.doc).map_err(|e| {
+                    ControllerError::Internal(format!(
+                        "stored {} '{ns}/{key}' is unreadable: {e}",
+                        kind.collection()
+                    ))
+                })?;
                 Ok(Some((v, d.rev)))
             }
         }
@@ -54,7 +65,9 @@ impl Controller {
         expected_rev: Option<i64>,
     ) -> Result<()> {
         let doc = serde_json::to_value(v).map_err(|e| ControllerError::Internal(e.to_string()))?;
-        self.store.put_entity(ns, kind, key, &doc, updated, expected_rev).await?;
+        self.store
+            .put_entity(ns, kind, key, &doc, updated, expected_rev)
+            .await?;
         Ok(())
     }
 
@@ -71,16 +84,30 @@ impl Controller {
         Ok(())
     }
 
-    async fn list_docs<T: DeserializeOwned>(&self, ns: &str, kind: EntityKind, q: EntityQuery) -> Result<Vec<T>> {
+    async fn list_docs<T: DeserializeOwned>(
+        &self,
+        ns: &str,
+        kind: EntityKind,
+        q: EntityQuery,
+    ) -> Result<Vec<T>> {
         let docs = self.store.list_entities(ns, kind, &q).await?;
         docs.into_iter()
-            .map(|d| serde_json::from_value(d.doc).map_err(|e| ControllerError::Internal(e.to_string())))
+            .map(|d| {
+                serde_json::from_value(d.doc).map_err(|e| ControllerError::Internal(e.to_string()))
+            })
             .collect()
     }
 
     // ----- actions -----
 
-    pub async fn put_action(&self, who: &Identity, ns: &str, path: &str, body: ActionPut, overwrite: bool) -> Result<Value> {
+    pub async fn put_action(
+        &self,
+        who: &Identity,
+        ns: &str,
+        path: &str,
+        body: ActionPut,
+        overwrite: bool,
+    ) -> Result<Value> {
         self.ensure_own(who, ns)?;
         let ns = who.namespace.clone();
         let path = EntityPath::parse(path)?;
@@ -92,7 +119,9 @@ impl Controller {
                     )));
                 }
                 Some((p, _)) if p.binding.is_some() => {
-                    return Err(ControllerError::BadRequest("Operation not permitted on package binding.".into()));
+                    return Err(ControllerError::BadRequest(
+                        "Operation not permitted on package binding.".into(),
+                    ));
                 }
                 _ => {}
             }
@@ -114,7 +143,8 @@ impl Controller {
         let now = now_millis();
         let (action, rev) = match existing {
             None => {
-                let exec = exec.ok_or_else(|| ControllerError::BadRequest("exec undefined".into()))?;
+                let exec =
+                    exec.ok_or_else(|| ControllerError::BadRequest("exec undefined".into()))?;
                 let limits = ActionLimits::default().apply(&limits_put, &self.cfg.limits)?;
                 let mut annotations = body.annotations.unwrap_or_default();
                 if annotations.get("provide-api-key").is_none() {
@@ -170,11 +200,18 @@ impl Controller {
                 action.exec.kind()
             )));
         }
-        self.save(&ns, EntityKind::Action, &key, &action, now, rev).await?;
+        self.save(&ns, EntityKind::Action, &key, &action, now, rev)
+            .await?;
         Ok(action.api_json(true))
     }
 
-    async fn validate_sequence(&self, who: &Identity, ns: &str, path: &EntityPath, components: &[String]) -> Result<()> {
+    async fn validate_sequence(
+        &self,
+        who: &Identity,
+        ns: &str,
+        path: &EntityPath,
+        components: &[String],
+    ) -> Result<()> {
         let max = self.cfg.limits.sequence_max_length as usize;
         if components.len() > max {
             return Err(ControllerError::BadRequest(format!(
@@ -184,10 +221,15 @@ impl Controller {
         }
         let me = FullyQualifiedName::new(ns, path.clone());
         for c in components {
-            let fqn = FullyQualifiedName::parse(c, &who.namespace)
-                .map_err(|_| ControllerError::BadRequest(format!("Sequence component '{c}' is not a valid action name.")))?;
+            let fqn = FullyQualifiedName::parse(c, &who.namespace).map_err(|_| {
+                ControllerError::BadRequest(format!(
+                    "Sequence component '{c}' is not a valid action name."
+                ))
+            })?;
             if fqn == me {
-                return Err(ControllerError::BadRequest("Sequence may not refer to itself.".into()));
+                return Err(ControllerError::BadRequest(
+                    "Sequence may not refer to itself.".into(),
+                ));
             }
             match self.resolve_action(who, &fqn).await {
                 Ok(r) => {
@@ -195,11 +237,15 @@ impl Controller {
                     if let Exec::Sequence { components: inner } = &r.action.exec
                         && self.sequence_reaches(who, inner, &me, 0).await?
                     {
-                        return Err(ControllerError::BadRequest("Sequence may not refer to itself.".into()));
+                        return Err(ControllerError::BadRequest(
+                            "Sequence may not refer to itself.".into(),
+                        ));
                     }
                 }
                 Err(ControllerError::NotFound(_)) | Err(ControllerError::Forbidden(_)) => {
-                    return Err(ControllerError::BadRequest("Sequence component does not exist.".into()));
+                    return Err(ControllerError::BadRequest(
+                        "Sequence component does not exist.".into(),
+                    ));
                 }
                 Err(e) => return Err(e),
             }
@@ -219,7 +265,9 @@ impl Controller {
                 return Ok(true);
             }
             for c in components {
-                let Ok(fqn) = FullyQualifiedName::parse(c, &who.namespace) else { continue };
+                let Ok(fqn) = FullyQualifiedName::parse(c, &who.namespace) else {
+                    continue;
+                };
                 if &fqn == target {
                     return Ok(true);
                 }
@@ -234,25 +282,43 @@ impl Controller {
         })
     }
 
-    pub async fn get_action(&self, who: &Identity, ns: &str, path: &str, with_code: bool) -> Result<Value> {
+    pub async fn get_action(
+        &self,
+        who: &Identity,
+        ns: &str,
+        path: &str,
+        with_code: bool,
+    ) -> Result<Value> {
         let fqn = FullyQualifiedName::new(who.resolve_ns(ns), EntityPath::parse(path)?);
         let r = self.resolve_action(who, &fqn).await?;
         let mut v = r.action.api_json(with_code);
         if r.binding.is_some() {
             // Reading through a binding shows the inherited parameters merged in.
-            v["parameters"] = serde_json::to_value(r.inherited.merged(&r.action.parameters)).unwrap_or(Value::Null);
+            v["parameters"] = serde_json::to_value(r.inherited.merged(&r.action.parameters))
+                .unwrap_or(Value::Null);
         }
         Ok(v)
     }
 
-    pub async fn list_actions(&self, who: &Identity, ns: &str, package: Option<&str>, paging: Paging) -> Result<Vec<Value>> {
+    pub async fn list_actions(
+        &self,
+        who: &Identity,
+        ns: &str,
+        package: Option<&str>,
+        paging: Paging,
+    ) -> Result<Vec<Value>> {
         let list: Vec<Action> = match package {
             Some(pkg) => {
                 let (p, _, _) = self.resolve_package(who, ns, pkg).await?;
                 self.list_docs(
                     &p.namespace,
                     EntityKind::Action,
-                    EntityQuery { package: Some(p.name.clone()), skip: paging.skip, limit: Some(paging.limit), ..Default::default() },
+                    EntityQuery {
+                        package: Some(p.name.clone()),
+                        skip: paging.skip,
+                        limit: Some(paging.limit),
+                        ..Default::default()
+                    },
                 )
                 .await?
             }
@@ -261,7 +327,11 @@ impl Controller {
                 self.list_docs(
                     &who.namespace,
                     EntityKind::Action,
-                    EntityQuery { skip: paging.skip, limit: Some(paging.limit), ..Default::default() },
+                    EntityQuery {
+                        skip: paging.skip,
+                        limit: Some(paging.limit),
+                        ..Default::default()
+                    },
                 )
                 .await?
             }
@@ -271,17 +341,27 @@ impl Controller {
 
     pub async fn count(&self, who: &Identity, ns: &str, kind: EntityKind) -> Result<u64> {
         self.ensure_own(who, ns)?;
-        Ok(self.store.count_entities(&who.namespace, kind, &EntityQuery::default()).await?)
+        Ok(self
+            .store
+            .count_entities(&who.namespace, kind, &EntityQuery::default())
+            .await?)
     }
 
     pub async fn delete_action(&self, who: &Identity, ns: &str, path: &str) -> Result<Value> {
         self.ensure_own(who, ns)?;
         let path = EntityPath::parse(path)?;
         let key = path.key();
-        let Some((action, rev)) = self.load::<Action>(&who.namespace, EntityKind::Action, &key).await? else {
+        let Some((action, rev)) = self
+            .load::<Action>(&who.namespace, EntityKind::Action, &key)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
-        if !self.store.delete_entity(&who.namespace, EntityKind::Action, &key, Some(rev)).await? {
+        if !self
+            .store
+            .delete_entity(&who.namespace, EntityKind::Action, &key, Some(rev))
+            .await?
+        {
             return Err(ControllerError::not_found());
         }
         Ok(action.api_json(false))
@@ -289,12 +369,21 @@ impl Controller {
 
     // ----- packages -----
 
-    pub async fn put_package(&self, who: &Identity, ns: &str, name: &str, body: PackagePut, overwrite: bool) -> Result<Value> {
+    pub async fn put_package(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+        body: PackagePut,
+        overwrite: bool,
+    ) -> Result<Value> {
         self.ensure_own(who, ns)?;
         let ns = who.namespace.clone();
         validate_name(name)?;
         if name == "default" {
-            return Err(ControllerError::BadRequest("Package name 'default' is reserved.".into()));
+            return Err(ControllerError::BadRequest(
+                "Package name 'default' is reserved.".into(),
+            ));
         }
         self.check_params_size(&body.parameters)?;
         let binding = match &body.binding {
@@ -304,19 +393,28 @@ impl Controller {
                 let ns_b = v.get("namespace").and_then(|x| x.as_str());
                 let name_b = v.get("name").and_then(|x| x.as_str());
                 let (Some(bns), Some(bname)) = (ns_b, name_b) else {
-                    return Err(ControllerError::BadRequest("binding must be {\"namespace\": …, \"name\": …}".into()));
+                    return Err(ControllerError::BadRequest(
+                        "binding must be {\"namespace\": …, \"name\": …}".into(),
+                    ));
                 };
                 let bns = who.resolve_ns(bns).to_string();
                 let Some((target, _)) = self.load_package(&bns, bname).await? else {
-                    return Err(ControllerError::BadRequest(format!("The package '/{bns}/{bname}' to bind does not exist.")));
+                    return Err(ControllerError::BadRequest(format!(
+                        "The package '/{bns}/{bname}' to bind does not exist."
+                    )));
                 };
                 if target.binding.is_some() {
-                    return Err(ControllerError::BadRequest("A binding cannot refer to another binding.".into()));
+                    return Err(ControllerError::BadRequest(
+                        "A binding cannot refer to another binding.".into(),
+                    ));
                 }
                 if target.namespace != who.namespace && !target.publish {
                     return Err(ControllerError::forbidden());
                 }
-                Some(BindingRef { namespace: bns, name: bname.to_string() })
+                Some(BindingRef {
+                    namespace: bns,
+                    name: bname.to_string(),
+                })
             }
         };
         let existing = self.load_package(&ns, name).await?;
@@ -342,7 +440,8 @@ impl Controller {
                 let explicit_binding = body.binding.is_some();
                 if explicit_binding && old.binding.is_some() != binding.is_some() {
                     return Err(ControllerError::Conflict(
-                        "A package cannot be turned into a binding, nor a binding into a package.".into(),
+                        "A package cannot be turned into a binding, nor a binding into a package."
+                            .into(),
                     ));
                 }
                 if explicit_binding && binding.is_some() {
@@ -362,22 +461,32 @@ impl Controller {
                 (old, Some(rev))
             }
         };
-        self.save(&ns, EntityKind::Package, name, &pkg, now, rev).await?;
+        self.save(&ns, EntityKind::Package, name, &pkg, now, rev)
+            .await?;
         self.package_view(&pkg, pkg.parameters.clone(), &pkg).await
     }
 
-    async fn package_view(&self, shown: &Package, params: KeyValues, content: &Package) -> Result<Value> {
+    async fn package_view(
+        &self,
+        shown: &Package,
+        params: KeyValues,
+        content: &Package,
+    ) -> Result<Value> {
         let actions: Vec<Action> = self
             .list_docs(
                 &content.namespace,
                 EntityKind::Action,
-                EntityQuery { package: Some(content.name.clone()), ..Default::default() },
+                EntityQuery {
+                    package: Some(content.name.clone()),
+                    ..Default::default()
+                },
             )
             .await?;
         let mut list = Vec::new();
         let mut feeds = Vec::new();
         for a in &actions {
-            let item = json!({"name": a.path.name, "version": a.version, "annotations": a.annotations});
+            let item =
+                json!({"name": a.path.name, "version": a.version, "annotations": a.annotations});
             if a.annotations.get("feed").is_some() {
                 feeds.push(item);
             } else {
@@ -401,11 +510,25 @@ impl Controller {
         self.package_view(&content, params, &content).await
     }
 
-    pub async fn list_packages(&self, who: &Identity, ns: &str, public: bool, paging: Paging) -> Result<Vec<Value>> {
+    pub async fn list_packages(
+        &self,
+        who: &Identity,
+        ns: &str,
+        public: bool,
+        paging: Paging,
+    ) -> Result<Vec<Value>> {
         let ns = who.resolve_ns(ns).to_string();
         let own = ns == who.namespace;
         let mut list: Vec<Package> = self
-            .list_docs(&ns, EntityKind::Package, EntityQuery { skip: 0, limit: None, ..Default::default() })
+            .list_docs(
+                &ns,
+                EntityKind::Package,
+                EntityQuery {
+                    skip: 0,
+                    limit: None,
+                    ..Default::default()
+                },
+            )
             .await?;
         if !own {
             list.retain(|p| p.publish);
@@ -414,10 +537,16 @@ impl Controller {
                 if other == ns {
                     continue;
                 }
-                let shared: Vec<Package> = self.list_docs(&other, EntityKind::Package, EntityQuery::default()).await?;
-                list.extend(shared.into_iter().filter(|p| p.publish && p.binding.is_none()));
+                let shared: Vec<Package> = self
+                    .list_docs(&other, EntityKind::Package, EntityQuery::default())
+                    .await?;
+                list.extend(
+                    shared
+                        .into_iter()
+                        .filter(|p| p.publish && p.binding.is_none()),
+                );
             }
-            list.sort_by(|a, b| b.updated.cmp(&a.updated));
+            list.sort_by_key(|p| std::cmp::Reverse(p.updated));
         }
         Ok(list
             .iter()
@@ -427,14 +556,26 @@ impl Controller {
             .collect())
     }
 
-    pub async fn delete_package(&self, who: &Identity, ns: &str, name: &str, force: bool) -> Result<Value> {
+    pub async fn delete_package(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Value> {
         self.ensure_own(who, ns)?;
         let ns = who.namespace.clone();
         let Some((pkg, rev)) = self.load_package(&ns, name).await? else {
             return Err(ControllerError::not_found());
         };
-        let q = EntityQuery { package: Some(name.to_string()), ..Default::default() };
-        let contents = self.store.list_entities(&ns, EntityKind::Action, &q).await?;
+        let q = EntityQuery {
+            package: Some(name.to_string()),
+            ..Default::default()
+        };
+        let contents = self
+            .store
+            .list_entities(&ns, EntityKind::Action, &q)
+            .await?;
         if !contents.is_empty() {
             if !force {
                 return Err(ControllerError::Conflict(format!(
@@ -443,16 +584,27 @@ impl Controller {
                 )));
             }
             for d in contents {
-                self.store.delete_entity(&ns, EntityKind::Action, &d.key, None).await?;
+                self.store
+                    .delete_entity(&ns, EntityKind::Action, &d.key, None)
+                    .await?;
             }
         }
-        self.store.delete_entity(&ns, EntityKind::Package, name, Some(rev)).await?;
+        self.store
+            .delete_entity(&ns, EntityKind::Package, name, Some(rev))
+            .await?;
         Ok(pkg.list_json())
     }
 
     // ----- triggers -----
 
-    pub async fn put_trigger(&self, who: &Identity, ns: &str, name: &str, body: TriggerPut, overwrite: bool) -> Result<Value> {
+    pub async fn put_trigger(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+        body: TriggerPut,
+        overwrite: bool,
+    ) -> Result<Value> {
         self.ensure_own(who, ns)?;
         let ns = who.namespace.clone();
         validate_name(name)?;
@@ -490,15 +642,21 @@ impl Controller {
                 (old, Some(rev))
             }
         };
-        self.save(&ns, EntityKind::Trigger, name, &t, now, rev).await?;
+        self.save(&ns, EntityKind::Trigger, name, &t, now, rev)
+            .await?;
         let rules = self.trigger_rules_map(&t).await?;
         Ok(t.api_json(rules))
     }
 
     pub(crate) async fn rules_of_trigger(&self, t: &Trigger) -> Result<Vec<Rule>> {
-        let rules: Vec<Rule> = self.list_docs(&t.namespace, EntityKind::Rule, EntityQuery::default()).await?;
+        let rules: Vec<Rule> = self
+            .list_docs(&t.namespace, EntityKind::Rule, EntityQuery::default())
+            .await?;
         let me = t.fqn();
-        Ok(rules.into_iter().filter(|r| r.trigger_fqn().ok().as_ref() == Some(&me)).collect())
+        Ok(rules
+            .into_iter()
+            .filter(|r| r.trigger_fqn().ok().as_ref() == Some(&me))
+            .collect())
     }
 
     async fn trigger_rules_map(&self, t: &Trigger) -> Result<Option<Value>> {
@@ -509,27 +667,42 @@ impl Controller {
         let mut map = serde_json::Map::new();
         for r in rules {
             let action = r.api_json()["action"].clone();
-            map.insert(format!("{}/{}", r.namespace, r.name), json!({"action": action, "status": r.status.as_str()}));
+            map.insert(
+                format!("{}/{}", r.namespace, r.name),
+                json!({"action": action, "status": r.status.as_str()}),
+            );
         }
         Ok(Some(Value::Object(map)))
     }
 
     pub async fn get_trigger(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
         self.ensure_own(who, ns)?;
-        let Some((t, _)) = self.load::<Trigger>(&who.namespace, EntityKind::Trigger, name).await? else {
+        let Some((t, _)) = self
+            .load::<Trigger>(&who.namespace, EntityKind::Trigger, name)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
         let rules = self.trigger_rules_map(&t).await?;
         Ok(t.api_json(rules))
     }
 
-    pub async fn list_triggers(&self, who: &Identity, ns: &str, paging: Paging) -> Result<Vec<Value>> {
+    pub async fn list_triggers(
+        &self,
+        who: &Identity,
+        ns: &str,
+        paging: Paging,
+    ) -> Result<Vec<Value>> {
         self.ensure_own(who, ns)?;
         let list: Vec<Trigger> = self
             .list_docs(
                 &who.namespace,
                 EntityKind::Trigger,
-                EntityQuery { skip: paging.skip, limit: Some(paging.limit), ..Default::default() },
+                EntityQuery {
+                    skip: paging.skip,
+                    limit: Some(paging.limit),
+                    ..Default::default()
+                },
             )
             .await?;
         Ok(list.iter().map(Trigger::list_json).collect())
@@ -537,17 +710,29 @@ impl Controller {
 
     pub async fn delete_trigger(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
         self.ensure_own(who, ns)?;
-        let Some((t, rev)) = self.load::<Trigger>(&who.namespace, EntityKind::Trigger, name).await? else {
+        let Some((t, rev)) = self
+            .load::<Trigger>(&who.namespace, EntityKind::Trigger, name)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
         let rules = self.trigger_rules_map(&t).await?;
-        self.store.delete_entity(&who.namespace, EntityKind::Trigger, name, Some(rev)).await?;
+        self.store
+            .delete_entity(&who.namespace, EntityKind::Trigger, name, Some(rev))
+            .await?;
         Ok(t.api_json(rules))
     }
 
     // ----- rules -----
 
-    pub async fn put_rule(&self, who: &Identity, ns: &str, name: &str, body: RulePut, overwrite: bool) -> Result<Value> {
+    pub async fn put_rule(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+        body: RulePut,
+        overwrite: bool,
+    ) -> Result<Value> {
         self.ensure_own(who, ns)?;
         let ns = who.namespace.clone();
         validate_name(name)?;
@@ -562,9 +747,14 @@ impl Controller {
                 Some(Value::Object(o)) => {
                     let path = o.get("path").and_then(|x| x.as_str()).unwrap_or(&ns);
                     let n = o.get("name").and_then(|x| x.as_str()).unwrap_or_default();
-                    Ok(Some(FullyQualifiedName::parse(&format!("/{path}/{n}"), &ns)?))
+                    Ok(Some(FullyQualifiedName::parse(
+                        &format!("/{path}/{n}"),
+                        &ns,
+                    )?))
                 }
-                Some(_) => Err(ControllerError::BadRequest(format!("rule {what} must be a fully qualified name"))),
+                Some(_) => Err(ControllerError::BadRequest(format!(
+                    "rule {what} must be a fully qualified name"
+                ))),
             }
         };
         let trigger = name_of(&body.trigger, "trigger")?;
@@ -585,19 +775,31 @@ impl Controller {
                 a.map(Ok).unwrap_or_else(|| old.action_fqn())?,
             ),
             (None, _, _) => {
-                return Err(ControllerError::BadRequest("A rule needs both a trigger and an action.".into()));
+                return Err(ControllerError::BadRequest(
+                    "A rule needs both a trigger and an action.".into(),
+                ));
             }
         };
         if trigger.namespace != ns || trigger.path.package.is_some() {
-            return Err(ControllerError::BadRequest("A rule's trigger must be in the rule's namespace.".into()));
+            return Err(ControllerError::BadRequest(
+                "A rule's trigger must be in the rule's namespace.".into(),
+            ));
         }
-        if self.load::<Trigger>(&ns, EntityKind::Trigger, &trigger.path.name).await?.is_none() {
-            return Err(ControllerError::NotFound(format!("The trigger '{trigger}' does not exist.")));
+        if self
+            .load::<Trigger>(&ns, EntityKind::Trigger, &trigger.path.name)
+            .await?
+            .is_none()
+        {
+            return Err(ControllerError::NotFound(format!(
+                "The trigger '{trigger}' does not exist."
+            )));
         }
         match self.resolve_action(who, &action).await {
             Ok(_) => {}
             Err(ControllerError::NotFound(_)) => {
-                return Err(ControllerError::NotFound(format!("The action '{action}' does not exist.")));
+                return Err(ControllerError::NotFound(format!(
+                    "The action '{action}' does not exist."
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -634,11 +836,18 @@ impl Controller {
                 (old, Some(rev))
             }
         };
-        self.save(&ns, EntityKind::Rule, name, &rule, now, rev).await?;
+        self.save(&ns, EntityKind::Rule, name, &rule, now, rev)
+            .await?;
         Ok(rule.api_json())
     }
 
-    pub async fn set_rule_status(&self, who: &Identity, ns: &str, name: &str, status: &str) -> Result<()> {
+    pub async fn set_rule_status(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: &str,
+        status: &str,
+    ) -> Result<()> {
         self.ensure_own(who, ns)?;
         let status = match status {
             "active" => RuleStatus::Active,
@@ -649,12 +858,21 @@ impl Controller {
                 )));
             }
         };
-        let Some((mut rule, rev)) = self.load::<Rule>(&who.namespace, EntityKind::Rule, name).await? else {
+        let Some((mut rule, rev)) = self
+            .load::<Rule>(&who.namespace, EntityKind::Rule, name)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
         let t = rule.trigger_fqn()?;
-        if self.load::<Trigger>(&t.namespace, EntityKind::Trigger, &t.path.name).await?.is_none() {
-            return Err(ControllerError::NotFound("Only rules with existing triggers can be activated".into()));
+        if self
+            .load::<Trigger>(&t.namespace, EntityKind::Trigger, &t.path.name)
+            .await?
+            .is_none()
+        {
+            return Err(ControllerError::NotFound(
+                "Only rules with existing triggers can be activated".into(),
+            ));
         }
         if rule.status == status {
             return Ok(());
@@ -662,12 +880,23 @@ impl Controller {
         rule.status = status;
         let now = now_millis();
         rule.updated = now;
-        self.save(&who.namespace, EntityKind::Rule, name, &rule, now, Some(rev)).await
+        self.save(
+            &who.namespace,
+            EntityKind::Rule,
+            name,
+            &rule,
+            now,
+            Some(rev),
+        )
+        .await
     }
 
     pub async fn get_rule(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
         self.ensure_own(who, ns)?;
-        let Some((r, _)) = self.load::<Rule>(&who.namespace, EntityKind::Rule, name).await? else {
+        let Some((r, _)) = self
+            .load::<Rule>(&who.namespace, EntityKind::Rule, name)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
         Ok(r.api_json())
@@ -679,7 +908,11 @@ impl Controller {
             .list_docs(
                 &who.namespace,
                 EntityKind::Rule,
-                EntityQuery { skip: paging.skip, limit: Some(paging.limit), ..Default::default() },
+                EntityQuery {
+                    skip: paging.skip,
+                    limit: Some(paging.limit),
+                    ..Default::default()
+                },
             )
             .await?;
         Ok(list.iter().map(Rule::list_json).collect())
@@ -687,11 +920,15 @@ impl Controller {
 
     pub async fn delete_rule(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
         self.ensure_own(who, ns)?;
-        let Some((r, rev)) = self.load::<Rule>(&who.namespace, EntityKind::Rule, name).await? else {
+        let Some((r, rev)) = self
+            .load::<Rule>(&who.namespace, EntityKind::Rule, name)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
-        self.store.delete_entity(&who.namespace, EntityKind::Rule, name, Some(rev)).await?;
+        self.store
+            .delete_entity(&who.namespace, EntityKind::Rule, name, Some(rev))
+            .await?;
         Ok(r.api_json())
     }
 }
-

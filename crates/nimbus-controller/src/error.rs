@@ -35,7 +35,9 @@ impl ControllerError {
     }
 
     pub fn forbidden() -> Self {
-        ControllerError::Forbidden("The supplied authentication is not authorized to access this resource.".into())
+        ControllerError::Forbidden(
+            "The supplied authentication is not authorized to access this resource.".into(),
+        )
     }
 }
 
@@ -51,10 +53,14 @@ impl From<ModelError> for ControllerError {
 impl From<StoreError> for ControllerError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(_) => ControllerError::Conflict("Concurrent modification to resource detected.".into()),
+            StoreError::Conflict(_) => {
+                ControllerError::Conflict("Concurrent modification to resource detected.".into())
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
-                ControllerError::Internal(format!("The platform could not access its store: {other}"))
+                ControllerError::Internal(format!(
+                    "The platform could not access its store: {other}"
+                ))
             }
         }
     }

@@ -26,14 +26,23 @@ pub(crate) struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
 impl Inflight {
     pub(crate) fn enter(&self, id: &ActivationId, e: InflightEntry) -> InflightGuard {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), e);
-        InflightGuard { id: id.clone(), map: self.map.clone() }
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), e);
+        InflightGuard {
+            id: id.clone(),
+            map: self.map.clone(),
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Vec<(ActivationId, InflightEntry)> {

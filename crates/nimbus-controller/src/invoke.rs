@@ -8,7 +8,8 @@ use crate::{Controller, ControllerError, Identity, Result};
 use nimbus_invoker::enforce_result_size;
 use nimbus_model::exec::Exec;
 use nimbus_model::{
-    Activation, ActivationId, ActivationResponse, FullyQualifiedName, KeyValues, ResponseStatus, now_millis,
+    Activation, ActivationId, ActivationResponse, FullyQualifiedName, KeyValues, ResponseStatus,
+    now_millis,
 };
 use nimbus_runtime::{InstanceSpec, RunRequest};
 use nimbus_store::QueuedInvocation;
@@ -55,7 +56,10 @@ struct QueuedPayload {
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 fn annotation(key: &str, value: Value) -> nimbus_model::params::KeyValue {
-    nimbus_model::params::KeyValue { key: key.to_string(), value }
+    nimbus_model::params::KeyValue {
+        key: key.to_string(),
+        value,
+    }
 }
 
 impl Controller {
@@ -72,11 +76,17 @@ impl Controller {
 
     /// Parameters a run receives: inherited, then the action's, then the caller's. With the
     /// `final` annotation the caller may not override bound parameters.
-    fn merge_params(&self, r: &ResolvedAction, payload: &Map<String, Value>) -> Result<Map<String, Value>> {
+    fn merge_params(
+        &self,
+        r: &ResolvedAction,
+        payload: &Map<String, Value>,
+    ) -> Result<Map<String, Value>> {
         let bound = r.inherited.merged(&r.action.parameters);
-        if r.action.annotations.is_truthy("final") && payload.keys().any(|k| bound.get(k).is_some()) {
+        if r.action.annotations.is_truthy("final") && payload.keys().any(|k| bound.get(k).is_some())
+        {
             return Err(ControllerError::BadRequest(
-                "Request defines parameters that are not allowed (e.g., reserved properties).".into(),
+                "Request defines parameters that are not allowed (e.g., reserved properties)."
+                    .into(),
             ));
         }
         let mut m = bound.to_object();
@@ -86,9 +96,15 @@ impl Controller {
         Ok(m)
     }
 
-    pub async fn invoke(self: &Arc<Self>, who: &Identity, req: InvokeRequest) -> Result<InvokeResponse> {
+    pub async fn invoke(
+        self: &Arc<Self>,
+        who: &Identity,
+        req: InvokeRequest,
+    ) -> Result<InvokeResponse> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(ControllerError::Unavailable("The server is shutting down; retry shortly.".into()));
+            return Err(ControllerError::Unavailable(
+                "The server is shutting down; retry shortly.".into(),
+            ));
         }
         self.check_payload(&req.params)?;
         let resolved = self.resolve_action(who, &req.action).await?;
@@ -110,7 +126,10 @@ impl Controller {
             drop(slot);
             return Ok(InvokeResponse::Accepted(id));
         }
-        let wait = req.wait.unwrap_or(self.cfg.max_blocking_wait).min(self.cfg.max_blocking_wait);
+        let wait = req
+            .wait
+            .unwrap_or(self.cfg.max_blocking_wait)
+            .min(self.cfg.max_blocking_wait);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let who = who.clone();
@@ -127,7 +146,17 @@ impl Controller {
                     queued: false,
                 },
             );
-            let record = this.run_resolved(&who, resolved, req.params, run_id, req.cause, accepted_at, true).await;
+            let record = this
+                .run_resolved(
+                    &who,
+                    resolved,
+                    req.params,
+                    run_id,
+                    req.cause,
+                    accepted_at,
+                    true,
+                )
+                .await;
             if let Err(e) = this.store.put_activation(&record).await {
                 tracing::error!(error = %e, "could not store activation record");
             }
@@ -135,7 +164,9 @@ impl Controller {
         });
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(record)) => Ok(InvokeResponse::Done(Box::new(record))),
-            Ok(Err(_)) => Err(ControllerError::Internal("the activation task ended without a result".into())),
+            Ok(Err(_)) => Err(ControllerError::Internal(
+                "the activation task ended without a result".into(),
+            )),
             Err(_) => Ok(InvokeResponse::Accepted(id)),
         }
     }
@@ -144,7 +175,8 @@ impl Controller {
         let item = QueuedInvocation {
             activation_id: id.clone(),
             namespace: ns.to_string(),
-            payload: serde_json::to_value(payload).map_err(|e| ControllerError::Internal(e.to_string()))?,
+            payload: serde_json::to_value(payload)
+                .map_err(|e| ControllerError::Internal(e.to_string()))?,
             enqueued_at: payload.accepted_at,
             attempts: 0,
         };
@@ -208,9 +240,15 @@ impl Controller {
             match &r.action.exec {
                 Exec::Sequence { components } => {
                     let components = components.clone();
-                    self.run_sequence(who, &r, components, params, id, cause, accepted_at, topmost).await
+                    self.run_sequence(who, &r, components, params, id, cause, accepted_at, topmost)
+                        .await
                 }
-                Exec::Code { kind, code, binary, main } => {
+                Exec::Code {
+                    kind,
+                    code,
+                    binary,
+                    main,
+                } => {
                     let action_name = format!("/{}", r.path());
                     let mut env = std::collections::BTreeMap::new();
                     env.insert("__OW_API_HOST".to_string(), self.cfg.api_host.clone());
@@ -223,7 +261,8 @@ impl Controller {
                         env,
                         limits: r.action.limits,
                     };
-                    let pool_key = format!("{action_name}@{}#{}", r.action.version, r.action.updated);
+                    let pool_key =
+                        format!("{action_name}@{}#{}", r.action.version, r.action.updated);
                     let provide_key = match r.action.annotations.get("provide-api-key") {
                         None => true,
                         Some(_) => r.action.annotations.is_truthy("provide-api-key"),
@@ -255,7 +294,17 @@ impl Controller {
                     if !topmost {
                         ann.push(annotation("causedBy", json!("sequence")));
                     }
-                    self.record(who, &r, id, cause, begin, out.end.max(begin), response, out.logs, ann)
+                    self.record(
+                        who,
+                        &r,
+                        id,
+                        cause,
+                        begin,
+                        out.end.max(begin),
+                        response,
+                        out.logs,
+                        ann,
+                    )
                 }
             }
         })
@@ -277,7 +326,10 @@ impl Controller {
         let mut annotations = KeyValues::new();
         annotations.set("path", json!(r.path()));
         annotations.set("kind", json!(r.action.exec.kind()));
-        annotations.set("limits", serde_json::to_value(r.action.limits).unwrap_or(Value::Null));
+        annotations.set(
+            "limits",
+            serde_json::to_value(r.action.limits).unwrap_or(Value::Null),
+        );
         if let Some(b) = &r.binding {
             annotations.set("binding", json!(b));
         }
@@ -336,7 +388,15 @@ impl Controller {
             // previous result (plus their own bound parameters, added by run_resolved).
             let child_id = ActivationId::generate();
             let child = self
-                .run_resolved(who, resolved, input.clone(), child_id.clone(), Some(id.clone()), now_millis(), false)
+                .run_resolved(
+                    who,
+                    resolved,
+                    input.clone(),
+                    child_id.clone(),
+                    Some(id.clone()),
+                    now_millis(),
+                    false,
+                )
                 .await;
             if let Err(e) = self.store.put_activation(&child).await {
                 tracing::error!(error = %e, "could not store component activation");
@@ -372,14 +432,19 @@ impl Controller {
     pub async fn start_dispatcher(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>> {
         let recovered = self.store.recover_claimed().await?;
         if recovered > 0 {
-            tracing::info!(recovered, "re-queued activations accepted before the last stop");
+            tracing::info!(
+                recovered,
+                "re-queued activations accepted before the last stop"
+            );
         }
         let this = self.clone();
         Ok(tokio::spawn(async move { this.dispatch_loop().await }))
     }
 
     async fn dispatch_loop(self: Arc<Self>) {
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.cfg.dispatch_concurrency.max(1)));
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.dispatch_concurrency.max(1),
+        ));
         loop {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
@@ -408,7 +473,9 @@ impl Controller {
                 continue;
             }
             for item in items {
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let this = self.clone();
                 tokio::spawn(async move {
                     this.run_queued(item).await;
@@ -437,7 +504,11 @@ impl Controller {
     async fn run_queued_payload(&self, id: &ActivationId, p: QueuedPayload) -> Option<Activation> {
         let who = match self.identity_by_uuid(&p.uuid).await {
             Ok(Some(w)) => w,
-            Ok(None) => Identity { namespace: p.namespace.clone(), uuid: p.uuid.clone(), key: String::new() },
+            Ok(None) => Identity {
+                namespace: p.namespace.clone(),
+                uuid: p.uuid.clone(),
+                key: String::new(),
+            },
             Err(e) => {
                 tracing::error!(error = %e, "credential lookup failed; retrying later");
                 let _ = self.store.release(id).await;
@@ -451,7 +522,12 @@ impl Controller {
         let resolved = match self.resolve_action(&who, &fqn).await {
             Ok(r) => r,
             Err(e) => {
-                return Some(self.failed_record(&who, &p, id, &format!("The action '{fqn}' could not be run: {e}")));
+                return Some(self.failed_record(
+                    &who,
+                    &p,
+                    id,
+                    &format!("The action '{fqn}' could not be run: {e}"),
+                ));
             }
         };
         let _slot: ConcurrencySlot = self.throttles.occupy(&who.namespace);
@@ -465,10 +541,27 @@ impl Controller {
                 queued: true,
             },
         );
-        Some(self.run_resolved(&who, resolved, p.params, id.clone(), p.cause, p.accepted_at, true).await)
+        Some(
+            self.run_resolved(
+                &who,
+                resolved,
+                p.params,
+                id.clone(),
+                p.cause,
+                p.accepted_at,
+                true,
+            )
+            .await,
+        )
     }
 
-    fn failed_record(&self, who: &Identity, p: &QueuedPayload, id: &ActivationId, msg: &str) -> Activation {
+    fn failed_record(
+        &self,
+        who: &Identity,
+        p: &QueuedPayload,
+        id: &ActivationId,
+        msg: &str,
+    ) -> Activation {
         let now = now_millis();
         let name = p.action.rsplit('/').next().unwrap_or(&p.action).to_string();
         let mut annotations = KeyValues::new();

@@ -26,10 +26,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+pub use access::WebTarget;
 pub use activations::ActivationListQuery;
 pub use auth::{BootstrapKey, Identity, generate_key};
 pub use entities::Paging;
-pub use access::WebTarget;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
 pub use requests::{ActionPut, PackagePut, RulePut, TriggerPut};
@@ -78,7 +78,11 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(store: Arc<dyn Store>, invoker: Arc<Invoker>, cfg: ControllerConfig) -> Arc<Controller> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        invoker: Arc<Invoker>,
+        cfg: ControllerConfig,
+    ) -> Arc<Controller> {
         Arc::new(Controller {
             store,
             invoker,

@@ -35,14 +35,20 @@ impl Drop for ConcurrencySlot {
 }
 
 fn prune(q: &mut VecDeque<Instant>, now: Instant) {
-    while q.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+    while q
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+    {
         q.pop_front();
     }
 }
 
 impl Throttles {
     pub(crate) fn new(limits: SystemLimits) -> Self {
-        Throttles { limits, per_ns: Default::default() }
+        Throttles {
+            limits,
+            per_ns: Default::default(),
+        }
     }
 
     /// Admits one invocation of `ns` or says which limit it hit.
@@ -66,7 +72,10 @@ impl Throttles {
         }
         c.invokes.push_back(now);
         c.concurrent += 1;
-        Ok(ConcurrencySlot { ns: ns.to_string(), per_ns: self.per_ns.clone() })
+        Ok(ConcurrencySlot {
+            ns: ns.to_string(),
+            per_ns: self.per_ns.clone(),
+        })
     }
 
     /// A slot that bypasses the checks (work accepted before a restart, rule-fired activations
@@ -74,7 +83,10 @@ impl Throttles {
     pub(crate) fn occupy(&self, ns: &str) -> ConcurrencySlot {
         let mut m = self.per_ns.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(ns.to_string()).or_default().concurrent += 1;
-        ConcurrencySlot { ns: ns.to_string(), per_ns: self.per_ns.clone() }
+        ConcurrencySlot {
+            ns: ns.to_string(),
+            per_ns: self.per_ns.clone(),
+        }
     }
 
     pub(crate) fn admit_fire(&self, ns: &str) -> Result<()> {
@@ -101,16 +113,26 @@ mod tests {
 
     #[test]
     fn rate_and_concurrency_limits_name_count_and_allowed() {
-        let t = Throttles::new(SystemLimits { invocations_per_minute: 3, concurrent_invocations: 2, ..Default::default() });
+        let t = Throttles::new(SystemLimits {
+            invocations_per_minute: 3,
+            concurrent_invocations: 2,
+            ..Default::default()
+        });
         let a = t.admit_invoke("ns").unwrap();
         let _b = t.admit_invoke("ns").unwrap();
         let err = t.admit_invoke("ns").err().unwrap().to_string();
-        assert_eq!(err, "Too many concurrent requests in flight (count: 2, allowed: 2).");
+        assert_eq!(
+            err,
+            "Too many concurrent requests in flight (count: 2, allowed: 2)."
+        );
         drop(a);
         let _c = t.admit_invoke("ns").unwrap();
         drop(_c);
         let err = t.admit_invoke("ns").err().unwrap().to_string();
-        assert_eq!(err, "Too many requests in the last minute (count: 3, allowed: 3).");
+        assert_eq!(
+            err,
+            "Too many requests in the last minute (count: 3, allowed: 3)."
+        );
         // Another namespace is not affected.
         assert!(t.admit_invoke("other").is_ok());
     }

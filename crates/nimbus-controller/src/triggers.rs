@@ -2,7 +2,9 @@
 
 use crate::{Controller, ControllerError, Identity, Result};
 use nimbus_model::entity::{RuleStatus, Trigger};
-use nimbus_model::{Activation, ActivationId, ActivationResponse, EntityKind, KeyValues, now_millis};
+use nimbus_model::{
+    Activation, ActivationId, ActivationResponse, EntityKind, KeyValues, now_millis,
+};
 use serde_json::{Map, Value, json};
 
 impl Controller {
@@ -22,7 +24,10 @@ impl Controller {
                 self.cfg.max_payload_bytes
             )));
         }
-        let Some((trigger, _)) = self.load::<Trigger>(&who.namespace, EntityKind::Trigger, name).await? else {
+        let Some((trigger, _)) = self
+            .load::<Trigger>(&who.namespace, EntityKind::Trigger, name)
+            .await?
+        else {
             return Err(ControllerError::not_found());
         };
         let rules: Vec<_> = self
@@ -49,19 +54,33 @@ impl Controller {
                     let action_path = action.to_string().trim_start_matches('/').to_string();
                     let checked = self.resolve_action(who, &action).await;
                     match checked {
-                        Ok(_) => match self.enqueue_for(who, &action, params.clone(), Some(trigger_id.clone())).await {
-                            Ok(id) => json!({"statusCode": 0, "success": true, "activationId": id, "rule": rule_name, "action": action_path}),
-                            Err(e) => json!({"statusCode": 3, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path}),
+                        Ok(_) => match self
+                            .enqueue_for(who, &action, params.clone(), Some(trigger_id.clone()))
+                            .await
+                        {
+                            Ok(id) => {
+                                json!({"statusCode": 0, "success": true, "activationId": id, "rule": rule_name, "action": action_path})
+                            }
+                            Err(e) => {
+                                json!({"statusCode": 3, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path})
+                            }
                         },
-                        Err(e) => json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path}),
+                        Err(e) => {
+                            json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path})
+                        }
                     }
                 }
-                Err(e) => json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name}),
+                Err(e) => {
+                    json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name})
+                }
             };
             logs.push(entry.to_string());
         }
         let mut annotations = KeyValues::new();
-        annotations.set("path", json!(format!("{}/{}", trigger.namespace, trigger.name)));
+        annotations.set(
+            "path",
+            json!(format!("{}/{}", trigger.namespace, trigger.name)),
+        );
         annotations.set("kind", json!("trigger"));
         let record = Activation {
             namespace: who.namespace.clone(),

@@ -12,7 +12,7 @@ use nimbus_runtime::{InstanceSpec, RunRequest, RunResult, Runtime, RuntimeError}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use pool::{PoolStats, PoolConfig};
+pub use pool::{PoolConfig, PoolStats};
 
 /// What the controller learns from one run.
 #[derive(Debug, Clone)]
@@ -33,7 +33,9 @@ pub struct Invoker {
 
 impl Invoker {
     pub fn new(runtimes: Vec<Arc<dyn Runtime>>, cfg: PoolConfig) -> Arc<Invoker> {
-        let inv = Arc::new(Invoker { pool: pool::Pool::new(runtimes, cfg) });
+        let inv = Arc::new(Invoker {
+            pool: pool::Pool::new(runtimes, cfg),
+        });
         pool::Pool::spawn_reaper(&inv.pool);
         inv
     }
@@ -43,7 +45,12 @@ impl Invoker {
     }
 
     /// Runs `req` on a warm instance for `pool_key`, starting one from `spec` when none is idle.
-    pub async fn invoke(&self, pool_key: &str, spec: &InstanceSpec, req: RunRequest) -> InvokeOutcome {
+    pub async fn invoke(
+        &self,
+        pool_key: &str,
+        spec: &InstanceSpec,
+        req: RunRequest,
+    ) -> InvokeOutcome {
         let timeout_ms = spec.limits.timeout;
         let memory_mb = spec.limits.memory;
         let started = Instant::now();
@@ -52,17 +59,31 @@ impl Invoker {
             Err(e) => {
                 let now = nimbus_model::now_millis();
                 let (response, logs) = match e {
-                    RuntimeError::Init { message, logs } => {
-                        (ActivationResponse::error(ResponseStatus::DeveloperError, message), logs)
-                    }
+                    RuntimeError::Init { message, logs } => (
+                        ActivationResponse::error(ResponseStatus::DeveloperError, message),
+                        logs,
+                    ),
                     RuntimeError::UnsupportedKind(k) => (
-                        ActivationResponse::error(ResponseStatus::WhiskError, format!("kind '{k}' has no runtime on this node")),
+                        ActivationResponse::error(
+                            ResponseStatus::WhiskError,
+                            format!("kind '{k}' has no runtime on this node"),
+                        ),
                         vec![],
                     ),
-                    RuntimeError::Platform(m) => (ActivationResponse::error(ResponseStatus::WhiskError, m), vec![]),
+                    RuntimeError::Platform(m) => (
+                        ActivationResponse::error(ResponseStatus::WhiskError, m),
+                        vec![],
+                    ),
                 };
                 let init = started.elapsed().as_millis() as u64;
-                return InvokeOutcome { response, logs, init_time: Some(init), start: now, end: now, timed_out: false };
+                return InvokeOutcome {
+                    response,
+                    logs,
+                    init_time: Some(init),
+                    start: now,
+                    end: now,
+                    timed_out: false,
+                };
             }
         };
         let start = nimbus_model::now_millis();
@@ -75,7 +96,14 @@ impl Invoker {
         } else {
             self.pool.discard(lease).await;
         }
-        InvokeOutcome { response, logs: out.logs, init_time, start, end, timed_out }
+        InvokeOutcome {
+            response,
+            logs: out.logs,
+            init_time,
+            start,
+            end,
+            timed_out,
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -107,25 +135,35 @@ pub fn classify(result: RunResult, timeout_ms: u64, memory_mb: u64) -> Activatio
             r.size = serde_json::to_vec(&r.result).ok().map(|b| b.len());
             r
         }
-        RunResult::DeveloperError(m) => ActivationResponse::error(ResponseStatus::DeveloperError, m),
+        RunResult::DeveloperError(m) => {
+            ActivationResponse::error(ResponseStatus::DeveloperError, m)
+        }
         RunResult::Timeout => ActivationResponse::error(
             ResponseStatus::DeveloperError,
             format!("The action exceeded its time limits of {timeout_ms} milliseconds."),
         ),
         RunResult::MemoryExceeded => ActivationResponse::error(
             ResponseStatus::DeveloperError,
-            format!("memory limit exceeded: the action used more than its limit of {memory_mb} MB and was killed."),
+            format!(
+                "memory limit exceeded: the action used more than its limit of {memory_mb} MB and was killed."
+            ),
         ),
     }
 }
 
 /// A result over `max_bytes` is replaced by a developer error (OpenWhisk: 1 MB).
 pub fn enforce_result_size(resp: &mut ActivationResponse, max_bytes: usize) {
-    let size = resp.size.unwrap_or_else(|| serde_json::to_vec(&resp.result).map(|b| b.len()).unwrap_or(0));
+    let size = resp.size.unwrap_or_else(|| {
+        serde_json::to_vec(&resp.result)
+            .map(|b| b.len())
+            .unwrap_or(0)
+    });
     if size > max_bytes {
         *resp = ActivationResponse::error(
             ResponseStatus::DeveloperError,
-            format!("The action produced a response that exceeded the allowed length: {size} > {max_bytes} bytes."),
+            format!(
+                "The action produced a response that exceeded the allowed length: {size} > {max_bytes} bytes."
+            ),
         );
     }
 }
@@ -147,9 +185,17 @@ mod tests {
         assert!(r.success);
         let r = classify(RunResult::Timeout, 1500, 256);
         assert_eq!(r.status(), ResponseStatus::DeveloperError);
-        assert_eq!(r.result["error"], "The action exceeded its time limits of 1500 milliseconds.");
+        assert_eq!(
+            r.result["error"],
+            "The action exceeded its time limits of 1500 milliseconds."
+        );
         let r = classify(RunResult::MemoryExceeded, 100, 128);
-        assert!(r.result["error"].as_str().unwrap().contains("memory limit exceeded"));
+        assert!(
+            r.result["error"]
+                .as_str()
+                .unwrap()
+                .contains("memory limit exceeded")
+        );
     }
 
     #[test]

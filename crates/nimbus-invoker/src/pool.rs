@@ -15,7 +15,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { idle_timeout: Duration::from_secs(600), max_instances: 64 }
+        PoolConfig {
+            idle_timeout: Duration::from_secs(600),
+            max_instances: 64,
+        }
     }
 }
 
@@ -59,7 +62,12 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(runtimes: Vec<Arc<dyn Runtime>>, cfg: PoolConfig) -> Pool {
-        Pool { runtimes, cfg, state: Arc::new(Mutex::new(State::default())), freed: Arc::new(Notify::new()) }
+        Pool {
+            runtimes,
+            cfg,
+            state: Arc::new(Mutex::new(State::default())),
+            freed: Arc::new(Notify::new()),
+        }
     }
 
     pub(crate) fn supports(&self, kind: &str) -> bool {
@@ -76,7 +84,11 @@ impl Pool {
     }
 
     /// Returns a warm instance for `key`, or starts one (reporting the init time).
-    pub(crate) async fn checkout(&self, key: &str, spec: &InstanceSpec) -> Result<(Lease, Option<u64>), RuntimeError> {
+    pub(crate) async fn checkout(
+        &self,
+        key: &str,
+        spec: &InstanceSpec,
+    ) -> Result<(Lease, Option<u64>), RuntimeError> {
         loop {
             let evicted;
             {
@@ -85,7 +97,13 @@ impl Pool {
                 if let Some(pos) = st.idle.iter().rposition(|i| i.key == key) {
                     let idle = st.idle.remove(pos);
                     st.busy += 1;
-                    return Ok((Lease { key: idle.key, instance: idle.instance }, None));
+                    return Ok((
+                        Lease {
+                            key: idle.key,
+                            instance: idle.instance,
+                        },
+                        None,
+                    ));
                 }
                 let live = st.idle.len() + st.busy;
                 if live < self.cfg.max_instances {
@@ -116,14 +134,24 @@ impl Pool {
             }
         }
         let started = Instant::now();
-        let runtime = self.runtimes.iter().find(|r| r.supports(&spec.kind)).cloned();
+        let runtime = self
+            .runtimes
+            .iter()
+            .find(|r| r.supports(&spec.kind))
+            .cloned();
         let result = match runtime {
-            Some(rt) => rt.start(spec, Duration::from_millis(spec.limits.timeout)).await,
+            Some(rt) => {
+                rt.start(spec, Duration::from_millis(spec.limits.timeout))
+                    .await
+            }
             None => Err(RuntimeError::UnsupportedKind(spec.kind.clone())),
         };
         match result {
             Ok(instance) => Ok((
-                Lease { key: key.to_string(), instance },
+                Lease {
+                    key: key.to_string(),
+                    instance,
+                },
                 Some(started.elapsed().as_millis() as u64),
             )),
             Err(e) => {
@@ -137,7 +165,11 @@ impl Pool {
     pub(crate) fn checkin(&self, lease: Lease) {
         let mut st = self.lock();
         st.busy -= 1;
-        st.idle.push(Idle { key: lease.key, instance: lease.instance, since: Instant::now() });
+        st.idle.push(Idle {
+            key: lease.key,
+            instance: lease.instance,
+            since: Instant::now(),
+        });
         drop(st);
         self.freed.notify_one();
     }
@@ -150,7 +182,10 @@ impl Pool {
 
     pub(crate) fn stats(&self) -> PoolStats {
         let st = self.lock();
-        PoolStats { idle: st.idle.len(), busy: st.busy }
+        PoolStats {
+            idle: st.idle.len(),
+            busy: st.busy,
+        }
     }
 
     pub(crate) async fn shutdown(&self) {
@@ -163,8 +198,9 @@ impl Pool {
     fn take_expired(state: &Mutex<State>, idle_timeout: Duration) -> Vec<Idle> {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let (expired, keep): (Vec<Idle>, Vec<Idle>) =
-            std::mem::take(&mut st.idle).into_iter().partition(|i| now.duration_since(i.since) >= idle_timeout);
+        let (expired, keep): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut st.idle)
+            .into_iter()
+            .partition(|i| now.duration_since(i.since) >= idle_timeout);
         st.idle = keep;
         expired
     }

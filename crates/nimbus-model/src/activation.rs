@@ -43,7 +43,8 @@ impl Serialize for ActivationId {
 impl<'de> Deserialize<'de> for ActivationId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        ActivationId::parse(&s).ok_or_else(|| serde::de::Error::custom("activation id must be 32 hex characters"))
+        ActivationId::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("activation id must be 32 hex characters"))
     }
 }
 
@@ -164,7 +165,10 @@ impl Activation {
         if let Some(obj) = v.as_object_mut() {
             if self.end != 0 {
                 obj.insert("end".into(), json!(self.end));
-                obj.insert("duration".into(), json!(self.duration.unwrap_or(self.end - self.start)));
+                obj.insert(
+                    "duration".into(),
+                    json!(self.duration.unwrap_or(self.end - self.start)),
+                );
             }
             if let Some(c) = &self.cause {
                 obj.insert("cause".into(), json!(c));
@@ -226,6 +230,9 @@ mod tests {
 
     #[test]
     fn log_lines_have_the_openwhisk_format() {
-        assert_eq!(log_line(1501571114974, "stdout", "hi"), "2017-08-01T07:05:14.974Z stdout: hi");
+        assert_eq!(
+            log_line(1501571114974, "stdout", "hi"),
+            "2017-08-01T07:05:14.974Z stdout: hi"
+        );
     }
 }

@@ -45,7 +45,11 @@ impl Default for Version {
 impl Version {
     pub fn parse(s: &str) -> Result<Version, ModelError> {
         let parts: Vec<&str> = s.split('.').collect();
-        let err = || ModelError::invalid(format!("The version '{s}' is not a valid semantic version (major.minor.patch)."));
+        let err = || {
+            ModelError::invalid(format!(
+                "The version '{s}' is not a valid semantic version (major.minor.patch)."
+            ))
+        };
         if parts.len() != 3 {
             return Err(err());
         }
@@ -106,7 +110,10 @@ pub struct EntityPathDoc {
 
 impl From<&EntityPath> for EntityPathDoc {
     fn from(p: &EntityPath) -> Self {
-        EntityPathDoc { package: p.package.clone(), name: p.name.clone() }
+        EntityPathDoc {
+            package: p.package.clone(),
+            name: p.name.clone(),
+        }
     }
 }
 
@@ -224,7 +231,10 @@ pub struct Trigger {
 
 impl Trigger {
     pub fn fqn(&self) -> FullyQualifiedName {
-        FullyQualifiedName::new(self.namespace.clone(), EntityPath::new(None, self.name.clone()))
+        FullyQualifiedName::new(
+            self.namespace.clone(),
+            EntityPath::new(None, self.name.clone()),
+        )
     }
 
     /// `rules` is the map built from the rules that name this trigger (omitted when empty).
@@ -330,18 +340,29 @@ mod tests {
         let v = Version::parse("0.0.9").unwrap();
         assert_eq!(v.bump().to_string(), "0.0.10");
         assert!(Version::parse("1.2").is_err());
-        assert_eq!(serde_json::to_value(Version::default()).unwrap(), json!("0.0.1"));
+        assert_eq!(
+            serde_json::to_value(Version::default()).unwrap(),
+            json!("0.0.1")
+        );
     }
 
     #[test]
     fn packaged_actions_show_their_package_in_the_namespace() {
         let a = Action {
             namespace: "guest".into(),
-            path: EntityPathDoc { package: Some("p".into()), name: "a".into() },
+            path: EntityPathDoc {
+                package: Some("p".into()),
+                name: "a".into(),
+            },
             version: Version::default(),
             publish: false,
             annotations: KeyValues::new(),
-            exec: Exec::Code { kind: "nodejs:20".into(), code: "x".into(), binary: false, main: None },
+            exec: Exec::Code {
+                kind: "nodejs:20".into(),
+                code: "x".into(),
+                binary: false,
+                main: None,
+            },
             parameters: KeyValues::new(),
             limits: ActionLimits::default(),
             updated: 1,

@@ -64,13 +64,17 @@ impl Exec {
                 .components
                 .ok_or_else(|| ModelError::invalid("exec.components is required for a sequence"))?;
             if components.is_empty() {
-                return Err(ModelError::invalid("A sequence must have at least one component."));
+                return Err(ModelError::invalid(
+                    "A sequence must have at least one component.",
+                ));
             }
             return Ok(Exec::Sequence { components });
         }
         let code = e.code.unwrap_or_default();
         if code.is_empty() {
-            return Err(ModelError::invalid("exec.code is required and must not be empty"));
+            return Err(ModelError::invalid(
+                "exec.code is required and must not be empty",
+            ));
         }
         if code.len() > MAX_CODE_BYTES {
             return Err(ModelError::TooLarge(format!(
@@ -80,7 +84,12 @@ impl Exec {
         }
         let binary = is_binary_code(&code);
         let main = e.main.filter(|m| !m.is_empty());
-        Ok(Exec::Code { kind: kind.to_string(), code, binary, main })
+        Ok(Exec::Code {
+            kind: kind.to_string(),
+            code,
+            binary,
+            main,
+        })
     }
 
     pub fn kind(&self) -> &str {
@@ -96,7 +105,12 @@ impl Exec {
 
     pub fn to_json(&self, with_code: bool) -> ExecJson {
         match self {
-            Exec::Code { kind, code, binary, main } => ExecJson {
+            Exec::Code {
+                kind,
+                code,
+                binary,
+                main,
+            } => ExecJson {
                 kind: kind.clone(),
                 code: with_code.then(|| code.clone()),
                 main: main.clone(),
@@ -123,11 +137,18 @@ impl<'de> Deserialize<'de> for Exec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let j = ExecJson::deserialize(d)?;
         if j.kind == "sequence" {
-            return Ok(Exec::Sequence { components: j.components.unwrap_or_default() });
+            return Ok(Exec::Sequence {
+                components: j.components.unwrap_or_default(),
+            });
         }
         let code = j.code.unwrap_or_default();
         let binary = j.binary.unwrap_or_else(|| is_binary_code(&code));
-        Ok(Exec::Code { kind: j.kind, code, binary, main: j.main })
+        Ok(Exec::Code {
+            kind: j.kind,
+            code,
+            binary,
+            main: j.main,
+        })
     }
 }
 
@@ -145,10 +166,35 @@ mod tests {
 
     #[test]
     fn requests_are_validated() {
-        let e = Exec::from_request(ExecJson { kind: "nodejs:default".into(), code: Some("x".into()), ..Default::default() }).unwrap();
+        let e = Exec::from_request(ExecJson {
+            kind: "nodejs:default".into(),
+            code: Some("x".into()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(e.kind(), "nodejs:20");
-        assert!(Exec::from_request(ExecJson { kind: "cobol".into(), code: Some("x".into()), ..Default::default() }).is_err());
-        assert!(Exec::from_request(ExecJson { kind: "python:3.11".into(), ..Default::default() }).is_err());
-        assert!(Exec::from_request(ExecJson { kind: "sequence".into(), components: Some(vec![]), ..Default::default() }).is_err());
+        assert!(
+            Exec::from_request(ExecJson {
+                kind: "cobol".into(),
+                code: Some("x".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Exec::from_request(ExecJson {
+                kind: "python:3.11".into(),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Exec::from_request(ExecJson {
+                kind: "sequence".into(),
+                components: Some(vec![]),
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -58,7 +58,12 @@ mod tests {
         assert_eq!(resolve_kind("nodejs:default").unwrap(), "nodejs:20");
         assert_eq!(resolve_kind("python:default").unwrap(), "python:3.11");
         assert_eq!(resolve_kind("exec").unwrap(), "exec");
-        assert!(resolve_kind("java:8").unwrap_err().to_string().contains("not supported"));
+        assert!(
+            resolve_kind("java:8")
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
         assert_eq!(family("python:3.11"), Some(Family::Python));
     }
 }

@@ -13,7 +13,9 @@ pub mod limits;
 pub mod names;
 pub mod params;
 
-pub use activation::{Activation, ActivationBrief, ActivationId, ActivationResponse, ResponseStatus};
+pub use activation::{
+    Activation, ActivationBrief, ActivationId, ActivationResponse, ResponseStatus,
+};
 pub use entity::{Action, EntityKind, Package, Rule, RuleStatus, Trigger, Version};
 pub use error::ModelError;
 pub use exec::Exec;

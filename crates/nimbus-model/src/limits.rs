@@ -17,7 +17,12 @@ pub struct ActionLimits {
 
 impl Default for ActionLimits {
     fn default() -> Self {
-        ActionLimits { timeout: 60_000, memory: 256, logs: 10, concurrency: 1 }
+        ActionLimits {
+            timeout: 60_000,
+            memory: 256,
+            logs: 10,
+            concurrency: 1,
+        }
     }
 }
 
@@ -72,9 +77,13 @@ impl Default for SystemLimits {
 
 fn check(what: &str, unit: &str, v: u64, min: u64, max: u64) -> Result<(), ModelError> {
     if v < min {
-        Err(ModelError::invalid(format!("{what} {v} {unit} below allowed threshold of {min} {unit}.")))
+        Err(ModelError::invalid(format!(
+            "{what} {v} {unit} below allowed threshold of {min} {unit}."
+        )))
     } else if v > max {
-        Err(ModelError::invalid(format!("{what} {v} {unit} exceeds allowed threshold of {max} {unit}.")))
+        Err(ModelError::invalid(format!(
+            "{what} {v} {unit} exceeds allowed threshold of {max} {unit}."
+        )))
     } else {
         Ok(())
     }
@@ -89,9 +98,27 @@ impl ActionLimits {
             logs: put.logs.unwrap_or(self.logs),
             concurrency: put.concurrency.unwrap_or(self.concurrency),
         };
-        check("Time limit", "milliseconds", l.timeout, sys.min_action_timeout, sys.max_action_timeout)?;
-        check("Memory limit", "MB", l.memory, sys.min_action_memory, sys.max_action_memory)?;
-        check("Log limit", "MB", l.logs, sys.min_action_logs, sys.max_action_logs)?;
+        check(
+            "Time limit",
+            "milliseconds",
+            l.timeout,
+            sys.min_action_timeout,
+            sys.max_action_timeout,
+        )?;
+        check(
+            "Memory limit",
+            "MB",
+            l.memory,
+            sys.min_action_memory,
+            sys.max_action_memory,
+        )?;
+        check(
+            "Log limit",
+            "MB",
+            l.logs,
+            sys.min_action_logs,
+            sys.max_action_logs,
+        )?;
         check(
             "Concurrency limit",
             "activations",
@@ -111,9 +138,35 @@ mod tests {
     fn out_of_range_limits_are_rejected() {
         let sys = SystemLimits::default();
         let d = ActionLimits::default();
-        assert!(d.apply(&LimitsPut { timeout: Some(50), ..Default::default() }, &sys).is_err());
-        assert!(d.apply(&LimitsPut { memory: Some(100_000), ..Default::default() }, &sys).is_err());
-        let l = d.apply(&LimitsPut { timeout: Some(1000), ..Default::default() }, &sys).unwrap();
+        assert!(
+            d.apply(
+                &LimitsPut {
+                    timeout: Some(50),
+                    ..Default::default()
+                },
+                &sys
+            )
+            .is_err()
+        );
+        assert!(
+            d.apply(
+                &LimitsPut {
+                    memory: Some(100_000),
+                    ..Default::default()
+                },
+                &sys
+            )
+            .is_err()
+        );
+        let l = d
+            .apply(
+                &LimitsPut {
+                    timeout: Some(1000),
+                    ..Default::default()
+                },
+                &sys,
+            )
+            .unwrap();
         assert_eq!(l.timeout, 1000);
         assert_eq!(l.memory, 256);
     }

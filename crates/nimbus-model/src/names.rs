@@ -51,7 +51,10 @@ pub struct EntityPath {
 
 impl EntityPath {
     pub fn new(package: Option<String>, name: impl Into<String>) -> Self {
-        EntityPath { package, name: name.into() }
+        EntityPath {
+            package,
+            name: name.into(),
+        }
     }
 
     /// Parses `name` or `pkg/name`, validating each segment.
@@ -97,7 +100,10 @@ pub struct FullyQualifiedName {
 
 impl FullyQualifiedName {
     pub fn new(namespace: impl Into<String>, path: EntityPath) -> Self {
-        FullyQualifiedName { namespace: namespace.into(), path }
+        FullyQualifiedName {
+            namespace: namespace.into(),
+            path,
+        }
     }
 
     /// Parses `/ns/name`, `/ns/pkg/name`, `ns/pkg/name` (3 segments) or a relative `name` / `pkg/name`
@@ -144,7 +150,10 @@ impl From<&FullyQualifiedName> for PathName {
             Some(p) => format!("{}/{p}", f.namespace),
             None => f.namespace.clone(),
         };
-        PathName { path, name: f.path.name.clone() }
+        PathName {
+            path,
+            name: f.path.name.clone(),
+        }
     }
 }
 

@@ -57,7 +57,9 @@ impl KeyValues {
     pub fn is_truthy(&self, key: &str) -> bool {
         match self.get(key) {
             Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("yes"),
+            Some(Value::String(s)) => {
+                s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("yes")
+            }
             Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
             _ => false,
         }
@@ -65,13 +67,19 @@ impl KeyValues {
 
     /// The pairs as a JSON object, as an action receives its parameters.
     pub fn to_object(&self) -> Map<String, Value> {
-        self.0.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect()
+        self.0
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect()
     }
 
     pub fn from_object(obj: &Map<String, Value>) -> KeyValues {
         KeyValues(
             obj.iter()
-                .map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() })
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
                 .collect(),
         )
     }
@@ -89,10 +97,15 @@ mod tests {
 
     #[test]
     fn merge_lets_the_later_list_win() {
-        let mut a: KeyValues = serde_json::from_value(json!([{"key":"x","value":1},{"key":"y","value":2}])).unwrap();
-        let b: KeyValues = serde_json::from_value(json!([{"key":"y","value":3},{"key":"z","value":4}])).unwrap();
+        let mut a: KeyValues =
+            serde_json::from_value(json!([{"key":"x","value":1},{"key":"y","value":2}])).unwrap();
+        let b: KeyValues =
+            serde_json::from_value(json!([{"key":"y","value":3},{"key":"z","value":4}])).unwrap();
         a.merge(&b);
-        assert_eq!(serde_json::to_value(&a).unwrap(), json!([{"key":"x","value":1},{"key":"y","value":3},{"key":"z","value":4}]));
+        assert_eq!(
+            serde_json::to_value(&a).unwrap(),
+            json!([{"key":"x","value":1},{"key":"y","value":3},{"key":"z","value":4}])
+        );
         assert_eq!(a.to_object().get("y"), Some(&json!(3)));
     }
 

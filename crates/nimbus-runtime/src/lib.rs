@@ -94,7 +94,11 @@ pub trait Runtime: Send + Sync {
     fn supports(&self, kind: &str) -> bool;
     /// Starts and initialises an instance; returns once it is ready to run (or init failed).
     /// `timeout` bounds the init phase.
-    async fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>, RuntimeError>;
+    async fn start(
+        &self,
+        spec: &InstanceSpec,
+        timeout: Duration,
+    ) -> Result<Box<dyn Instance>, RuntimeError>;
 }
 
 /// A live, initialised instance. Not shared: the invoker serialises `run` calls.

@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 #[derive(Args)]
 pub struct AdminArgs {
     /// The server's data directory.
-    #[arg(long, env = "NIMBUS_DATA_DIR", default_value = ".nimbus", global = true)]
+    #[arg(
+        long,
+        env = "NIMBUS_DATA_DIR",
+        default_value = ".nimbus",
+        global = true
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     cmd: AdminCmd,
@@ -32,7 +37,12 @@ enum NamespaceCmd {
 }
 
 /// Where a namespace's key is written: `DIR/auth/<namespace>`, one line `uuid:key`, mode 0600.
-pub fn write_auth_file(data_dir: &Path, ns: &str, uuid: &str, key: &str) -> anyhow::Result<PathBuf> {
+pub fn write_auth_file(
+    data_dir: &Path,
+    ns: &str,
+    uuid: &str,
+    key: &str,
+) -> anyhow::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = data_dir.join("auth");
@@ -52,9 +62,12 @@ pub fn write_auth_file(data_dir: &Path, ns: &str, uuid: &str, key: &str) -> anyh
 
 pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
     let db = a.data_dir.join("nimbus.db");
-    let store = SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+    let store =
+        SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
     match a.cmd {
-        AdminCmd::Namespace { cmd: NamespaceCmd::Create { name } } => {
+        AdminCmd::Namespace {
+            cmd: NamespaceCmd::Create { name },
+        } => {
             nimbus_model::names::validate_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
             let existing = store.credentials_of(&name).await?;
             let auth = nimbus_controller::generate_key(&name);
@@ -67,10 +80,14 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             println!("{}:{}", auth.uuid, auth.key);
             match path {
                 Some(p) => eprintln!("namespace '{name}' created; key stored in {}", p.display()),
-                None => eprintln!("namespace '{name}' already existed; added a new key (printed above, not stored)"),
+                None => eprintln!(
+                    "namespace '{name}' already existed; added a new key (printed above, not stored)"
+                ),
             }
         }
-        AdminCmd::Namespace { cmd: NamespaceCmd::List } => {
+        AdminCmd::Namespace {
+            cmd: NamespaceCmd::List,
+        } => {
             for ns in store.list_namespaces().await? {
                 println!("{ns}");
             }

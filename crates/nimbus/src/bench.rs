@@ -39,7 +39,10 @@ struct Stats {
 
 fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
-    Stats { p50: pct(&v, 50.0), p99: pct(&v, 99.0) }
+    Stats {
+        p50: pct(&v, 50.0),
+        p99: pct(&v, 99.0),
+    }
 }
 
 async fn free_port() -> anyhow::Result<u16> {
@@ -61,7 +64,12 @@ async fn start_baseline() -> anyhow::Result<String> {
     Ok(format!("http://{addr}/invoke"))
 }
 
-async fn time_post(client: &reqwest::Client, url: &str, auth: Option<&str>, n: usize) -> anyhow::Result<Vec<f64>> {
+async fn time_post(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let mut rb = client.post(url).json(&json!({}));
@@ -81,16 +89,28 @@ async fn time_post(client: &reqwest::Client, url: &str, auth: Option<&str>, n: u
     Ok(out)
 }
 
-async fn put_action(client: &reqwest::Client, api: &str, name: &str, kind: &str, code: &str) -> anyhow::Result<()> {
+async fn put_action(
+    client: &reqwest::Client,
+    api: &str,
+    name: &str,
+    kind: &str,
+    code: &str,
+) -> anyhow::Result<()> {
     let (u, k) = DEV_GUEST.split_once(':').unwrap_or_default();
     let r = client
-        .put(format!("{api}/api/v1/namespaces/_/actions/{name}?overwrite=true"))
+        .put(format!(
+            "{api}/api/v1/namespaces/_/actions/{name}?overwrite=true"
+        ))
         .basic_auth(u, Some(k))
         .json(&json!({"exec": {"kind": kind, "code": code}}))
         .send()
         .await?;
     if !r.status().is_success() {
-        bail!("creating {name} failed: {} {}", r.status(), r.text().await.unwrap_or_default());
+        bail!(
+            "creating {name} failed: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -101,16 +121,29 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let port = free_port().await?;
     let api = format!("http://127.0.0.1:{port}");
     let mut server = tokio::process::Command::new(&exe)
-        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(&data)
-        .args(["--invocations-per-minute", "10000000", "--concurrent-invocations", "10000"])
+        .args([
+            "--invocations-per-minute",
+            "10000000",
+            "--concurrent-invocations",
+            "10000",
+        ])
         .env("NIMBUS_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .context("starting nimbus serve")?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4)
+        .build()?;
     let ready = Instant::now();
     loop {
         if let Ok(r) = client.get(format!("{api}/api/v1")).send().await
@@ -180,7 +213,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "\nwarm n = {} per kind, cold n = {} per kind; load average at the end: {}",
         a.warm,
         a.cold,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     println!("{md}");
     if let Some(path) = a.output {

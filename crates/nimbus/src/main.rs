@@ -8,7 +8,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nimbus", version, about = "Nimbus: a serverless platform in one binary (OpenWhisk-compatible API)")]
+#[command(
+    name = "nimbus",
+    version,
+    about = "Nimbus: a serverless platform in one binary (OpenWhisk-compatible API)"
+)]
 struct Cli {
     #[command(flatten)]
     global: nimbus_cli::GlobalOpts,
@@ -30,7 +34,10 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");

@@ -57,7 +57,9 @@ pub struct ServeArgs {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -67,7 +69,10 @@ fn init_tracing(format: &str) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, run until killed.
         std::future::pending::<()>().await;
         return;
@@ -82,7 +87,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&a.log_format);
     create_private_dir(&a.data_dir)?;
     let db = a.data_dir.join("nimbus.db");
-    let store = SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+    let store =
+        SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
     let mut warnings = Vec::new();
     let runtime = ProcessRuntime::new(ProcessRuntimeConfig {
         work_dir: a.data_dir.join("instances"),
@@ -102,7 +108,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
     let invoker = Invoker::new(
         runtimes,
-        PoolConfig { idle_timeout: Duration::from_secs(a.idle_timeout), max_instances: a.max_instances },
+        PoolConfig {
+            idle_timeout: Duration::from_secs(a.idle_timeout),
+            max_instances: a.max_instances,
+        },
     );
     let limits = SystemLimits {
         invocations_per_minute: a.invocations_per_minute,
@@ -110,21 +119,38 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         fires_per_minute: a.fires_per_minute,
         ..SystemLimits::default()
     };
-    let api_host = a.api_host.clone().unwrap_or_else(|| format!("http://{}", a.listen));
+    let api_host = a
+        .api_host
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", a.listen));
     let controller = Controller::new(
         Arc::new(store),
         invoker,
-        ControllerConfig { limits, api_host, shutdown_grace: Duration::from_secs(a.shutdown_grace), ..Default::default() },
+        ControllerConfig {
+            limits,
+            api_host,
+            shutdown_grace: Duration::from_secs(a.shutdown_grace),
+            ..Default::default()
+        },
     );
 
-    let keys = controller.bootstrap_namespaces(a.dev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = controller
+        .bootstrap_namespaces(a.dev)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut system = None;
     for k in &keys {
         let file = a.data_dir.join("auth").join(&k.auth.namespace);
         if k.created || !file.exists() {
             let path = write_auth_file(&a.data_dir, &k.auth.namespace, &k.auth.uuid, &k.auth.key)?;
             if k.created {
-                println!("namespace {} key: {}:{} (stored in {})", k.auth.namespace, k.auth.uuid, k.auth.key, path.display());
+                println!(
+                    "namespace {} key: {}:{} (stored in {})",
+                    k.auth.namespace,
+                    k.auth.uuid,
+                    k.auth.key,
+                    path.display()
+                );
             }
         }
         if k.auth.namespace == "whisk.system" {
@@ -136,15 +162,24 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(sys) = &system
-        && controller.install_catalog(sys).await.map_err(|e| anyhow::anyhow!("{e}"))?
+        && controller
+            .install_catalog(sys)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
     {
         tracing::info!("published /whisk.system/utils");
     }
-    let dispatcher = controller.start_dispatcher().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dispatcher = controller
+        .start_dispatcher()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let app = nimbus_api::router(
         controller.clone(),
-        nimbus_api::ServerInfo { build: env!("CARGO_PKG_VERSION").to_string(), warnings },
+        nimbus_api::ServerInfo {
+            build: env!("CARGO_PKG_VERSION").to_string(),
+            warnings,
+        },
     );
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await

@@ -11,14 +11,24 @@ use std::time::Duration;
 #[tokio::test]
 async fn info_and_auth() {
     let s = Server::start(&["--dev"]).await;
-    let r = s.client.get(format!("{}/api/v1", s.base)).send().await.unwrap();
+    let r = s
+        .client
+        .get(format!("{}/api/v1", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["api_version"], "1.0.0");
     // No credentials, wrong key, unknown uuid: 401 with the OpenWhisk body and challenge.
     let r = s.client.get(s.url("actions")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("Basic"));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("Basic")
+    );
     let bad = GUEST.replace("123z", "999z");
     let (status, body) = s.req(Method::GET, "actions", &bad, None).await;
     assert_eq!(status, 401);
@@ -52,28 +62,50 @@ async fn node_python_exec_actions_run_and_are_recorded() {
     assert_eq!(st, 200, "{a}");
     assert_eq!(a["exec"]["kind"], "nodejs:20");
     assert_eq!(a["version"], "0.0.1");
-    let (st, act) = s.post("actions/hello?blocking=true", json!({"name": "Ada"})).await;
+    let (st, act) = s
+        .post("actions/hello?blocking=true", json!({"name": "Ada"}))
+        .await;
     assert_eq!(st, 200, "{act}");
     assert_eq!(act["response"]["result"], json!({"greeting": "Hello Ada"}));
     assert_eq!(act["response"]["status"], "success");
     assert_eq!(act["activationId"].as_str().unwrap().len(), 32);
     let logs = act["logs"].as_array().unwrap();
-    assert!(logs[0].as_str().unwrap().ends_with(" stdout: hi Ada"), "{logs:?}");
+    assert!(
+        logs[0].as_str().unwrap().ends_with(" stdout: hi Ada"),
+        "{logs:?}"
+    );
     let ann = act["annotations"].as_array().unwrap();
-    assert!(ann.iter().any(|a| a["key"] == "initTime"), "cold start records initTime");
-    let (_, warm) = s.post("actions/hello?blocking=true", json!({"name": "Bo"})).await;
+    assert!(
+        ann.iter().any(|a| a["key"] == "initTime"),
+        "cold start records initTime"
+    );
+    let (_, warm) = s
+        .post("actions/hello?blocking=true", json!({"name": "Bo"}))
+        .await;
     let ann = warm["annotations"].as_array().unwrap();
-    assert!(!ann.iter().any(|a| a["key"] == "initTime"), "warm start has no initTime");
+    assert!(
+        !ann.iter().any(|a| a["key"] == "initTime"),
+        "warm start has no initTime"
+    );
 
     let (st, _) = s.put("actions/py", json!({"exec": {"kind": "python:default", "code": "import json\ndef main(args):\n    return {'n': args.get('n', 0) + 1}\n"}})).await;
     assert_eq!(st, 200);
-    let (st, r) = s.post("actions/py?blocking=true&result=true", json!({"n": 41})).await;
+    let (st, r) = s
+        .post("actions/py?blocking=true&result=true", json!({"n": 41}))
+        .await;
     assert_eq!((st, r), (200, json!({"n": 42})));
 
     let script = "#!/bin/sh\necho '{\"ok\":true}' >&3\nwhile read line; do echo \"got a request\"; echo '{\"shell\":\"yes\"}' >&3; done\n";
-    let (st, e) = s.put("actions/sh", json!({"exec": {"kind": "exec", "code": script}})).await;
+    let (st, e) = s
+        .put(
+            "actions/sh",
+            json!({"exec": {"kind": "exec", "code": script}}),
+        )
+        .await;
     assert_eq!(st, 200, "{e}");
-    let (st, r) = s.post("actions/sh?blocking=true&result=true", json!({})).await;
+    let (st, r) = s
+        .post("actions/sh?blocking=true&result=true", json!({}))
+        .await;
     assert_eq!((st, r), (200, json!({"shell": "yes"})));
 
     // Application and developer errors are 502 with the right status.
@@ -91,13 +123,21 @@ async fn node_python_exec_actions_run_and_are_recorded() {
 async fn functions_get_a_clean_environment() {
     let s = Server::start(&["--dev"]).await;
     s.put("actions/env", json!({"exec": {"kind": "nodejs:20", "code": "function main() { return {env: process.env}; }"}})).await;
-    let (st, r) = s.post("actions/env?blocking=true&result=true", json!({})).await;
+    let (st, r) = s
+        .post("actions/env?blocking=true&result=true", json!({}))
+        .await;
     assert_eq!(st, 200);
     let env = r["env"].as_object().unwrap();
-    assert!(!env.contains_key("NIMBUS_LOG"), "server variables must not leak: {env:?}");
+    assert!(
+        !env.contains_key("NIMBUS_LOG"),
+        "server variables must not leak: {env:?}"
+    );
     assert!(!env.contains_key("CARGO_PKG_NAME"));
     assert_eq!(env["__OW_ACTION_NAME"], "/guest/env");
-    assert!(env.get("__OW_API_KEY").is_none(), "provide-api-key is false by default");
+    assert!(
+        env.get("__OW_API_KEY").is_none(),
+        "provide-api-key is false by default"
+    );
 }
 
 #[tokio::test]
@@ -108,68 +148,165 @@ async fn timeouts_kill_and_replace_the_instance() {
         json!({"exec": {"kind": "nodejs:20", "code": "function main(p) { if (p.sleep) { return new Promise(r => setTimeout(() => r({}), 5000)); } return {fast: true}; }"}, "limits": {"timeout": 500}}),
     )
     .await;
-    let (st, r) = s.post("actions/slow?blocking=true", json!({"sleep": true})).await;
+    let (st, r) = s
+        .post("actions/slow?blocking=true", json!({"sleep": true}))
+        .await;
     assert_eq!(st, 502);
-    assert_eq!(r["response"]["result"]["error"], "The action exceeded its time limits of 500 milliseconds.");
-    assert!(r["annotations"].as_array().unwrap().iter().any(|a| a["key"] == "timeout" && a["value"] == true));
-    let (st, r) = s.post("actions/slow?blocking=true&result=true", json!({})).await;
+    assert_eq!(
+        r["response"]["result"]["error"],
+        "The action exceeded its time limits of 500 milliseconds."
+    );
+    assert!(
+        r["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["key"] == "timeout" && a["value"] == true)
+    );
+    let (st, r) = s
+        .post("actions/slow?blocking=true&result=true", json!({}))
+        .await;
     assert_eq!((st, r), (200, json!({"fast": true})));
 }
 
 #[tokio::test]
 async fn bad_input_gets_clear_4xx_and_stores_nothing() {
     let s = Server::start(&["--dev"]).await;
-    let r = s.client.put(s.url("actions/x")).basic_auth("23bc46b1-71f6-4ed5-8c54-816aa4f8c502", Some(&GUEST[37..])).body("{not json").send().await.unwrap();
+    let r = s
+        .client
+        .put(s.url("actions/x"))
+        .basic_auth("23bc46b1-71f6-4ed5-8c54-816aa4f8c502", Some(&GUEST[37..]))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let (st, b) = s.put("actions/x", json!({"exec": {"kind": "cobol", "code": "x"}})).await;
+    let (st, b) = s
+        .put("actions/x", json!({"exec": {"kind": "cobol", "code": "x"}}))
+        .await;
     assert_eq!(st, 400);
-    assert!(b["error"].as_str().unwrap().contains("not supported"), "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("not supported"),
+        "{b}"
+    );
     let (st, b) = s.put("actions/x", json!({})).await;
     assert_eq!((st, b["error"].clone()), (400, json!("exec undefined")));
-    let (st, _) = s.put("actions/bad$name", json!({"exec": {"kind": "nodejs:20", "code": "x"}})).await;
+    let (st, _) = s
+        .put(
+            "actions/bad$name",
+            json!({"exec": {"kind": "nodejs:20", "code": "x"}}),
+        )
+        .await;
     assert_eq!(st, 400);
-    let (st, _) = s.put("actions/x", json!({"exec": {"kind": "nodejs:20", "code": "x"}, "limits": {"timeout": 10}})).await;
+    let (st, _) = s
+        .put(
+            "actions/x",
+            json!({"exec": {"kind": "nodejs:20", "code": "x"}, "limits": {"timeout": 10}}),
+        )
+        .await;
     assert_eq!(st, 400);
     let big = "a".repeat(1024 * 1024 + 10);
     let (st, _) = s.put("actions/x", json!({"exec": {"kind": "nodejs:20", "code": "x"}, "parameters": [{"key": "k", "value": big}]})).await;
     assert_eq!(st, 413);
-    let (st, _) = s.put("actions/seq", json!({"exec": {"kind": "sequence", "components": ["/_/missing"]}})).await;
+    let (st, _) = s
+        .put(
+            "actions/seq",
+            json!({"exec": {"kind": "sequence", "components": ["/_/missing"]}}),
+        )
+        .await;
     assert_eq!(st, 400);
-    let (st, _) = s.put("actions/seq", json!({"exec": {"kind": "sequence", "components": ["/guest/seq"]}})).await;
+    let (st, _) = s
+        .put(
+            "actions/seq",
+            json!({"exec": {"kind": "sequence", "components": ["/guest/seq"]}}),
+        )
+        .await;
     assert_eq!(st, 400);
     let (st, list) = s.get("actions").await;
     assert_eq!(st, 200);
     assert_eq!(list, json!([]), "nothing stored");
-    s.put("actions/ok", json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return p}"}})).await;
+    s.put(
+        "actions/ok",
+        json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return p}"}}),
+    )
+    .await;
     let (st, _) = s.post("actions/ok?blocking=true", json!({"k": big})).await;
     assert_eq!(st, 413);
-    let (st, _) = s.post("actions/ok?blocking=true&timeout=70000", json!({})).await;
+    let (st, _) = s
+        .post("actions/ok?blocking=true&timeout=70000", json!({}))
+        .await;
     assert_eq!(st, 400);
-    let (st, _) = s.put("actions/ok", json!({"exec": {"kind": "nodejs:20", "code": "x"}})).await;
+    let (st, _) = s
+        .put(
+            "actions/ok",
+            json!({"exec": {"kind": "nodejs:20", "code": "x"}}),
+        )
+        .await;
     assert_eq!(st, 409);
 }
 
 #[tokio::test]
 async fn namespaces_are_isolated_and_published_packages_shared() {
     let s = Server::start(&["--dev"]).await;
-    let (st, _) = s.req(Method::PUT, "packages/private", SYSTEM, Some(json!({}))).await;
+    let (st, _) = s
+        .req(Method::PUT, "packages/private", SYSTEM, Some(json!({})))
+        .await;
     assert_eq!(st, 200);
-    s.req(Method::PUT, "actions/private/secret", SYSTEM, Some(json!({"exec": {"kind": "nodejs:20", "code": "function main(){return {s:1}}"}}))).await;
-    s.req(Method::PUT, "actions/top", SYSTEM, Some(json!({"exec": {"kind": "nodejs:20", "code": "function main(){return {s:1}}"}}))).await;
+    s.req(
+        Method::PUT,
+        "actions/private/secret",
+        SYSTEM,
+        Some(json!({"exec": {"kind": "nodejs:20", "code": "function main(){return {s:1}}"}})),
+    )
+    .await;
+    s.req(
+        Method::PUT,
+        "actions/top",
+        SYSTEM,
+        Some(json!({"exec": {"kind": "nodejs:20", "code": "function main(){return {s:1}}"}})),
+    )
+    .await;
     let ws = |p: &str| format!("{}/api/v1/namespaces/whisk.system/{p}", s.base);
     let (u, k) = GUEST.split_once(':').unwrap();
     for path in ["actions/private/secret", "actions/top", "packages/private"] {
-        let r = s.client.get(ws(path)).basic_auth(u, Some(k)).send().await.unwrap();
+        let r = s
+            .client
+            .get(ws(path))
+            .basic_auth(u, Some(k))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 403, "{path}");
     }
-    let r = s.client.post(ws("actions/top?blocking=true")).basic_auth(u, Some(k)).json(&json!({})).send().await.unwrap();
+    let r = s
+        .client
+        .post(ws("actions/top?blocking=true"))
+        .basic_auth(u, Some(k))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // The published catalog is readable and invocable.
-    let r = s.client.post(ws("actions/utils/echo?blocking=true&result=true")).basic_auth(u, Some(k)).json(&json!({"x": 1})).send().await.unwrap();
+    let r = s
+        .client
+        .post(ws("actions/utils/echo?blocking=true&result=true"))
+        .basic_auth(u, Some(k))
+        .json(&json!({"x": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"x": 1}));
     // Activations of one namespace are invisible to another.
-    let (_, a) = s.req(Method::POST, "actions/top?blocking=true", SYSTEM, Some(json!({}))).await;
+    let (_, a) = s
+        .req(
+            Method::POST,
+            "actions/top?blocking=true",
+            SYSTEM,
+            Some(json!({})),
+        )
+        .await;
     let id = a["activationId"].as_str().unwrap();
     let (st, _) = s.get(&format!("activations/{id}")).await;
     assert_eq!(st, 404);
@@ -178,30 +315,57 @@ async fn namespaces_are_isolated_and_published_packages_shared() {
 #[tokio::test]
 async fn packages_bindings_sequences_triggers_rules() {
     let s = Server::start(&["--dev"]).await;
-    s.put("packages/p", json!({"parameters": [{"key": "a", "value": 1}, {"key": "b", "value": 1}]})).await;
+    s.put(
+        "packages/p",
+        json!({"parameters": [{"key": "a", "value": 1}, {"key": "b", "value": 1}]}),
+    )
+    .await;
     s.put("actions/p/show", json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return p}"}, "parameters": [{"key": "c", "value": 3}]})).await;
     s.put("packages/bound", json!({"binding": {"namespace": "guest", "name": "p"}, "parameters": [{"key": "b", "value": 2}]})).await;
-    let (st, r) = s.post("actions/bound/show?blocking=true", json!({"d": 4})).await;
+    let (st, r) = s
+        .post("actions/bound/show?blocking=true", json!({"d": 4}))
+        .await;
     assert_eq!(st, 200);
-    assert_eq!(r["response"]["result"], json!({"a": 1, "b": 2, "c": 3, "d": 4}));
-    assert!(r["annotations"].as_array().unwrap().iter().any(|a| a["key"] == "binding" && a["value"] == "guest/bound"));
+    assert_eq!(
+        r["response"]["result"],
+        json!({"a": 1, "b": 2, "c": 3, "d": 4})
+    );
+    assert!(
+        r["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["key"] == "binding" && a["value"] == "guest/bound")
+    );
     let (st, _) = s.req(Method::DELETE, "packages/p", GUEST, None).await;
     assert_eq!(st, 409);
 
     s.put("actions/inc", json!({"exec": {"kind": "python:3.11", "code": "def main(a):\n    return {'n': a.get('n', 0) + 1}\n"}})).await;
-    s.put("actions/twice", json!({"exec": {"kind": "sequence", "components": ["/_/inc", "/guest/inc"]}})).await;
+    s.put(
+        "actions/twice",
+        json!({"exec": {"kind": "sequence", "components": ["/_/inc", "/guest/inc"]}}),
+    )
+    .await;
     let (st, r) = s.post("actions/twice?blocking=true", json!({"n": 1})).await;
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["response"]["result"], json!({"n": 3}));
     let comps = r["logs"].as_array().unwrap();
     assert_eq!(comps.len(), 2);
-    let (_, c0) = s.get(&format!("activations/{}", comps[0].as_str().unwrap())).await;
+    let (_, c0) = s
+        .get(&format!("activations/{}", comps[0].as_str().unwrap()))
+        .await;
     assert_eq!(c0["cause"], r["activationId"]);
 
-    s.put("triggers/t", json!({"parameters": [{"key": "from", "value": "trigger"}]})).await;
+    s.put(
+        "triggers/t",
+        json!({"parameters": [{"key": "from", "value": "trigger"}]}),
+    )
+    .await;
     let (st, _) = s.post("triggers/t", json!({})).await;
     assert_eq!(st, 204, "no rules yet");
-    let (st, rule) = s.put("rules/r", json!({"trigger": "/_/t", "action": "/_/p/show"})).await;
+    let (st, rule) = s
+        .put("rules/r", json!({"trigger": "/_/t", "action": "/_/p/show"}))
+        .await;
     assert_eq!(st, 200, "{rule}");
     assert_eq!(rule["status"], "active");
     let (_, t) = s.get("triggers/t").await;
@@ -212,7 +376,12 @@ async fn packages_bindings_sequences_triggers_rules() {
     let trig = s.wait_activation(&tid, Duration::from_secs(10)).await;
     let log: Value = serde_json::from_str(trig["logs"][0].as_str().unwrap()).unwrap();
     assert_eq!(log["rule"], "guest/r");
-    let child = s.wait_activation(log["activationId"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let child = s
+        .wait_activation(
+            log["activationId"].as_str().unwrap(),
+            Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(child["cause"], json!(tid));
     assert_eq!(child["response"]["result"]["from"], "trigger");
     assert_eq!(child["response"]["result"]["x"], 1);
@@ -231,14 +400,39 @@ async fn web_actions() {
                "annotations": [{"key": "web-export", "value": true}]}),
     )
     .await;
-    let r = s.client.get(format!("{}/api/v1/web/guest/default/web.http/a/b?q=1", s.base)).send().await.unwrap();
+    let r = s
+        .client
+        .get(format!(
+            "{}/api/v1/web/guest/default/web.http/a/b?q=1",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["x-m"], "get");
     assert_eq!(r.text().await.unwrap(), "path=/a/b q=1");
-    s.put("actions/hidden", json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return {}}"}})).await;
-    let r = s.client.get(format!("{}/api/v1/web/guest/default/hidden.json", s.base)).send().await.unwrap();
+    s.put(
+        "actions/hidden",
+        json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return {}}"}}),
+    )
+    .await;
+    let r = s
+        .client
+        .get(format!("{}/api/v1/web/guest/default/hidden.json", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = s.client.request(Method::OPTIONS, format!("{}/api/v1/web/guest/default/web.http", s.base)).send().await.unwrap();
+    let r = s
+        .client
+        .request(
+            Method::OPTIONS,
+            format!("{}/api/v1/web/guest/default/web.http", s.base),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
 }
@@ -254,7 +448,12 @@ async fn accepted_async_invocation_survives_kill_9() {
         "import os, time\ndef main(a):\n    while not os.path.exists({:?}):\n        time.sleep(0.05)\n    return {{'done': a['n']}}\n",
         marker.display().to_string()
     );
-    let (st, _) = s.put("actions/wait", json!({"exec": {"kind": "python:3.11", "code": code}})).await;
+    let (st, _) = s
+        .put(
+            "actions/wait",
+            json!({"exec": {"kind": "python:3.11", "code": code}}),
+        )
+        .await;
     assert_eq!(st, 200);
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -280,7 +479,14 @@ async fn sigterm_lets_in_flight_activations_finish() {
     let client = s.client.clone();
     let (u, k) = GUEST.split_once(':').unwrap();
     let (u, k) = (u.to_string(), k.to_string());
-    let call = tokio::spawn(async move { client.post(url).basic_auth(u, Some(k)).json(&json!({})).send().await });
+    let call = tokio::spawn(async move {
+        client
+            .post(url)
+            .basic_auth(u, Some(k))
+            .json(&json!({}))
+            .send()
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = s.sigterm();
     assert!(status.success(), "clean exit: {status:?}");
@@ -293,7 +499,11 @@ async fn sigterm_lets_in_flight_activations_finish() {
 async fn activation_queries() {
     let s = Server::start(&["--dev"]).await;
     s.put("actions/a", json!({"exec": {"kind": "nodejs:20", "code": "function main(p){console.error('err line'); return p}"}})).await;
-    s.put("actions/b", json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return p}"}})).await;
+    s.put(
+        "actions/b",
+        json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return p}"}}),
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let (_, r) = s.post("actions/a?blocking=true", json!({"i": i})).await;
@@ -301,8 +511,17 @@ async fn activation_queries() {
     }
     s.post("actions/b?blocking=true", json!({})).await;
     let (_, list) = s.get("activations?name=a").await;
-    let got: Vec<&str> = list.as_array().unwrap().iter().map(|a| a["activationId"].as_str().unwrap()).collect();
-    assert_eq!(got, ids.iter().rev().map(String::as_str).collect::<Vec<_>>(), "newest first");
+    let got: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["activationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ids.iter().rev().map(String::as_str).collect::<Vec<_>>(),
+        "newest first"
+    );
     let (_, c) = s.get("activations?count=true").await;
     assert_eq!(c, json!({"activations": 4}));
     let (_, l) = s.get("activations?limit=1&skip=1&name=a").await;
@@ -310,7 +529,12 @@ async fn activation_queries() {
     let (st, _) = s.get("activations?limit=201").await;
     assert_eq!(st, 400);
     let (_, logs) = s.get(&format!("activations/{}/logs", ids[0])).await;
-    assert!(logs["logs"][0].as_str().unwrap().contains(" stderr: err line"));
+    assert!(
+        logs["logs"][0]
+            .as_str()
+            .unwrap()
+            .contains(" stderr: err line")
+    );
     let (_, res) = s.get(&format!("activations/{}/result", ids[0])).await;
     assert_eq!(res["result"], json!({"i": 0}));
     assert_eq!(res["success"], true);

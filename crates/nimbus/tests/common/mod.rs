@@ -19,7 +19,11 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -34,7 +38,12 @@ impl Server {
     pub async fn start_in(dir: &Path, extra: &[&str], port: Option<u16>) -> Server {
         let port = port.unwrap_or_else(free_port);
         let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir)
             .args(extra)
             .env("NIMBUS_LOG", "warn")
@@ -51,30 +60,53 @@ impl Server {
             {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "server did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Server { child: Some(child), base, port, dir: dir.to_path_buf(), _tmp: None, client }
+        Server {
+            child: Some(child),
+            base,
+            port,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            client,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v1/namespaces/_/{path}", self.base)
     }
 
-    pub async fn req(&self, method: reqwest::Method, path: &str, auth: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let (u, k) = auth.split_once(':').unwrap();
-        let mut rb = self.client.request(method, self.url(path)).basic_auth(u, Some(k));
+        let mut rb = self
+            .client
+            .request(method, self.url(path))
+            .basic_auth(u, Some(k));
         if let Some(b) = body {
             rb = rb.json(&b);
         }
         let r = rb.send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.req(reqwest::Method::PUT, path, GUEST, Some(body)).await
+        self.req(reqwest::Method::PUT, path, GUEST, Some(body))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -82,7 +114,8 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.req(reqwest::Method::POST, path, GUEST, Some(body)).await
+        self.req(reqwest::Method::POST, path, GUEST, Some(body))
+            .await
     }
 
     /// Polls an activation until it is recorded.
@@ -93,7 +126,10 @@ impl Server {
             if s == 200 {
                 return v;
             }
-            assert!(t.elapsed() < within, "activation {id} not recorded within {within:?}");
+            assert!(
+                t.elapsed() < within,
+                "activation {id} not recorded within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
