@@ -217,11 +217,8 @@ async fn handle(
         ResponseStatus::Success => render(&wp, a.response.result.clone(), tid)?,
         ResponseStatus::ApplicationError => {
             let err = a.response.result.get("error").cloned().unwrap_or(Value::Null);
-            if wp.ext == "http" && err.is_object() {
-                render(&wp, err, tid)?
-            } else {
-                (StatusCode::BAD_REQUEST, axum::Json(json!({"error": err, "code": tid}))).into_response()
-            }
+            // OpenWhisk projects the `error` field and applies the extension's rules to it.
+            render(&wp, err, tid)?
         }
         ResponseStatus::DeveloperError => (
             StatusCode::BAD_GATEWAY,

@@ -136,9 +136,18 @@ impl Controller {
             Some(e) => Some(Exec::from_request(e)?),
             None => None,
         };
-        if let Some(Exec::Sequence { components }) = &exec {
-            self.validate_sequence(who, &ns, &path, components).await?;
-        }
+        let exec = match exec {
+            Some(Exec::Sequence { components }) => {
+                self.validate_sequence(who, &ns, &path, &components).await?;
+                // Stored fully qualified, with `_` resolved to the caller's namespace.
+                let components = components
+                    .iter()
+                    .map(|c| FullyQualifiedName::parse(c, &ns).map(|f| f.to_string()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Some(Exec::Sequence { components })
+            }
+            other => other,
+        };
         let limits_put = body.limits.unwrap_or_default();
         let now = now_millis();
         let (action, rev) = match existing {

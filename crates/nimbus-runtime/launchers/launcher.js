@@ -148,9 +148,20 @@ async function serve(entry) {
     for (const k of previous) if (!keys.includes(k)) delete process.env[k];
     previous = keys;
 
+    // As in OpenWhisk's Node.js runtime: a synchronous throw is a developer error, while a
+    // rejected Promise is the function's own (application) error.
+    let pending;
+    try {
+      pending = entry(msg.value === undefined ? {} : msg.value);
+    } catch (e) {
+      process.stderr.write(`${e instanceof Error && e.stack ? e.stack : JSON.stringify(errorValue(e))}\n`);
+      const text = e instanceof Error ? `${e.name}: ${e.message}` : JSON.stringify(errorValue(e));
+      await send({ __nimbus_developer_error: `An error has occurred: ${text}` });
+      continue;
+    }
     let result;
     try {
-      result = await entry(msg.value === undefined ? {} : msg.value);
+      result = await pending;
       if (result === undefined || result === null) result = {};
     } catch (e) {
       process.stderr.write(`${e instanceof Error && e.stack ? e.stack : JSON.stringify(errorValue(e))}\n`);

@@ -921,9 +921,21 @@ fn request_line(req: &RunRequest) -> Vec<u8> {
     line
 }
 
+/// The key of a result line `{"__nimbus_developer_error": message}`: the function crashed.
+pub const DEVELOPER_ERROR_KEY: &str = "__nimbus_developer_error";
+
 /// The result line as a run result, and whether the protocol still holds.
 fn classify(line: &[u8]) -> (RunResult, bool) {
     match serde_json::from_slice::<Value>(line) {
+        // Launchers report a crash of the function itself (not of the protocol) this way; the
+        // instance stays usable.
+        Ok(Value::Object(o)) if o.len() == 1 && o.contains_key(DEVELOPER_ERROR_KEY) => {
+            let msg = o
+                .get(DEVELOPER_ERROR_KEY)
+                .and_then(|m| m.as_str())
+                .unwrap_or("The action failed.");
+            (RunResult::DeveloperError(msg.to_string()), true)
+        }
         Ok(v @ (Value::Object(_) | Value::Array(_))) => (RunResult::Ok(v), true),
         Ok(_) => (RunResult::DeveloperError(MSG_NOT_DICT.into()), true),
         Err(_) => (RunResult::DeveloperError(MSG_NOT_JSON.into()), false),

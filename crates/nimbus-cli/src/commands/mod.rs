@@ -1,0 +1,153 @@
+//! The client subcommands and what they share.
+
+pub mod action;
+pub mod activation;
+pub mod namespace;
+pub mod package;
+pub mod property;
+pub mod rule;
+pub mod trigger;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::config::{Settings, resolve_settings};
+use crate::error::CliResult;
+use crate::global::GlobalOpts;
+use crate::names::EntityName;
+use crate::output;
+
+/// The client commands (flattened into the `nimbus` binary's subcommands).
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create, update, get, list, delete and invoke actions
+    #[command(subcommand)]
+    Action(action::ActionCommand),
+    /// List and inspect activations, their logs and results
+    #[command(subcommand)]
+    Activation(activation::ActivationCommand),
+    /// Create, update, get, list, delete and fire triggers
+    #[command(subcommand)]
+    Trigger(trigger::TriggerCommand),
+    /// Create, update, enable, disable, get, list and delete rules
+    #[command(subcommand)]
+    Rule(rule::RuleCommand),
+    /// Create, update, bind, get, list and delete packages
+    #[command(subcommand)]
+    Package(package::PackageCommand),
+    /// List namespaces and the entities in one
+    #[command(subcommand)]
+    Namespace(namespace::NamespaceCommand),
+    /// Show and save the apihost, auth key and namespace in the config file
+    #[command(subcommand)]
+    Property(property::PropertyCommand),
+}
+
+/// An entity name argument.
+#[derive(Debug, Clone, Args)]
+pub struct NameArg {
+    /// Entity name
+    pub name: String,
+}
+
+/// `--limit` and `--skip` for lists.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Paging {
+    /// Number of entries to return (server default 30, at most 200; 0 means the maximum)
+    #[arg(short = 'l', long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Number of entries to skip
+    #[arg(short = 's', long, value_name = "N")]
+    pub skip: Option<u32>,
+}
+
+impl Paging {
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        if let Some(limit) = self.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(skip) = self.skip {
+            query.push(("skip", skip.to_string()));
+        }
+        query
+    }
+}
+
+/// What a command that talks to the server needs.
+pub struct Ctx {
+    pub client: Client,
+    pub settings: Settings,
+    pub auth: String,
+    /// The namespace from the settings (`_` unless set).
+    pub namespace: String,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn new(global: &GlobalOpts) -> CliResult<Ctx> {
+        let settings = resolve_settings(global)?;
+        let auth = settings.require_auth()?.to_string();
+        let client = Client::new(&settings.apihost.value, &auth)?;
+        Ok(Ctx {
+            client,
+            namespace: settings.namespace.value.clone(),
+            settings,
+            auth,
+            json: global.json,
+        })
+    }
+
+    /// An action name (may sit in a package).
+    pub fn action_name(&self, raw: &str) -> CliResult<EntityName> {
+        EntityName::parse(raw, &self.namespace)
+    }
+
+    /// A trigger, rule or package name.
+    pub fn entity_name(&self, raw: &str, what: &str) -> CliResult<EntityName> {
+        EntityName::parse_unpackaged(raw, &self.namespace, what)
+    }
+
+    /// The real name of the namespace: the configured one, or for `_` the first namespace the key
+    /// owns (`GET /namespaces`), falling back to `_`.
+    pub async fn own_namespace(&self) -> String {
+        if self.namespace != "_" {
+            return self.namespace.clone();
+        }
+        match self.client.get(&["namespaces"], &[]).await {
+            Ok(Value::Array(items)) => items
+                .first()
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| "_".to_string()),
+            _ => "_".to_string(),
+        }
+    }
+
+    /// Prints the server's JSON with `--json`, else the message.
+    pub fn done(&self, body: &Value, message: &str) {
+        if self.json {
+            output::json(body);
+        } else {
+            output::line(message);
+        }
+    }
+}
+
+/// Runs one client command.
+pub async fn dispatch(global: GlobalOpts, command: ClientCommand) -> CliResult<()> {
+    if let ClientCommand::Property(cmd) = command {
+        return property::run(&global, cmd);
+    }
+    let ctx = Ctx::new(&global)?;
+    match command {
+        ClientCommand::Action(cmd) => action::run(&ctx, cmd).await,
+        ClientCommand::Activation(cmd) => activation::run(&ctx, cmd).await,
+        ClientCommand::Trigger(cmd) => trigger::run(&ctx, cmd).await,
+        ClientCommand::Rule(cmd) => rule::run(&ctx, cmd).await,
+        ClientCommand::Package(cmd) => package::run(&ctx, cmd).await,
+        ClientCommand::Namespace(cmd) => namespace::run(&ctx, cmd).await,
+        ClientCommand::Property(cmd) => property::run(&global, cmd),
+    }
+}
