@@ -388,7 +388,7 @@ async fn application_errors_pass_through() {
 }
 
 #[tokio::test]
-async fn node_exceptions_and_rejections_become_error_results() {
+async fn node_throws_are_developer_errors_and_rejections_application_errors() {
     let (_work, rt) = runtime();
     let code = r#"
 function main(p) {
@@ -399,7 +399,10 @@ function main(p) {
 "#;
     let mut inst = start(&rt, &spec("nodejs:20", code)).await;
     let out = inst.run(request(json!({"mode": "throw"}))).await;
-    assert_eq!(out.result, RunResult::Ok(json!({"error": "boom"})));
+    assert_eq!(
+        out.result,
+        RunResult::DeveloperError("An error has occurred: Error: boom".into())
+    );
     assert!(
         stream(&texts(&out), "stderr")
             .iter()
@@ -427,7 +430,10 @@ async fn python_exceptions_become_error_results() {
     )
     .await;
     let out = inst.run(request(json!({}))).await;
-    assert_eq!(out.result, RunResult::Ok(json!({"error": "boom"})));
+    assert_eq!(
+        out.result,
+        RunResult::DeveloperError("An error has occurred: Error: boom".into())
+    );
     let stderr = texts(&out).join("\n");
     assert!(
         stderr.contains("Traceback") && stderr.contains("ValueError: boom"),
