@@ -430,10 +430,7 @@ async fn python_exceptions_become_error_results() {
     )
     .await;
     let out = inst.run(request(json!({}))).await;
-    assert_eq!(
-        out.result,
-        RunResult::DeveloperError("An error has occurred: Error: boom".into())
-    );
+    assert_eq!(out.result, RunResult::Ok(json!({"error": "boom"})));
     let stderr = texts(&out).join("\n");
     assert!(
         stderr.contains("Traceback") && stderr.contains("ValueError: boom"),
