@@ -231,3 +231,168 @@ impl Pool {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use nimbus_model::ActionLimits;
+    use nimbus_runtime::{RunOutcome, RunRequest, RunResult};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A runtime double: counts starts and live instances, runs instantly.
+    #[derive(Default)]
+    struct Counting {
+        started: AtomicUsize,
+        live: Arc<AtomicUsize>,
+    }
+
+    struct Fake {
+        live: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Runtime for Counting {
+        fn supports(&self, kind: &str) -> bool {
+            kind == "fake"
+        }
+        async fn start(
+            &self,
+            _: &InstanceSpec,
+            _: Duration,
+        ) -> Result<Box<dyn Instance>, RuntimeError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.live.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Fake {
+                live: self.live.clone(),
+            }))
+        }
+    }
+
+    #[async_trait]
+    impl Instance for Fake {
+        async fn run(&mut self, _: RunRequest) -> RunOutcome {
+            RunOutcome {
+                result: RunResult::Ok(serde_json::json!({})),
+                logs: vec![],
+                reusable: true,
+            }
+        }
+        async fn shutdown(self: Box<Self>) {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            kind: "fake".into(),
+            code: String::new(),
+            binary: false,
+            main: "main".into(),
+            action_name: "/ns/a".into(),
+            env: Default::default(),
+            limits: ActionLimits::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn warm_instances_are_reused_per_key() {
+        let rt = Arc::new(Counting::default());
+        let pool = Pool::new(vec![rt.clone()], PoolConfig::default());
+        let (lease, init) = pool.checkout("a", &spec()).await.unwrap();
+        assert!(init.is_some(), "first checkout is a cold start");
+        pool.checkin(lease);
+        let (lease, init) = pool.checkout("a", &spec()).await.unwrap();
+        assert!(init.is_none(), "second checkout is warm");
+        pool.checkin(lease);
+        let (lease, _) = pool.checkout("b", &spec()).await.unwrap();
+        pool.checkin(lease);
+        assert_eq!(rt.started.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.stats(), PoolStats { idle: 2, busy: 0 });
+    }
+
+    #[tokio::test]
+    async fn the_instance_bound_evicts_idle_instances_of_other_actions() {
+        let rt = Arc::new(Counting::default());
+        let pool = Pool::new(
+            vec![rt.clone()],
+            PoolConfig {
+                max_instances: 2,
+                ..Default::default()
+            },
+        );
+        for key in ["a", "b", "c"] {
+            let (lease, _) = pool.checkout(key, &spec()).await.unwrap();
+            pool.checkin(lease);
+        }
+        assert_eq!(
+            rt.live.load(Ordering::SeqCst),
+            2,
+            "never more than the bound"
+        );
+        assert_eq!(pool.stats().idle, 2);
+    }
+
+    #[tokio::test]
+    async fn at_the_bound_with_nothing_idle_a_request_waits_for_a_free_slot() {
+        let rt = Arc::new(Counting::default());
+        let pool = Arc::new(Pool::new(
+            vec![rt.clone()],
+            PoolConfig {
+                max_instances: 1,
+                ..Default::default()
+            },
+        ));
+        let (busy, _) = pool.checkout("a", &spec()).await.unwrap();
+        let p2 = pool.clone();
+        let waiter =
+            tokio::spawn(async move { p2.checkout("b", &spec()).await.map(|(l, _)| l.key) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "no slot yet");
+        pool.discard(busy).await;
+        assert_eq!(waiter.await.unwrap().unwrap(), "b");
+    }
+
+    #[tokio::test]
+    async fn idle_instances_are_stopped_after_the_idle_timeout() {
+        let rt = Arc::new(Counting::default());
+        let pool = Pool::new(
+            vec![rt.clone()],
+            PoolConfig {
+                idle_timeout: Duration::from_millis(100),
+                max_instances: 4,
+            },
+        );
+        Pool::spawn_reaper(&pool);
+        let (lease, _) = pool.checkout("a", &spec()).await.unwrap();
+        pool.checkin(lease);
+        assert_eq!(pool.stats().idle, 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.stats().idle > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.stats().idle, 0, "scaled to zero");
+        assert_eq!(rt.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn unsupported_kinds_fail_without_leaking_a_slot() {
+        let pool = Pool::new(
+            vec![Arc::new(Counting::default())],
+            PoolConfig {
+                max_instances: 1,
+                ..Default::default()
+            },
+        );
+        let mut s = spec();
+        s.kind = "other".into();
+        assert!(matches!(
+            pool.checkout("x", &s).await,
+            Err(RuntimeError::UnsupportedKind(_))
+        ));
+        assert!(
+            pool.checkout("y", &spec()).await.is_ok(),
+            "the slot was released"
+        );
+    }
+}
