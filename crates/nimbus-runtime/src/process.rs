@@ -175,8 +175,11 @@ impl ProcessRuntime {
         cfg: ProcessRuntimeConfig,
         cgroups: Option<Arc<dyn CgroupManager>>,
     ) -> Result<Self, RuntimeError> {
-        let launchers = cfg.work_dir.join("launchers");
-        let instances_dir = cfg.work_dir.join("instances");
+        // Instances run with their code directory as cwd: a relative work dir would break them.
+        let work_dir = std::path::absolute(&cfg.work_dir)
+            .map_err(|e| platform(&format!("cannot resolve {}", cfg.work_dir.display()), e))?;
+        let launchers = work_dir.join("launchers");
+        let instances_dir = work_dir.join("instances");
         for d in [&launchers, &instances_dir] {
             fs::create_dir_all(d)
                 .map_err(|e| platform(&format!("cannot create {}", d.display()), e))?;

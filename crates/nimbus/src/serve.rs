@@ -86,6 +86,11 @@ async fn shutdown_signal() {
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&a.log_format);
     create_private_dir(&a.data_dir)?;
+    // Function processes run with their own working directory, so every path handed to the
+    // runtime must be absolute.
+    let mut a = a;
+    a.data_dir = std::fs::canonicalize(&a.data_dir)
+        .with_context(|| format!("resolving {}", a.data_dir.display()))?;
     let db = a.data_dir.join("nimbus.db");
     let store =
         SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;

@@ -539,3 +539,61 @@ async fn activation_queries() {
     assert_eq!(res["result"], json!({"i": 0}));
     assert_eq!(res["success"], true);
 }
+
+/// The default `--data-dir .nimbus` is relative; functions must still start (regression).
+#[tokio::test]
+async fn a_relative_data_dir_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"))
+        .current_dir(tmp.path())
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            "rel",
+        ])
+        .env("NIMBUS_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let (u, k) = GUEST.split_once(':').unwrap();
+    let mut ready = false;
+    for _ in 0..600 {
+        if client
+            .get(format!("{base}/api/v1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready);
+    let url = format!("{base}/api/v1/namespaces/_/actions/rel");
+    let r = client.put(&url).basic_auth(u, Some(k)).json(&json!({"exec": {"kind": "python:3.11", "code": "def main(a):\n    return {'ok': 1}\n"}})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("{url}?blocking=true&result=true"))
+        .basic_auth(u, Some(k))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((status.as_u16(), body), (200, json!({"ok": 1})));
+    assert!(tmp.path().join("rel/auth/guest").exists());
+}
