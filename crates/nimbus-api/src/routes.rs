@@ -1,4 +1,8 @@
 //! The OpenWhisk v1 REST routes.
+//!
+//! The four entity collections share one handler per operation (list, get, put, delete), with
+//! the collection's [`EntityKind`] bound where the route is declared; only the POSTs differ
+//! (invoke an action, fire a trigger, switch a rule).
 
 use crate::AppState;
 use crate::context::Ctx;
@@ -11,10 +15,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query as Q, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use nimbus_controller::{
-    ActionPut, ActivationListQuery, InvokeRequest, InvokeResponse, PackagePut, RulePut, TriggerPut,
-};
+use axum::routing::{MethodRouter, get};
+use nimbus_controller::{ActivationListQuery, ControllerError, InvokeRequest, InvokeResponse};
 use nimbus_model::{Activation, EntityKind, EntityPath, FullyQualifiedName, ResponseStatus};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -22,39 +24,28 @@ use std::time::Duration;
 type ApiResult = Result<Response, ApiError>;
 
 pub fn routes() -> Router<AppState> {
+    use EntityKind::{Action, Package, Rule, Trigger};
     let ns = "/api/v1/namespaces/{ns}";
     Router::new()
         .route("/api/v1/namespaces", get(list_namespaces))
         .route("/api/v1/namespaces/{ns}/limits", get(limits))
-        .route(&format!("{ns}/actions"), get(list_actions))
-        .route(&format!("{ns}/actions/"), get(list_actions))
+        .route(&format!("{ns}/actions"), collection(Action))
+        .route(&format!("{ns}/actions/"), collection(Action))
         .route(
             &format!("{ns}/actions/{{*path}}"),
-            get(get_action)
-                .put(put_action)
-                .delete(delete_action)
-                .post(invoke_action),
+            item(Action).post(invoke_action),
         )
-        .route(&format!("{ns}/packages"), get(list_packages))
-        .route(
-            &format!("{ns}/packages/{{name}}"),
-            get(get_package).put(put_package).delete(delete_package),
-        )
-        .route(&format!("{ns}/triggers"), get(list_triggers))
+        .route(&format!("{ns}/packages"), collection(Package))
+        .route(&format!("{ns}/packages/{{name}}"), item(Package))
+        .route(&format!("{ns}/triggers"), collection(Trigger))
         .route(
             &format!("{ns}/triggers/{{name}}"),
-            get(get_trigger)
-                .put(put_trigger)
-                .delete(delete_trigger)
-                .post(fire_trigger),
+            item(Trigger).post(fire_trigger),
         )
-        .route(&format!("{ns}/rules"), get(list_rules))
+        .route(&format!("{ns}/rules"), collection(Rule))
         .route(
             &format!("{ns}/rules/{{name}}"),
-            get(get_rule)
-                .put(put_rule)
-                .delete(delete_rule)
-                .post(set_rule_status),
+            item(Rule).post(set_rule_status),
         )
         .route(&format!("{ns}/activations"), get(list_activations))
         .route(&format!("{ns}/activations/{{id}}"), get(get_activation))
@@ -68,12 +59,128 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// `GET /{collection}`.
+fn collection(kind: EntityKind) -> MethodRouter<AppState> {
+    get(
+        move |s: State<AppState>, ctx: Ctx, Path(ns): Path<String>, Q(q): Q<Query>| {
+            list(s, ctx, ns, q, kind)
+        },
+    )
+}
+
+/// `GET`, `PUT` and `DELETE` of `/{collection}/{name}`.
+fn item(kind: EntityKind) -> MethodRouter<AppState> {
+    get(
+        move |s: State<AppState>, ctx: Ctx, Path(p): Path<(String, String)>, Q(q): Q<Query>| {
+            get_one(s, ctx, p, q, kind)
+        },
+    )
+    .put(
+        move |s: State<AppState>,
+              ctx: Ctx,
+              Path(p): Path<(String, String)>,
+              Q(q): Q<Query>,
+              body: Result<Bytes, BytesRejection>| { put_one(s, ctx, p, q, body, kind) },
+    )
+    .delete(
+        move |s: State<AppState>, ctx: Ctx, Path(p): Path<(String, String)>, Q(q): Q<Query>| {
+            delete_one(s, ctx, p, q, kind)
+        },
+    )
+}
+
 fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
-fn ctl(tid: &str) -> impl Fn(nimbus_controller::ControllerError) -> ApiError + '_ {
+fn ctl(tid: &str) -> impl Fn(ControllerError) -> ApiError + '_ {
     move |e| ApiError::from_controller(e, tid)
+}
+
+async fn list(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    ns: String,
+    q: Query,
+    kind: EntityKind,
+) -> ApiResult {
+    let tid = &ctx.tid;
+    let paging = parse::paging(&q, tid)?;
+    if parse::flag_or(&q, "count", tid)? {
+        let n = s
+            .controller
+            .count(&ctx.who, &ns, kind)
+            .await
+            .map_err(ctl(tid))?;
+        return ok(json!({ kind.collection(): n }));
+    }
+    let public = parse::flag_or(&q, "public", tid)?;
+    let list = s
+        .controller
+        .list_entities(&ctx.who, &ns, kind, paging, public)
+        .await
+        .map_err(ctl(tid))?;
+    ok(Value::Array(list))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    (ns, path): (String, String),
+    q: Query,
+    kind: EntityKind,
+) -> ApiResult {
+    let tid = &ctx.tid;
+    if kind == EntityKind::Action
+        && let Some(pkg) = path.strip_suffix('/')
+    {
+        // `actions/{pkg}/`: the actions of a package or binding.
+        let paging = parse::paging(&q, tid)?;
+        let list = s
+            .controller
+            .list_package_actions(&ctx.who, &ns, pkg, paging)
+            .await
+            .map_err(ctl(tid))?;
+        return ok(Value::Array(list));
+    }
+    // `code` defaults to true (OpenWhisk); it only matters for actions.
+    let with_code = !q.contains_key("code") || parse::flag_or(&q, "code", tid)?;
+    ok(s.controller
+        .get_entity(&ctx.who, &ns, kind, &path, with_code)
+        .await
+        .map_err(ctl(tid))?)
+}
+
+async fn put_one(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    (ns, path): (String, String),
+    q: Query,
+    body: Result<Bytes, BytesRejection>,
+    kind: EntityKind,
+) -> ApiResult {
+    let tid = &ctx.tid;
+    let body: Value = parse::json(&parse::body(body, tid)?, tid)?;
+    let overwrite = parse::flag_or(&q, "overwrite", tid)?;
+    ok(s.controller
+        .put_entity(&ctx.who, &ns, kind, &path, body, overwrite)
+        .await
+        .map_err(ctl(tid))?)
+}
+
+async fn delete_one(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    (ns, path): (String, String),
+    q: Query,
+    kind: EntityKind,
+) -> ApiResult {
+    let tid = &ctx.tid;
+    let force = parse::flag_or(&q, "force", tid)?;
+    ok(s.controller
+        .delete_entity(&ctx.who, &ns, kind, &path, force)
+        .await
+        .map_err(ctl(tid))?)
 }
 
 async fn list_namespaces(ctx: Ctx) -> ApiResult {
@@ -105,92 +212,12 @@ async fn limits(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>) -> 
     }))
 }
 
-// ----- actions -----
-
-async fn list_actions(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path(ns): Path<String>,
-    Q(q): Q<Query>,
-) -> ApiResult {
-    let paging = parse::paging(&q, &ctx.tid)?;
-    if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s
-            .controller
-            .count(&ctx.who, &ns, EntityKind::Action)
-            .await
-            .map_err(ctl(&ctx.tid))?;
-        return ok(json!({"actions": n}));
-    }
-    let list = s
-        .controller
-        .list_actions(&ctx.who, &ns, None, paging)
-        .await
-        .map_err(ctl(&ctx.tid))?;
-    ok(Value::Array(list))
-}
-
-async fn get_action(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, path)): Path<(String, String)>,
-    Q(q): Q<Query>,
-) -> ApiResult {
-    if let Some(pkg) = path.strip_suffix('/') {
-        // `actions/{pkg}/`: the actions of a package or binding.
-        let paging = parse::paging(&q, &ctx.tid)?;
-        let list = s
-            .controller
-            .list_actions(&ctx.who, &ns, Some(pkg), paging)
-            .await
-            .map_err(ctl(&ctx.tid))?;
-        return ok(Value::Array(list));
-    }
-    let with_code = match q.get("code") {
-        None => true,
-        Some(_) => parse::flag_or(&q, "code", &ctx.tid)?,
-    };
-    ok(s.controller
-        .get_action(&ctx.who, &ns, &path, with_code)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn put_action(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, path)): Path<(String, String)>,
-    Q(q): Q<Query>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let body = parse::body(body, &ctx.tid)?;
-    let put: ActionPut = parse::json(&body, &ctx.tid)?;
-    let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller
-        .put_action(&ctx.who, &ns, &path, put, overwrite)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn delete_action(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, path)): Path<(String, String)>,
-) -> ApiResult {
-    ok(s.controller
-        .delete_action(&ctx.who, &ns, &path)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
 fn with_activation_header(mut r: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
         r.headers_mut().insert("x-openwhisk-activation-id", v);
     }
     r
 }
-
-/// Status of a finished blocking invocation (OpenWhisk `doInvoke`).
 pub fn activation_status(a: &Activation) -> StatusCode {
     match a.response.status() {
         ResponseStatus::Success => StatusCode::OK,
@@ -265,135 +292,6 @@ async fn invoke_action(
     }
 }
 
-// ----- packages -----
-
-async fn list_packages(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path(ns): Path<String>,
-    Q(q): Q<Query>,
-) -> ApiResult {
-    let paging = parse::paging(&q, &ctx.tid)?;
-    if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s
-            .controller
-            .count(&ctx.who, &ns, EntityKind::Package)
-            .await
-            .map_err(ctl(&ctx.tid))?;
-        return ok(json!({"packages": n}));
-    }
-    let public = parse::flag_or(&q, "public", &ctx.tid)?;
-    ok(Value::Array(
-        s.controller
-            .list_packages(&ctx.who, &ns, public, paging)
-            .await
-            .map_err(ctl(&ctx.tid))?,
-    ))
-}
-
-async fn get_package(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-) -> ApiResult {
-    ok(s.controller
-        .get_package(&ctx.who, &ns, &name)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn put_package(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-    Q(q): Q<Query>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let body = parse::body(body, &ctx.tid)?;
-    let put: PackagePut = parse::json(&body, &ctx.tid)?;
-    let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller
-        .put_package(&ctx.who, &ns, &name, put, overwrite)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn delete_package(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-    Q(q): Q<Query>,
-) -> ApiResult {
-    let force = parse::flag_or(&q, "force", &ctx.tid)?;
-    ok(s.controller
-        .delete_package(&ctx.who, &ns, &name, force)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-// ----- triggers -----
-
-async fn list_triggers(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path(ns): Path<String>,
-    Q(q): Q<Query>,
-) -> ApiResult {
-    let paging = parse::paging(&q, &ctx.tid)?;
-    if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s
-            .controller
-            .count(&ctx.who, &ns, EntityKind::Trigger)
-            .await
-            .map_err(ctl(&ctx.tid))?;
-        return ok(json!({"triggers": n}));
-    }
-    ok(Value::Array(
-        s.controller
-            .list_triggers(&ctx.who, &ns, paging)
-            .await
-            .map_err(ctl(&ctx.tid))?,
-    ))
-}
-
-async fn get_trigger(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-) -> ApiResult {
-    ok(s.controller
-        .get_trigger(&ctx.who, &ns, &name)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn put_trigger(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-    Q(q): Q<Query>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let body = parse::body(body, &ctx.tid)?;
-    let put: TriggerPut = parse::json(&body, &ctx.tid)?;
-    let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller
-        .put_trigger(&ctx.who, &ns, &name, put, overwrite)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn delete_trigger(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-) -> ApiResult {
-    ok(s.controller
-        .delete_trigger(&ctx.who, &ns, &name)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
 async fn fire_trigger(
     State(s): State<AppState>,
     ctx: Ctx,
@@ -416,69 +314,6 @@ async fn fire_trigger(
     }
 }
 
-// ----- rules -----
-
-async fn list_rules(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path(ns): Path<String>,
-    Q(q): Q<Query>,
-) -> ApiResult {
-    let paging = parse::paging(&q, &ctx.tid)?;
-    if parse::flag_or(&q, "count", &ctx.tid)? {
-        let n = s
-            .controller
-            .count(&ctx.who, &ns, EntityKind::Rule)
-            .await
-            .map_err(ctl(&ctx.tid))?;
-        return ok(json!({"rules": n}));
-    }
-    ok(Value::Array(
-        s.controller
-            .list_rules(&ctx.who, &ns, paging)
-            .await
-            .map_err(ctl(&ctx.tid))?,
-    ))
-}
-
-async fn get_rule(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-) -> ApiResult {
-    ok(s.controller
-        .get_rule(&ctx.who, &ns, &name)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn put_rule(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-    Q(q): Q<Query>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let body = parse::body(body, &ctx.tid)?;
-    let put: RulePut = parse::json(&body, &ctx.tid)?;
-    let overwrite = parse::flag_or(&q, "overwrite", &ctx.tid)?;
-    ok(s.controller
-        .put_rule(&ctx.who, &ns, &name, put, overwrite)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
-async fn delete_rule(
-    State(s): State<AppState>,
-    ctx: Ctx,
-    Path((ns, name)): Path<(String, String)>,
-) -> ApiResult {
-    ok(s.controller
-        .delete_rule(&ctx.who, &ns, &name)
-        .await
-        .map_err(ctl(&ctx.tid))?)
-}
-
 async fn set_rule_status(
     State(s): State<AppState>,
     ctx: Ctx,
@@ -498,8 +333,6 @@ async fn set_rule_status(
         .map_err(ctl(&ctx.tid))?;
     Ok(StatusCode::OK.into_response())
 }
-
-// ----- activations -----
 
 async fn list_activations(
     State(s): State<AppState>,

@@ -1,6 +1,6 @@
 //! The system catalog published at first start: `/whisk.system/utils`.
 
-use crate::requests::{ActionPut, PackagePut};
+use crate::requests::{ActionPut, CommonPut, PackagePut};
 use crate::{Controller, Identity, Result};
 use nimbus_model::exec::ExecJson;
 use nimbus_model::{EntityKind, KeyValues};
@@ -60,8 +60,11 @@ impl Controller {
             "_",
             &m.package,
             PackagePut {
-                publish: Some(true),
-                annotations: Some(ann),
+                common: CommonPut {
+                    publish: Some(true),
+                    annotations: Some(ann),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             false,
@@ -89,7 +92,10 @@ impl Controller {
                     code: Some(code.to_string()),
                     ..Default::default()
                 }),
-                annotations: Some(ann),
+                common: CommonPut {
+                    annotations: Some(ann),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             self.put_action(system, "_", &format!("{}/{}", m.package, a.name), put, true)

@@ -1,10 +1,11 @@
 //! Entity use cases: create/update with OpenWhisk's merge rules, get, list, delete.
+//!
+//! The public surface is one call per operation over [`EntityKind`] (the API routes every
+//! collection through it); the kind-specific rules sit in the private functions below it.
 
-use crate::requests::{ActionPut, PackagePut, RulePut, TriggerPut};
+use crate::requests::{ActionPut, Header, PackagePut, RulePut, TriggerPut, parse_body};
 use crate::{Controller, ControllerError, Identity, Result};
-use nimbus_model::entity::{
-    Action, BindingRef, EntityPathDoc, Package, Rule, RuleStatus, Trigger, Version,
-};
+use nimbus_model::entity::{Action, BindingRef, EntityPathDoc, Package, Rule, RuleStatus, Trigger};
 use nimbus_model::exec::Exec;
 use nimbus_model::limits::ActionLimits;
 use nimbus_model::names::validate_name;
@@ -21,20 +22,17 @@ pub struct Paging {
     pub limit: u64,
 }
 
-fn version_for(given: &Option<String>, old: Option<Version>) -> Result<Version> {
-    match given {
-        Some(v) if !v.is_empty() => {
-            let v = Version::parse(v)?;
-            Ok(match old {
-                Some(o) if v <= o => o.bump(),
-                _ => v,
-            })
-        }
-        _ => Ok(old.map(|o| o.bump()).unwrap_or_default()),
+fn conflict_unless(overwrite: bool, exists: bool) -> Result<()> {
+    if exists && !overwrite {
+        Err(ControllerError::Conflict("resource already exists".into()))
+    } else {
+        Ok(())
     }
 }
 
 impl Controller {
+    // ----- storage helpers -----
+
     pub(crate) async fn load<T: DeserializeOwned>(
         &self,
         ns: &str,
@@ -53,6 +51,20 @@ impl Controller {
                 Ok(Some((v, d.rev)))
             }
         }
+    }
+
+    /// Loads an entity of the caller's own namespace, or answers 403/404.
+    async fn load_own<T: DeserializeOwned>(
+        &self,
+        who: &Identity,
+        ns: &str,
+        kind: EntityKind,
+        key: &str,
+    ) -> Result<(T, i64)> {
+        self.ensure_own(who, ns)?;
+        self.load(&who.namespace, kind, key)
+            .await?
+            .ok_or_else(ControllerError::not_found)
     }
 
     pub(crate) async fn save<T: Serialize>(
@@ -98,9 +110,171 @@ impl Controller {
             .collect()
     }
 
+    fn page(paging: Paging) -> EntityQuery {
+        EntityQuery {
+            skip: paging.skip,
+            limit: Some(paging.limit),
+            ..Default::default()
+        }
+    }
+
+    // ----- the public surface, one call per operation -----
+
+    /// `GET /{collection}`. `public` adds other namespaces' shared packages.
+    pub async fn list_entities(
+        &self,
+        who: &Identity,
+        ns: &str,
+        kind: EntityKind,
+        paging: Paging,
+        public: bool,
+    ) -> Result<Vec<Value>> {
+        let q = Self::page(paging);
+        let own = || self.ensure_own(who, ns).map(|_| who.namespace.as_str());
+        Ok(match kind {
+            EntityKind::Package => return self.list_packages(who, ns, public, paging).await,
+            EntityKind::Action => {
+                let list: Vec<Action> = self.list_docs(own()?, kind, q).await?;
+                list.iter().map(Action::list_json).collect()
+            }
+            EntityKind::Trigger => {
+                let list: Vec<Trigger> = self.list_docs(own()?, kind, q).await?;
+                list.iter().map(Trigger::list_json).collect()
+            }
+            EntityKind::Rule => {
+                let list: Vec<Rule> = self.list_docs(own()?, kind, q).await?;
+                list.iter().map(Rule::list_json).collect()
+            }
+        })
+    }
+
+    /// `GET /{collection}?count=true`.
+    pub async fn count(&self, who: &Identity, ns: &str, kind: EntityKind) -> Result<u64> {
+        self.ensure_own(who, ns)?;
+        Ok(self
+            .store
+            .count_entities(&who.namespace, kind, &EntityQuery::default())
+            .await?)
+    }
+
+    /// `GET /{collection}/{path}`; `with_code` only matters for actions.
+    pub async fn get_entity(
+        &self,
+        who: &Identity,
+        ns: &str,
+        kind: EntityKind,
+        path: &str,
+        with_code: bool,
+    ) -> Result<Value> {
+        match kind {
+            EntityKind::Action => self.get_action(who, ns, path, with_code).await,
+            EntityKind::Package => self.get_package(who, ns, path).await,
+            EntityKind::Trigger => {
+                let (t, _) = self.load_own::<Trigger>(who, ns, kind, path).await?;
+                let rules = self.trigger_rules_map(&t).await?;
+                Ok(t.api_json(rules))
+            }
+            EntityKind::Rule => Ok(self
+                .load_own::<Rule>(who, ns, kind, path)
+                .await?
+                .0
+                .api_json()),
+        }
+    }
+
+    /// `PUT /{collection}/{path}[?overwrite=true]` with the JSON body.
+    pub async fn put_entity(
+        &self,
+        who: &Identity,
+        ns: &str,
+        kind: EntityKind,
+        path: &str,
+        body: Value,
+        overwrite: bool,
+    ) -> Result<Value> {
+        match kind {
+            EntityKind::Action => {
+                self.put_action(who, ns, path, parse_body(body)?, overwrite)
+                    .await
+            }
+            EntityKind::Package => {
+                self.put_package(who, ns, path, parse_body(body)?, overwrite)
+                    .await
+            }
+            EntityKind::Trigger => {
+                self.put_trigger(who, ns, path, parse_body(body)?, overwrite)
+                    .await
+            }
+            EntityKind::Rule => {
+                self.put_rule(who, ns, path, parse_body(body)?, overwrite)
+                    .await
+            }
+        }
+    }
+
+    /// `DELETE /{collection}/{path}`; `force` empties a package first.
+    pub async fn delete_entity(
+        &self,
+        who: &Identity,
+        ns: &str,
+        kind: EntityKind,
+        path: &str,
+        force: bool,
+    ) -> Result<Value> {
+        let key = match kind {
+            EntityKind::Action => EntityPath::parse(path)?.key(),
+            _ => path.to_string(),
+        };
+        let view = match kind {
+            EntityKind::Action => {
+                let (a, rev) = self.load_own::<Action>(who, ns, kind, &key).await?;
+                (a.api_json(false), rev)
+            }
+            EntityKind::Package => {
+                let (p, rev) = self.load_own::<Package>(who, ns, kind, &key).await?;
+                self.empty_package(&p, force).await?;
+                (p.list_json(), rev)
+            }
+            EntityKind::Trigger => {
+                let (t, rev) = self.load_own::<Trigger>(who, ns, kind, &key).await?;
+                let rules = self.trigger_rules_map(&t).await?;
+                (t.api_json(rules), rev)
+            }
+            EntityKind::Rule => {
+                let (r, rev) = self.load_own::<Rule>(who, ns, kind, &key).await?;
+                (r.api_json(), rev)
+            }
+        };
+        if !self
+            .store
+            .delete_entity(&who.namespace, kind, &key, Some(view.1))
+            .await?
+        {
+            return Err(ControllerError::not_found());
+        }
+        Ok(view.0)
+    }
+
+    /// `GET /actions/{pkg}/`: the actions of a package or binding.
+    pub async fn list_package_actions(
+        &self,
+        who: &Identity,
+        ns: &str,
+        package: &str,
+        paging: Paging,
+    ) -> Result<Vec<Value>> {
+        let (p, _, _) = self.resolve_package(who, ns, package).await?;
+        let q = EntityQuery {
+            package: Some(p.name.clone()),
+            ..Self::page(paging)
+        };
+        let list: Vec<Action> = self.list_docs(&p.namespace, EntityKind::Action, q).await?;
+        Ok(list.iter().map(Action::list_json).collect())
+    }
+
     // ----- actions -----
 
-    pub async fn put_action(
+    pub(crate) async fn put_action(
         &self,
         who: &Identity,
         ns: &str,
@@ -129,14 +303,8 @@ impl Controller {
         self.check_params_size(&body.parameters)?;
         let key = path.key();
         let existing: Option<(Action, i64)> = self.load(&ns, EntityKind::Action, &key).await?;
-        if existing.is_some() && !overwrite {
-            return Err(ControllerError::Conflict("resource already exists".into()));
-        }
-        let exec = match body.exec {
-            Some(e) => Some(Exec::from_request(e)?),
-            None => None,
-        };
-        let exec = match exec {
+        conflict_unless(overwrite, existing.is_some())?;
+        let exec = match body.exec.map(Exec::from_request).transpose()? {
             Some(Exec::Sequence { components }) => {
                 self.validate_sequence(who, &ns, &path, &components).await?;
                 // Stored fully qualified, with `_` resolved to the caller's namespace.
@@ -150,59 +318,48 @@ impl Controller {
         };
         let limits_put = body.limits.unwrap_or_default();
         let now = now_millis();
-        let (action, rev) = match existing {
+        let (mut action, rev) = match existing {
             None => {
                 let exec =
                     exec.ok_or_else(|| ControllerError::BadRequest("exec undefined".into()))?;
-                let limits = ActionLimits::default().apply(&limits_put, &self.cfg.limits)?;
-                let mut annotations = body.annotations.unwrap_or_default();
+                let mut annotations = body.common.initial_annotations();
                 if annotations.get("provide-api-key").is_none() {
                     annotations.set("provide-api-key", json!(false));
-                }
-                annotations.set("exec", json!(exec.kind()));
-                if let Some(del) = &body.del_annotations {
-                    for k in del {
-                        annotations.remove(k);
-                    }
                 }
                 let action = Action {
                     namespace: ns.clone(),
                     path: EntityPathDoc::from(&path),
-                    version: version_for(&body.version, None)?,
-                    publish: body.publish.unwrap_or(false),
+                    version: body.common.version(None)?,
+                    publish: body.common.publish.unwrap_or(false),
                     annotations,
                     exec,
                     parameters: body.parameters.unwrap_or_default(),
-                    limits,
+                    limits: ActionLimits::default().apply(&limits_put, &self.cfg.limits)?,
                     updated: now,
                 };
                 (action, None)
             }
             Some((mut old, rev)) => {
                 if let Some(e) = exec {
-                    old.annotations.set("exec", json!(e.kind()));
                     old.exec = e;
-                }
-                if let Some(a) = &body.annotations {
-                    old.annotations.merge(a);
-                }
-                if let Some(del) = &body.del_annotations {
-                    for k in del {
-                        old.annotations.remove(k);
-                    }
                 }
                 if let Some(p) = body.parameters {
                     old.parameters = p;
                 }
                 old.limits = old.limits.apply(&limits_put, &self.cfg.limits)?;
-                if let Some(p) = body.publish {
-                    old.publish = p;
-                }
-                old.version = version_for(&body.version, Some(old.version))?;
-                old.updated = now;
+                body.common.update(
+                    Header {
+                        version: &mut old.version,
+                        publish: &mut old.publish,
+                        annotations: &mut old.annotations,
+                        updated: &mut old.updated,
+                    },
+                    now,
+                )?;
                 (old, Some(rev))
             }
         };
+        action.annotations.set("exec", json!(action.exec.kind()));
         if !self.invoker.supports(action.exec.kind()) && action.exec.kind() != "sequence" {
             return Err(ControllerError::BadRequest(format!(
                 "kind '{}' has no runtime on this server",
@@ -291,7 +448,7 @@ impl Controller {
         })
     }
 
-    pub async fn get_action(
+    async fn get_action(
         &self,
         who: &Identity,
         ns: &str,
@@ -309,76 +466,9 @@ impl Controller {
         Ok(v)
     }
 
-    pub async fn list_actions(
-        &self,
-        who: &Identity,
-        ns: &str,
-        package: Option<&str>,
-        paging: Paging,
-    ) -> Result<Vec<Value>> {
-        let list: Vec<Action> = match package {
-            Some(pkg) => {
-                let (p, _, _) = self.resolve_package(who, ns, pkg).await?;
-                self.list_docs(
-                    &p.namespace,
-                    EntityKind::Action,
-                    EntityQuery {
-                        package: Some(p.name.clone()),
-                        skip: paging.skip,
-                        limit: Some(paging.limit),
-                        ..Default::default()
-                    },
-                )
-                .await?
-            }
-            None => {
-                self.ensure_own(who, ns)?;
-                self.list_docs(
-                    &who.namespace,
-                    EntityKind::Action,
-                    EntityQuery {
-                        skip: paging.skip,
-                        limit: Some(paging.limit),
-                        ..Default::default()
-                    },
-                )
-                .await?
-            }
-        };
-        Ok(list.iter().map(Action::list_json).collect())
-    }
-
-    pub async fn count(&self, who: &Identity, ns: &str, kind: EntityKind) -> Result<u64> {
-        self.ensure_own(who, ns)?;
-        Ok(self
-            .store
-            .count_entities(&who.namespace, kind, &EntityQuery::default())
-            .await?)
-    }
-
-    pub async fn delete_action(&self, who: &Identity, ns: &str, path: &str) -> Result<Value> {
-        self.ensure_own(who, ns)?;
-        let path = EntityPath::parse(path)?;
-        let key = path.key();
-        let Some((action, rev)) = self
-            .load::<Action>(&who.namespace, EntityKind::Action, &key)
-            .await?
-        else {
-            return Err(ControllerError::not_found());
-        };
-        if !self
-            .store
-            .delete_entity(&who.namespace, EntityKind::Action, &key, Some(rev))
-            .await?
-        {
-            return Err(ControllerError::not_found());
-        }
-        Ok(action.api_json(false))
-    }
-
     // ----- packages -----
 
-    pub async fn put_package(
+    pub(crate) async fn put_package(
         &self,
         who: &Identity,
         ns: &str,
@@ -395,50 +485,18 @@ impl Controller {
             ));
         }
         self.check_params_size(&body.parameters)?;
-        let binding = match &body.binding {
-            None => None,
-            Some(Value::Object(o)) if o.is_empty() => None,
-            Some(v) => {
-                let ns_b = v.get("namespace").and_then(|x| x.as_str());
-                let name_b = v.get("name").and_then(|x| x.as_str());
-                let (Some(bns), Some(bname)) = (ns_b, name_b) else {
-                    return Err(ControllerError::BadRequest(
-                        "binding must be {\"namespace\": …, \"name\": …}".into(),
-                    ));
-                };
-                let bns = who.resolve_ns(bns).to_string();
-                let Some((target, _)) = self.load_package(&bns, bname).await? else {
-                    return Err(ControllerError::BadRequest(format!(
-                        "The package '/{bns}/{bname}' to bind does not exist."
-                    )));
-                };
-                if target.binding.is_some() {
-                    return Err(ControllerError::BadRequest(
-                        "A binding cannot refer to another binding.".into(),
-                    ));
-                }
-                if target.namespace != who.namespace && !target.publish {
-                    return Err(ControllerError::forbidden());
-                }
-                Some(BindingRef {
-                    namespace: bns,
-                    name: bname.to_string(),
-                })
-            }
-        };
+        let binding = self.binding_target(who, &body.binding).await?;
         let existing = self.load_package(&ns, name).await?;
-        if existing.is_some() && !overwrite {
-            return Err(ControllerError::Conflict("resource already exists".into()));
-        }
+        conflict_unless(overwrite, existing.is_some())?;
         let now = now_millis();
         let (pkg, rev) = match existing {
             None => (
                 Package {
                     namespace: ns.clone(),
                     name: name.to_string(),
-                    version: version_for(&body.version, None)?,
-                    publish: body.publish.unwrap_or(false),
-                    annotations: body.annotations.unwrap_or_default(),
+                    version: body.common.version(None)?,
+                    publish: body.common.publish.unwrap_or(false),
+                    annotations: body.common.initial_annotations(),
                     parameters: body.parameters.unwrap_or_default(),
                     binding,
                     updated: now,
@@ -446,33 +504,71 @@ impl Controller {
                 None,
             ),
             Some((mut old, rev)) => {
-                let explicit_binding = body.binding.is_some();
-                if explicit_binding && old.binding.is_some() != binding.is_some() {
-                    return Err(ControllerError::Conflict(
-                        "A package cannot be turned into a binding, nor a binding into a package."
-                            .into(),
-                    ));
-                }
-                if explicit_binding && binding.is_some() {
+                if body.binding.is_some() {
+                    if old.binding.is_some() != binding.is_some() {
+                        return Err(ControllerError::Conflict(
+                            "A package cannot be turned into a binding, nor a binding into a package.".into(),
+                        ));
+                    }
                     old.binding = binding;
-                }
-                if let Some(a) = &body.annotations {
-                    old.annotations.merge(a);
                 }
                 if let Some(p) = body.parameters {
                     old.parameters = p;
                 }
-                if let Some(p) = body.publish {
-                    old.publish = p;
-                }
-                old.version = version_for(&body.version, Some(old.version))?;
-                old.updated = now;
+                body.common.update(
+                    Header {
+                        version: &mut old.version,
+                        publish: &mut old.publish,
+                        annotations: &mut old.annotations,
+                        updated: &mut old.updated,
+                    },
+                    now,
+                )?;
                 (old, Some(rev))
             }
         };
         self.save(&ns, EntityKind::Package, name, &pkg, now, rev)
             .await?;
         self.package_view(&pkg, pkg.parameters.clone(), &pkg).await
+    }
+
+    /// Checks a request's `binding` (`{}`/absent: a plain package) and returns its target.
+    async fn binding_target(
+        &self,
+        who: &Identity,
+        binding: &Option<Value>,
+    ) -> Result<Option<BindingRef>> {
+        let v = match binding {
+            None => return Ok(None),
+            Some(Value::Object(o)) if o.is_empty() => return Ok(None),
+            Some(v) => v,
+        };
+        let (Some(bns), Some(bname)) = (
+            v.get("namespace").and_then(|x| x.as_str()),
+            v.get("name").and_then(|x| x.as_str()),
+        ) else {
+            return Err(ControllerError::BadRequest(
+                "binding must be {\"namespace\": …, \"name\": …}".into(),
+            ));
+        };
+        let bns = who.resolve_ns(bns).to_string();
+        let Some((target, _)) = self.load_package(&bns, bname).await? else {
+            return Err(ControllerError::BadRequest(format!(
+                "The package '/{bns}/{bname}' to bind does not exist."
+            )));
+        };
+        if target.binding.is_some() {
+            return Err(ControllerError::BadRequest(
+                "A binding cannot refer to another binding.".into(),
+            ));
+        }
+        if target.namespace != who.namespace && !target.publish {
+            return Err(ControllerError::forbidden());
+        }
+        Ok(Some(BindingRef {
+            namespace: bns,
+            name: bname.to_string(),
+        }))
     }
 
     async fn package_view(
@@ -491,35 +587,33 @@ impl Controller {
                 },
             )
             .await?;
-        let mut list = Vec::new();
-        let mut feeds = Vec::new();
-        for a in &actions {
-            let item =
-                json!({"name": a.path.name, "version": a.version, "annotations": a.annotations});
-            if a.annotations.get("feed").is_some() {
-                feeds.push(item);
-            } else {
-                list.push(item);
-            }
-        }
+        let (feeds, list): (Vec<&Action>, Vec<&Action>) = actions
+            .iter()
+            .partition(|a| a.annotations.get("feed").is_some());
+        let item = |a: &&Action| json!({"name": a.path.name, "version": a.version, "annotations": a.annotations});
         let mut shown = shown.clone();
         shown.parameters = params;
-        Ok(shown.api_json(list, feeds))
+        Ok(shown.api_json(
+            list.iter().map(item).collect(),
+            feeds.iter().map(item).collect(),
+        ))
     }
 
-    pub async fn get_package(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
-        let ns_r = who.resolve_ns(ns).to_string();
-        let (content, params, binding) = self.resolve_package(who, &ns_r, name).await?;
-        if binding.is_some() {
-            let Some((b, _)) = self.load_package(&ns_r, name).await? else {
-                return Err(ControllerError::not_found());
-            };
-            return self.package_view(&b, params, &content).await;
+    async fn get_package(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
+        let ns = who.resolve_ns(ns);
+        let (content, params, binding) = self.resolve_package(who, ns, name).await?;
+        if binding.is_none() {
+            return self.package_view(&content, params, &content).await;
         }
-        self.package_view(&content, params, &content).await
+        // A binding shows itself, with the bound package's contents and merged parameters.
+        let (b, _) = self
+            .load_package(ns, name)
+            .await?
+            .ok_or_else(ControllerError::not_found)?;
+        self.package_view(&b, params, &content).await
     }
 
-    pub async fn list_packages(
+    async fn list_packages(
         &self,
         who: &Identity,
         ns: &str,
@@ -529,15 +623,7 @@ impl Controller {
         let ns = who.resolve_ns(ns).to_string();
         let own = ns == who.namespace;
         let mut list: Vec<Package> = self
-            .list_docs(
-                &ns,
-                EntityKind::Package,
-                EntityQuery {
-                    skip: 0,
-                    limit: None,
-                    ..Default::default()
-                },
-            )
+            .list_docs(&ns, EntityKind::Package, EntityQuery::default())
             .await?;
         if !own {
             list.retain(|p| p.publish);
@@ -565,48 +651,33 @@ impl Controller {
             .collect())
     }
 
-    pub async fn delete_package(
-        &self,
-        who: &Identity,
-        ns: &str,
-        name: &str,
-        force: bool,
-    ) -> Result<Value> {
-        self.ensure_own(who, ns)?;
-        let ns = who.namespace.clone();
-        let Some((pkg, rev)) = self.load_package(&ns, name).await? else {
-            return Err(ControllerError::not_found());
-        };
+    /// Deletes a package's actions when `force`, else refuses a non-empty package.
+    async fn empty_package(&self, pkg: &Package, force: bool) -> Result<()> {
         let q = EntityQuery {
-            package: Some(name.to_string()),
+            package: Some(pkg.name.clone()),
             ..Default::default()
         };
         let contents = self
             .store
-            .list_entities(&ns, EntityKind::Action, &q)
+            .list_entities(&pkg.namespace, EntityKind::Action, &q)
             .await?;
-        if !contents.is_empty() {
-            if !force {
-                return Err(ControllerError::Conflict(format!(
-                    "Package not empty (contains {} entities). Set force param or delete package contents.",
-                    contents.len()
-                )));
-            }
-            for d in contents {
-                self.store
-                    .delete_entity(&ns, EntityKind::Action, &d.key, None)
-                    .await?;
-            }
+        if !contents.is_empty() && !force {
+            return Err(ControllerError::Conflict(format!(
+                "Package not empty (contains {} entities). Set force param or delete package contents.",
+                contents.len()
+            )));
         }
-        self.store
-            .delete_entity(&ns, EntityKind::Package, name, Some(rev))
-            .await?;
-        Ok(pkg.list_json())
+        for d in contents {
+            self.store
+                .delete_entity(&pkg.namespace, EntityKind::Action, &d.key, None)
+                .await?;
+        }
+        Ok(())
     }
 
     // ----- triggers -----
 
-    pub async fn put_trigger(
+    async fn put_trigger(
         &self,
         who: &Identity,
         ns: &str,
@@ -619,35 +690,34 @@ impl Controller {
         validate_name(name)?;
         self.check_params_size(&body.parameters)?;
         let existing: Option<(Trigger, i64)> = self.load(&ns, EntityKind::Trigger, name).await?;
-        if existing.is_some() && !overwrite {
-            return Err(ControllerError::Conflict("resource already exists".into()));
-        }
+        conflict_unless(overwrite, existing.is_some())?;
         let now = now_millis();
         let (t, rev) = match existing {
             None => (
                 Trigger {
                     namespace: ns.clone(),
                     name: name.to_string(),
-                    version: version_for(&body.version, None)?,
-                    publish: body.publish.unwrap_or(false),
-                    annotations: body.annotations.unwrap_or_default(),
+                    version: body.common.version(None)?,
+                    publish: body.common.publish.unwrap_or(false),
+                    annotations: body.common.initial_annotations(),
                     parameters: body.parameters.unwrap_or_default(),
                     updated: now,
                 },
                 None,
             ),
             Some((mut old, rev)) => {
-                if let Some(a) = &body.annotations {
-                    old.annotations.merge(a);
-                }
                 if let Some(p) = body.parameters {
                     old.parameters = p;
                 }
-                if let Some(p) = body.publish {
-                    old.publish = p;
-                }
-                old.version = version_for(&body.version, Some(old.version))?;
-                old.updated = now;
+                body.common.update(
+                    Header {
+                        version: &mut old.version,
+                        publish: &mut old.publish,
+                        annotations: &mut old.annotations,
+                        updated: &mut old.updated,
+                    },
+                    now,
+                )?;
                 (old, Some(rev))
             }
         };
@@ -668,73 +738,28 @@ impl Controller {
             .collect())
     }
 
+    /// The trigger's `rules` map, computed from the stored rules (omitted when there are none).
     async fn trigger_rules_map(&self, t: &Trigger) -> Result<Option<Value>> {
         let rules = self.rules_of_trigger(t).await?;
         if rules.is_empty() {
             return Ok(None);
         }
-        let mut map = serde_json::Map::new();
-        for r in rules {
-            let action = r.api_json()["action"].clone();
-            map.insert(
-                format!("{}/{}", r.namespace, r.name),
-                json!({"action": action, "status": r.status.as_str()}),
-            );
-        }
+        let map: serde_json::Map<String, Value> = rules
+            .iter()
+            .map(|r| {
+                let action = r.api_json()["action"].clone();
+                (
+                    format!("{}/{}", r.namespace, r.name),
+                    json!({"action": action, "status": r.status.as_str()}),
+                )
+            })
+            .collect();
         Ok(Some(Value::Object(map)))
-    }
-
-    pub async fn get_trigger(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
-        self.ensure_own(who, ns)?;
-        let Some((t, _)) = self
-            .load::<Trigger>(&who.namespace, EntityKind::Trigger, name)
-            .await?
-        else {
-            return Err(ControllerError::not_found());
-        };
-        let rules = self.trigger_rules_map(&t).await?;
-        Ok(t.api_json(rules))
-    }
-
-    pub async fn list_triggers(
-        &self,
-        who: &Identity,
-        ns: &str,
-        paging: Paging,
-    ) -> Result<Vec<Value>> {
-        self.ensure_own(who, ns)?;
-        let list: Vec<Trigger> = self
-            .list_docs(
-                &who.namespace,
-                EntityKind::Trigger,
-                EntityQuery {
-                    skip: paging.skip,
-                    limit: Some(paging.limit),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(list.iter().map(Trigger::list_json).collect())
-    }
-
-    pub async fn delete_trigger(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
-        self.ensure_own(who, ns)?;
-        let Some((t, rev)) = self
-            .load::<Trigger>(&who.namespace, EntityKind::Trigger, name)
-            .await?
-        else {
-            return Err(ControllerError::not_found());
-        };
-        let rules = self.trigger_rules_map(&t).await?;
-        self.store
-            .delete_entity(&who.namespace, EntityKind::Trigger, name, Some(rev))
-            .await?;
-        Ok(t.api_json(rules))
     }
 
     // ----- rules -----
 
-    pub async fn put_rule(
+    async fn put_rule(
         &self,
         who: &Identity,
         ns: &str,
@@ -746,9 +771,7 @@ impl Controller {
         let ns = who.namespace.clone();
         validate_name(name)?;
         let existing: Option<(Rule, i64)> = self.load(&ns, EntityKind::Rule, name).await?;
-        if existing.is_some() && !overwrite {
-            return Err(ControllerError::Conflict("resource already exists".into()));
-        }
+        conflict_unless(overwrite, existing.is_some())?;
         let name_of = |v: &Option<Value>, what: &str| -> Result<Option<FullyQualifiedName>> {
             match v {
                 None => Ok(None),
@@ -818,9 +841,9 @@ impl Controller {
                 Rule {
                     namespace: ns.clone(),
                     name: name.to_string(),
-                    version: version_for(&body.version, None)?,
-                    publish: body.publish.unwrap_or(false),
-                    annotations: body.annotations.unwrap_or_default(),
+                    version: body.common.version(None)?,
+                    publish: body.common.publish.unwrap_or(false),
+                    annotations: body.common.initial_annotations(),
                     status: status.unwrap_or(RuleStatus::Active),
                     trigger: trigger.to_string(),
                     action: action.to_string(),
@@ -834,14 +857,15 @@ impl Controller {
                 if let Some(s) = status {
                     old.status = s;
                 }
-                if let Some(a) = &body.annotations {
-                    old.annotations.merge(a);
-                }
-                if let Some(p) = body.publish {
-                    old.publish = p;
-                }
-                old.version = version_for(&body.version, Some(old.version))?;
-                old.updated = now;
+                body.common.update(
+                    Header {
+                        version: &mut old.version,
+                        publish: &mut old.publish,
+                        annotations: &mut old.annotations,
+                        updated: &mut old.updated,
+                    },
+                    now,
+                )?;
                 (old, Some(rev))
             }
         };
@@ -857,7 +881,6 @@ impl Controller {
         name: &str,
         status: &str,
     ) -> Result<()> {
-        self.ensure_own(who, ns)?;
         let status = match status {
             "active" => RuleStatus::Active,
             "inactive" => RuleStatus::Inactive,
@@ -867,12 +890,9 @@ impl Controller {
                 )));
             }
         };
-        let Some((mut rule, rev)) = self
-            .load::<Rule>(&who.namespace, EntityKind::Rule, name)
-            .await?
-        else {
-            return Err(ControllerError::not_found());
-        };
+        let (mut rule, rev) = self
+            .load_own::<Rule>(who, ns, EntityKind::Rule, name)
+            .await?;
         let t = rule.trigger_fqn()?;
         if self
             .load::<Trigger>(&t.namespace, EntityKind::Trigger, &t.path.name)
@@ -898,46 +918,5 @@ impl Controller {
             Some(rev),
         )
         .await
-    }
-
-    pub async fn get_rule(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
-        self.ensure_own(who, ns)?;
-        let Some((r, _)) = self
-            .load::<Rule>(&who.namespace, EntityKind::Rule, name)
-            .await?
-        else {
-            return Err(ControllerError::not_found());
-        };
-        Ok(r.api_json())
-    }
-
-    pub async fn list_rules(&self, who: &Identity, ns: &str, paging: Paging) -> Result<Vec<Value>> {
-        self.ensure_own(who, ns)?;
-        let list: Vec<Rule> = self
-            .list_docs(
-                &who.namespace,
-                EntityKind::Rule,
-                EntityQuery {
-                    skip: paging.skip,
-                    limit: Some(paging.limit),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(list.iter().map(Rule::list_json).collect())
-    }
-
-    pub async fn delete_rule(&self, who: &Identity, ns: &str, name: &str) -> Result<Value> {
-        self.ensure_own(who, ns)?;
-        let Some((r, rev)) = self
-            .load::<Rule>(&who.namespace, EntityKind::Rule, name)
-            .await?
-        else {
-            return Err(ControllerError::not_found());
-        };
-        self.store
-            .delete_entity(&who.namespace, EntityKind::Rule, name, Some(rev))
-            .await?;
-        Ok(r.api_json())
     }
 }

@@ -32,7 +32,7 @@ pub use auth::{BootstrapKey, Identity, generate_key};
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
-pub use requests::{ActionPut, PackagePut, RulePut, TriggerPut};
+pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
