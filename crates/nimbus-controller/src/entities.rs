@@ -3,7 +3,7 @@
 //! The public surface is one call per operation over [`EntityKind`] (the API routes every
 //! collection through it); the kind-specific rules sit in the private functions below it.
 
-use crate::requests::{ActionPut, Header, PackagePut, RulePut, TriggerPut, parse_body};
+use crate::requests::{ActionPut, PackagePut, RulePut, TriggerPut, parse_body};
 use crate::{Controller, ControllerError, Identity, Result};
 use nimbus_model::entity::{Action, BindingRef, EntityPathDoc, Package, Rule, RuleStatus, Trigger};
 use nimbus_model::exec::Exec;
@@ -347,15 +347,7 @@ impl Controller {
                     old.parameters = p;
                 }
                 old.limits = old.limits.apply(&limits_put, &self.cfg.limits)?;
-                body.common.update(
-                    Header {
-                        version: &mut old.version,
-                        publish: &mut old.publish,
-                        annotations: &mut old.annotations,
-                        updated: &mut old.updated,
-                    },
-                    now,
-                )?;
+                body.common.update(old.common_mut(), now)?;
                 (old, Some(rev))
             }
         };
@@ -515,15 +507,7 @@ impl Controller {
                 if let Some(p) = body.parameters {
                     old.parameters = p;
                 }
-                body.common.update(
-                    Header {
-                        version: &mut old.version,
-                        publish: &mut old.publish,
-                        annotations: &mut old.annotations,
-                        updated: &mut old.updated,
-                    },
-                    now,
-                )?;
+                body.common.update(old.common_mut(), now)?;
                 (old, Some(rev))
             }
         };
@@ -709,15 +693,7 @@ impl Controller {
                 if let Some(p) = body.parameters {
                     old.parameters = p;
                 }
-                body.common.update(
-                    Header {
-                        version: &mut old.version,
-                        publish: &mut old.publish,
-                        annotations: &mut old.annotations,
-                        updated: &mut old.updated,
-                    },
-                    now,
-                )?;
+                body.common.update(old.common_mut(), now)?;
                 (old, Some(rev))
             }
         };
@@ -857,15 +833,7 @@ impl Controller {
                 if let Some(s) = status {
                     old.status = s;
                 }
-                body.common.update(
-                    Header {
-                        version: &mut old.version,
-                        publish: &mut old.publish,
-                        annotations: &mut old.annotations,
-                        updated: &mut old.updated,
-                    },
-                    now,
-                )?;
+                body.common.update(old.common_mut(), now)?;
                 (old, Some(rev))
             }
         };

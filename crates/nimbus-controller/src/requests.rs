@@ -1,7 +1,7 @@
 //! Request bodies of the entity PUTs (any subset of fields, as the OpenWhisk clients send them).
 
 use crate::Result;
-use nimbus_model::entity::Version;
+use nimbus_model::entity::{CommonMut, Version};
 use nimbus_model::exec::ExecJson;
 use nimbus_model::limits::LimitsPut;
 use nimbus_model::{KeyValues, ModelError};
@@ -18,14 +18,6 @@ pub struct CommonPut {
     pub del_annotations: Option<Vec<String>>,
     pub publish: Option<bool>,
     pub version: Option<String>,
-}
-
-/// Mutable views of the shared fields of one stored entity.
-pub(crate) struct Header<'a> {
-    pub version: &'a mut Version,
-    pub publish: &'a mut bool,
-    pub annotations: &'a mut KeyValues,
-    pub updated: &'a mut i64,
 }
 
 impl CommonPut {
@@ -53,7 +45,7 @@ impl CommonPut {
     }
 
     /// Applies this PUT to an existing entity's shared fields.
-    pub(crate) fn update(&self, h: Header<'_>, now: i64) -> Result<()> {
+    pub(crate) fn update(&self, h: CommonMut<'_>, now: i64) -> Result<()> {
         if let Some(a) = &self.annotations {
             h.annotations.merge(a);
         }
@@ -155,7 +147,7 @@ mod tests {
         let mut updated = 0;
         put.common
             .update(
-                Header {
+                CommonMut {
                     version: &mut version,
                     publish: &mut publish,
                     annotations: &mut annotations,

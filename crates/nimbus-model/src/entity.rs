@@ -81,6 +81,31 @@ impl<'de> Deserialize<'de> for Version {
     }
 }
 
+/// Mutable views of the fields every entity shares, which every update changes the same way.
+pub struct CommonMut<'a> {
+    pub version: &'a mut Version,
+    pub publish: &'a mut bool,
+    pub annotations: &'a mut KeyValues,
+    pub updated: &'a mut i64,
+}
+
+macro_rules! common_mut {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub fn common_mut(&mut self) -> CommonMut<'_> {
+                CommonMut {
+                    version: &mut self.version,
+                    publish: &mut self.publish,
+                    annotations: &mut self.annotations,
+                    updated: &mut self.updated,
+                }
+            }
+        }
+    )*};
+}
+
+common_mut!(Action, Package, Trigger, Rule);
+
 fn ns_view(namespace: &str, path: &EntityPath) -> String {
     match &path.package {
         Some(p) => format!("{namespace}/{p}"),

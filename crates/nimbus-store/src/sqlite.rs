@@ -277,6 +277,26 @@ impl SqliteStore {
         .await
     }
 
+    /// `SELECT COUNT(*) FROM {table} WHERE {filter}` on a reader.
+    async fn count_where(
+        &self,
+        op: &'static str,
+        table: &'static str,
+        filter: String,
+        args: Vec<SqlValue>,
+    ) -> StoreResult<u64> {
+        self.read(op, move |c| {
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE {filter}");
+            c.prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+                })
+                .map(to_u64)
+                .map_err(db_err(op))
+        })
+        .await
+    }
+
     /// Test hook: runs `f` on the writer connection as is (`synchronous` left untouched), e.g. to
     /// inspect pragmas, corrupt a row or cap the file size.
     #[cfg(test)]
@@ -557,18 +577,9 @@ impl EntityStore for SqliteStore {
         kind: EntityKind,
         q: &EntityQuery,
     ) -> StoreResult<u64> {
-        let op = "count_entities";
         let (filter, args) = entity_filter(ns, kind, q);
-        self.read(op, move |c| {
-            let sql = format!("SELECT COUNT(*) FROM entities WHERE {filter}");
-            c.prepare_cached(&sql)
-                .and_then(|mut st| {
-                    st.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
-                })
-                .map(to_u64)
-                .map_err(db_err(op))
-        })
-        .await
+        self.count_where("count_entities", "entities", filter, args)
+            .await
     }
 }
 
@@ -634,18 +645,9 @@ impl ActivationStore for SqliteStore {
     }
 
     async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64> {
-        let op = "count_activations";
         let (filter, args) = activation_filter(ns, q);
-        self.read(op, move |c| {
-            let sql = format!("SELECT COUNT(*) FROM activations WHERE {filter}");
-            c.prepare_cached(&sql)
-                .and_then(|mut st| {
-                    st.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
-                })
-                .map(to_u64)
-                .map_err(db_err(op))
-        })
-        .await
+        self.count_where("count_activations", "activations", filter, args)
+            .await
     }
 }
 
