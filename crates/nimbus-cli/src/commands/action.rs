@@ -233,32 +233,11 @@ pub fn build_action_body(
 async fn put(ctx: &Ctx, args: &ActionPutArgs, overwrite: bool) -> CliResult<()> {
     let name = ctx.action_name(&args.name)?;
     let body = build_action_body(args, &ctx.namespace, overwrite)?;
-    let query = if overwrite {
-        vec![("overwrite", "true".to_string())]
-    } else {
-        Vec::new()
-    };
     let reply = ctx
-        .client
-        .request(Method::PUT, &name.segments("actions"), &query, Some(&body))
+        .put_entity("action", "actions", &name, &body, overwrite)
         .await?;
-    if reply.status == 409 && !overwrite {
-        return Err(CliError::new(
-            Exit::Conflict,
-            format!(
-                "action {} already exists; use `nimbus action update` to change it (HTTP 409)",
-                name.qualified()
-            ),
-        ));
-    }
-    let reply = reply
-        .into_result()
-        .map_err(|e| e.context(&format!("action {}", name.qualified())))?;
     let verb = if overwrite { "updated" } else { "created" };
-    ctx.done(
-        &reply.body,
-        &format!("ok: {verb} action {}", name.qualified()),
-    );
+    ctx.done(&reply, &format!("ok: {verb} action {}", name.qualified()));
     Ok(())
 }
 

@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use crate::client::Client;
 use crate::config::{Settings, resolve_settings};
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
+use crate::exit::Exit;
 use crate::global::GlobalOpts;
 use crate::names::EntityName;
 use crate::output;
+use reqwest::Method;
 
 /// The client commands (flattened into the `nimbus` binary's subcommands).
 #[derive(Debug, Subcommand)]
@@ -123,6 +125,40 @@ impl Ctx {
                 .unwrap_or_else(|| "_".to_string()),
             _ => "_".to_string(),
         }
+    }
+
+    /// `PUT /{collection}/{name}[?overwrite=true]`, turning a 409 on create into a hint to use
+    /// `update`. `what` is the entity word users see (`action`, `rule`, …).
+    pub async fn put_entity(
+        &self,
+        what: &str,
+        collection: &str,
+        name: &EntityName,
+        body: &Value,
+        overwrite: bool,
+    ) -> CliResult<Value> {
+        let query = if overwrite {
+            vec![("overwrite", "true".to_string())]
+        } else {
+            Vec::new()
+        };
+        let reply = self
+            .client
+            .request(Method::PUT, &name.segments(collection), &query, Some(body))
+            .await?;
+        if reply.status == 409 && !overwrite {
+            return Err(CliError::new(
+                Exit::Conflict,
+                format!(
+                    "{what} {} already exists; use `nimbus {what} update` to change it (HTTP 409)",
+                    name.qualified()
+                ),
+            ));
+        }
+        Ok(reply
+            .into_result()
+            .map_err(|e| e.context(&format!("{what} {}", name.qualified())))?
+            .body)
     }
 
     /// Prints the server's JSON with `--json`, else the message.

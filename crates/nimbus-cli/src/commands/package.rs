@@ -5,9 +5,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::{Ctx, NameArg, Paging};
-use crate::error::{CliError, CliResult};
-use crate::exit::Exit;
-use crate::names::EntityName;
+use crate::error::CliResult;
 use crate::output;
 use crate::params::{AnnotationArgs, KeyValues, ParamArgs};
 
@@ -115,31 +113,6 @@ pub fn build_package_body(
     Value::Object(body)
 }
 
-async fn send_put(ctx: &Ctx, name: &EntityName, body: &Value, overwrite: bool) -> CliResult<Value> {
-    let query = if overwrite {
-        vec![("overwrite", "true".to_string())]
-    } else {
-        Vec::new()
-    };
-    let reply = ctx
-        .client
-        .request(Method::PUT, &name.segments("packages"), &query, Some(body))
-        .await?;
-    if reply.status == 409 && !overwrite {
-        return Err(CliError::new(
-            Exit::Conflict,
-            format!(
-                "package {} already exists; use `nimbus package update` to change it (HTTP 409)",
-                name.qualified()
-            ),
-        ));
-    }
-    Ok(reply
-        .into_result()
-        .map_err(|e| e.context(&format!("package {}", name.qualified())))?
-        .body)
-}
-
 async fn put(ctx: &Ctx, args: &PackagePutArgs, overwrite: bool) -> CliResult<()> {
     let name = ctx.entity_name(&args.name, "package")?;
     let params = if args.params.is_given() {
@@ -153,7 +126,9 @@ async fn put(ctx: &Ctx, args: &PackagePutArgs, overwrite: bool) -> CliResult<()>
         args.shared,
         None,
     );
-    let reply = send_put(ctx, &name, &body, overwrite).await?;
+    let reply = ctx
+        .put_entity("package", "packages", &name, &body, overwrite)
+        .await?;
     let verb = if overwrite { "updated" } else { "created" };
     ctx.done(&reply, &format!("ok: {verb} package {}", name.qualified()));
     Ok(())
@@ -178,7 +153,9 @@ async fn bind(ctx: &Ctx, args: &BindArgs) -> CliResult<()> {
         None,
         Some((&bound_namespace, &bound.name)),
     );
-    let reply = send_put(ctx, &name, &body, false).await?;
+    let reply = ctx
+        .put_entity("package", "packages", &name, &body, false)
+        .await?;
     ctx.done(
         &reply,
         &format!(

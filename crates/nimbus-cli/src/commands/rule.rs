@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Ctx, NameArg, Paging};
-use crate::error::{CliError, CliResult};
+use crate::error::CliResult;
 use crate::exit::Exit;
 use crate::names::{EntityName, qualify};
 use crate::output;
@@ -66,32 +66,11 @@ pub fn build_rule_body(trigger: &str, action: &str, namespace: &str) -> CliResul
 async fn put(ctx: &Ctx, args: &RulePutArgs, overwrite: bool) -> CliResult<()> {
     let name = ctx.entity_name(&args.name, "rule")?;
     let body = build_rule_body(&args.trigger, &args.action, &ctx.namespace)?;
-    let query = if overwrite {
-        vec![("overwrite", "true".to_string())]
-    } else {
-        Vec::new()
-    };
     let reply = ctx
-        .client
-        .request(Method::PUT, &name.segments("rules"), &query, Some(&body))
+        .put_entity("rule", "rules", &name, &body, overwrite)
         .await?;
-    if reply.status == 409 && !overwrite {
-        return Err(CliError::new(
-            Exit::Conflict,
-            format!(
-                "rule {} already exists; use `nimbus rule update` to change it (HTTP 409)",
-                name.qualified()
-            ),
-        ));
-    }
-    let reply = reply
-        .into_result()
-        .map_err(|e| e.context(&format!("rule {}", name.qualified())))?;
     let verb = if overwrite { "updated" } else { "created" };
-    ctx.done(
-        &reply.body,
-        &format!("ok: {verb} rule {}", name.qualified()),
-    );
+    ctx.done(&reply, &format!("ok: {verb} rule {}", name.qualified()));
     Ok(())
 }
 

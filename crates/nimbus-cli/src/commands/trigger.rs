@@ -152,28 +152,10 @@ async fn put(ctx: &Ctx, args: &TriggerPutArgs, overwrite: bool) -> CliResult<()>
     let annotations = args.annotations.collect()?;
     let feed_text = feed.as_ref().map(EntityName::qualified);
     let body = build_trigger_body(&params, &annotations, feed_text.as_deref());
-    let query = if overwrite {
-        vec![("overwrite", "true".to_string())]
-    } else {
-        Vec::new()
-    };
     let segments = name.segments("triggers");
     let reply = ctx
-        .client
-        .request(Method::PUT, &segments, &query, Some(&body))
+        .put_entity("trigger", "triggers", &name, &body, overwrite)
         .await?;
-    if reply.status == 409 && !overwrite {
-        return Err(CliError::new(
-            Exit::Conflict,
-            format!(
-                "trigger {} already exists; use `nimbus trigger update` to change it (HTTP 409)",
-                name.qualified()
-            ),
-        ));
-    }
-    let reply = reply
-        .into_result()
-        .map_err(|e| e.context(&format!("trigger {}", name.qualified())))?;
     if let Some(feed) = &feed {
         let own = ctx.own_namespace().await;
         let trigger = name.clone().with_namespace_resolved(&own).qualified();
@@ -191,10 +173,7 @@ async fn put(ctx: &Ctx, args: &TriggerPutArgs, overwrite: bool) -> CliResult<()>
         }
     }
     let verb = if overwrite { "updated" } else { "created" };
-    ctx.done(
-        &reply.body,
-        &format!("ok: {verb} trigger {}", name.qualified()),
-    );
+    ctx.done(&reply, &format!("ok: {verb} trigger {}", name.qualified()));
     Ok(())
 }
 

@@ -1,10 +1,8 @@
-//! Drives a real Nimbus server through `nimbus_cli::run`.
-//!
-//! The server tests run only when `NIMBUS_TEST_APIHOST` and `NIMBUS_TEST_AUTH` are set, e.g.
-//! `target/debug/nimbus serve --listen 127.0.0.1:3299 --data-dir /tmp/nd --dev` and
-//! `NIMBUS_TEST_APIHOST=http://127.0.0.1:3299 NIMBUS_TEST_AUTH=<guest key> cargo test -p nimbus-cli`.
-//! Otherwise they print a note and return. The tests at the end need no server.
+//! Drives a real `nimbus serve` process through the client commands (`nimbus_cli::run`).
+//! The tests at the end need no server.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::path::Path;
 
@@ -36,37 +34,19 @@ struct Server {
     auth: String,
     dir: tempfile::TempDir,
     suffix: String,
+    _srv: common::Server,
 }
 
 impl Server {
-    fn from_env() -> Option<Server> {
-        let apihost = std::env::var("NIMBUS_TEST_APIHOST")
-            .ok()
-            .filter(|v| !v.is_empty());
-        let auth = std::env::var("NIMBUS_TEST_AUTH")
-            .ok()
-            .filter(|v| !v.is_empty());
-        match (apihost, auth) {
-            (Some(apihost), Some(auth)) => Some(Server {
-                apihost,
-                auth,
-                dir: tempfile::tempdir().unwrap(),
-                suffix: format!(
-                    "{}_{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_millis()
-                        % 1_000_000
-                ),
-            }),
-            _ => {
-                eprintln!(
-                    "note: NIMBUS_TEST_APIHOST and NIMBUS_TEST_AUTH are not both set; skipping the tests against a server"
-                );
-                None
-            }
+    /// Starts a fresh server (dev keys) for one test.
+    async fn start() -> Server {
+        let srv = common::Server::start(&["--dev"]).await;
+        Server {
+            apihost: srv.base.clone(),
+            auth: common::GUEST.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            suffix: "t".to_string(),
+            _srv: srv,
         }
     }
 
@@ -114,7 +94,7 @@ const OK: Exit = Exit::Success;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_and_activations() {
-    let Some(s) = Server::from_env() else { return };
+    let s = Server::start().await;
     let hello = s.name("hello");
     let failing = s.name("failing");
     let seq = s.name("seq");
@@ -198,7 +178,7 @@ async fn actions_and_activations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_and_rules() {
-    let Some(s) = Server::from_env() else { return };
+    let s = Server::start().await;
     let action = s.name("ruled");
     let trigger = s.name("trig");
     let rule = s.name("rule");
@@ -240,7 +220,7 @@ async fn triggers_and_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_and_namespace() {
-    let Some(s) = Server::from_env() else { return };
+    let s = Server::start().await;
     let package = s.name("pkg");
     let binding = s.name("bound");
     let inner = format!("{package}/inner");
@@ -278,7 +258,7 @@ async fn packages_and_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_is_an_auth_error() {
-    let Some(s) = Server::from_env() else { return };
+    let s = Server::start().await;
     let uuid = s.auth.split(':').next().unwrap_or("x").to_string();
     let wrong = format!("{uuid}:{}", "0".repeat(64));
     let config = s.config();
