@@ -8,7 +8,7 @@ use nimbus_model::{EntityKind, FullyQualifiedName, KeyValues};
 /// An action found for invocation, with the parameters it inherits.
 #[derive(Debug, Clone)]
 pub(crate) struct ResolvedAction {
-    pub action: Action,
+    pub action: std::sync::Arc<Action>,
     /// Package parameters, then binding parameters (the binding wins).
     pub inherited: KeyValues,
     /// `ns/binding` when reached through a binding.
@@ -89,10 +89,7 @@ impl Controller {
                 if ns != who.namespace {
                     return Err(ControllerError::forbidden());
                 }
-                let Some((action, _)) = self
-                    .load::<Action>(&ns, EntityKind::Action, &fqn.path.name)
-                    .await?
-                else {
+                let Some(action) = self.load_action(&ns, &fqn.path.name).await? else {
                     return Err(ControllerError::not_found());
                 };
                 Ok(ResolvedAction {
@@ -104,10 +101,7 @@ impl Controller {
             Some(pkg_name) => {
                 let (pkg, inherited, binding) = self.resolve_package(who, &ns, pkg_name).await?;
                 let key = format!("{}/{}", pkg.name, fqn.path.name);
-                let Some((action, _)) = self
-                    .load::<Action>(&pkg.namespace, EntityKind::Action, &key)
-                    .await?
-                else {
+                let Some(action) = self.load_action(&pkg.namespace, &key).await? else {
                     return Err(ControllerError::not_found());
                 };
                 Ok(ResolvedAction {
@@ -160,7 +154,7 @@ impl Controller {
         Ok(WebTarget {
             owner,
             action: fqn,
-            annotations: r.action.annotations,
+            annotations: r.action.annotations.clone(),
         })
     }
 }

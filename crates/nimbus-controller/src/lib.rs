@@ -7,6 +7,7 @@
 //! [`ControllerError`] back to statuses.
 
 mod access;
+mod action_cache;
 mod activations;
 mod auth;
 mod catalog;
@@ -71,6 +72,7 @@ pub struct Controller {
     invoker: Arc<Invoker>,
     cfg: ControllerConfig,
     auth_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
+    action_cache: action_cache::ActionCache,
     throttles: throttle::Throttles,
     inflight: inflight::Inflight,
     queue_wakeup: Notify,
@@ -89,6 +91,7 @@ impl Controller {
             throttles: throttle::Throttles::new(cfg.limits.clone()),
             cfg,
             auth_cache: Default::default(),
+            action_cache: Default::default(),
             inflight: Default::default(),
             queue_wakeup: Notify::new(),
             shutting_down: AtomicBool::new(false),

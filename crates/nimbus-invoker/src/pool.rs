@@ -286,7 +286,7 @@ mod tests {
     fn spec() -> InstanceSpec {
         InstanceSpec {
             kind: "fake".into(),
-            code: String::new(),
+            code: "".into(),
             binary: false,
             main: "main".into(),
             action_name: "/ns/a".into(),

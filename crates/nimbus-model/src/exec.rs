@@ -3,6 +3,7 @@
 use crate::error::ModelError;
 use crate::kinds::resolve_kind;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Largest action code accepted (OpenWhisk: 48 MB).
 pub const MAX_CODE_BYTES: usize = 48 * 1024 * 1024;
@@ -11,7 +12,8 @@ pub const MAX_CODE_BYTES: usize = 48 * 1024 * 1024;
 pub enum Exec {
     Code {
         kind: String,
-        code: String,
+        /// Shared: warm invocations clone actions, and code can be tens of megabytes.
+        code: Arc<str>,
         /// Computed: the code is base64 (a zip archive or an executable), not text.
         binary: bool,
         main: Option<String>,
@@ -86,7 +88,7 @@ impl Exec {
         let main = e.main.filter(|m| !m.is_empty());
         Ok(Exec::Code {
             kind: kind.to_string(),
-            code,
+            code: Arc::from(code),
             binary,
             main,
         })
@@ -112,7 +114,7 @@ impl Exec {
                 main,
             } => ExecJson {
                 kind: kind.clone(),
-                code: with_code.then(|| code.clone()),
+                code: with_code.then(|| code.to_string()),
                 main: main.clone(),
                 binary: Some(*binary),
                 ..Default::default()
@@ -145,7 +147,7 @@ impl<'de> Deserialize<'de> for Exec {
         let binary = j.binary.unwrap_or_else(|| is_binary_code(&code));
         Ok(Exec::Code {
             kind: j.kind,
-            code,
+            code: Arc::from(code),
             binary,
             main: j.main,
         })

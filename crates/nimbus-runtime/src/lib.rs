@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use nimbus_model::ActionLimits;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -22,7 +23,7 @@ pub struct InstanceSpec {
     /// Resolved kind, e.g. `nodejs:20`, `python:3.11`, `exec`.
     pub kind: String,
     /// Text code, or base64 (a zip archive, or for `exec` possibly a raw executable) when `binary`.
-    pub code: String,
+    pub code: Arc<str>,
     pub binary: bool,
     /// Entry point name (`main` by default).
     pub main: String,

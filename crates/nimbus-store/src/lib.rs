@@ -90,6 +90,9 @@ pub struct NamespaceAuth {
 
 #[async_trait]
 pub trait EntityStore: Send + Sync {
+    /// The stored revision of a document without reading the document (cheap; lets callers
+    /// validate a cached copy).
+    async fn entity_rev(&self, ns: &str, kind: EntityKind, key: &str) -> StoreResult<Option<i64>>;
     async fn get_entity(
         &self,
         ns: &str,

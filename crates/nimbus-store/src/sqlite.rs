@@ -416,6 +416,22 @@ fn upsert_activation(
 
 #[async_trait]
 impl EntityStore for SqliteStore {
+    async fn entity_rev(&self, ns: &str, kind: EntityKind, key: &str) -> StoreResult<Option<i64>> {
+        let op = "entity_rev";
+        let (ns, key) = (ns.to_string(), key.to_string());
+        self.read(op, move |c| {
+            c.prepare_cached(
+                "SELECT rev FROM entities WHERE namespace = ?1 AND collection = ?2 AND key = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![ns, kind.collection(), key], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db_err(op))
+        })
+        .await
+    }
+
     async fn get_entity(
         &self,
         ns: &str,

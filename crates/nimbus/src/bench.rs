@@ -37,6 +37,15 @@ struct Stats {
     p99: f64,
 }
 
+/// `12.3`, or `–` for a figure that was not measured.
+fn ms_or_dash(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
     Stats {
@@ -158,16 +167,32 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let baseline_url = start_baseline().await?;
 
-    let languages = [
-        ("nodejs:20", "function main(params) { return {}; }"),
-        ("python:3.11", "def main(args):\n    return {}\n"),
+    // A no-op with 5 MB of code shows that warm invocations do not pay for the code's size.
+    let big = format!(
+        "function main(params) {{ return {{}}; }}\n//{}\n",
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let cases = [
+        (
+            "nodejs:20",
+            "nodejs:20",
+            "function main(params) { return {}; }",
+            true,
+        ),
+        (
+            "python:3.11",
+            "python:3.11",
+            "def main(args):\n    return {}\n",
+            true,
+        ),
+        ("nodejs:20, 5 MB of code", "nodejs:20", big.as_str(), false),
     ];
     let mut rows = Vec::new();
-    for (kind, code) in languages {
-        let short = kind.split(':').next().unwrap_or(kind);
+    for (n, (label, kind, code, measure_cold)) in cases.into_iter().enumerate() {
+        let short = format!("{}{n}", kind.split(':').next().unwrap_or(kind));
         // Cold: a new action (new version) each time, so the first invoke starts an instance.
         let mut cold = Vec::new();
-        for i in 0..a.cold {
+        for i in 0..if measure_cold { a.cold } else { 0 } {
             let name = format!("cold-{short}-{i}");
             put_action(&client, &api, &name, kind, code).await?;
             let url = format!("{api}/api/v1/namespaces/_/actions/{name}?blocking=true&result=true");
@@ -186,7 +211,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             warm.extend(time_post(&client, &url, Some(DEV_GUEST), batch).await?);
         }
         let (w, b, c) = (stats(warm), stats(base), stats(cold));
-        rows.push((kind, w, b, c));
+        rows.push((label, w, b, c));
     }
     let _ = server.start_kill();
     let _ = server.wait().await;
@@ -197,15 +222,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     md.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for (kind, w, b, c) in &rows {
         md.push_str(&format!(
-            "| {kind} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1}× | {:.1} | {:.1} |\n",
+            "| {kind} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1}× | {} | {} |\n",
             w.p50,
             w.p99,
             b.p50,
             b.p99,
             w.p50 - b.p50,
             w.p50 / b.p50,
-            c.p50,
-            c.p99
+            ms_or_dash(c.p50),
+            ms_or_dash(c.p99)
         ));
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -46,7 +46,9 @@ pub fn spec(kind: &str, code: &str) -> InstanceSpec {
 
 pub fn binary_spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
     InstanceSpec {
-        code: base64::engine::general_purpose::STANDARD.encode(bytes),
+        code: base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into(),
         binary: true,
         ..spec(kind, "")
     }

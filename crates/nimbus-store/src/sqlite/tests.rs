@@ -163,6 +163,9 @@ async fn entity_revisions_and_conflicts() {
             .await,
         Err(StoreError::Conflict(_))
     ));
+    assert_eq!(s.entity_rev("guest", k, "a").await.unwrap(), Some(2));
+    assert_eq!(s.entity_rev("guest", k, "missing").await.unwrap(), None);
+    assert_eq!(s.entity_rev("other", k, "a").await.unwrap(), None);
     let got = s.get_entity("guest", k, "a").await.unwrap().unwrap();
     assert_eq!(
         got,
