@@ -159,6 +159,15 @@ async fn handle(
                 .authenticate(&u, &k)
                 .await
                 .map_err(|e| ApiError::from_controller(e, tid))?;
+            // Only the owning namespace's keys open a protected web action: a key of another
+            // namespace is valid, but not for this namespace's data.
+            if who.namespace != target.owner.namespace {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "The supplied authentication is not valid for this namespace's web actions",
+                    tid,
+                ));
+            }
             user = Some(who.namespace);
         }
         Some(secret) => {

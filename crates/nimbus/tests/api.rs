@@ -424,6 +424,34 @@ async fn web_actions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // require-whisk-auth: true opens only to the owning namespace's keys.
+    s.put(
+        "actions/guarded",
+        json!({"exec": {"kind": "nodejs:20", "code": "function main(p){return {user: p.__ow_user}}"},
+               "annotations": [{"key": "web-export", "value": true}, {"key": "require-whisk-auth", "value": true}]}),
+    )
+    .await;
+    let url = format!("{}/api/v1/web/guest/default/guarded.json", s.base);
+    assert_eq!(s.client.get(&url).send().await.unwrap().status(), 401);
+    let (u, k) = SYSTEM.split_once(':').unwrap();
+    let r = s
+        .client
+        .get(&url)
+        .basic_auth(u, Some(k))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "another namespace's key");
+    let (u, k) = GUEST.split_once(':').unwrap();
+    let r = s
+        .client
+        .get(&url)
+        .basic_auth(u, Some(k))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"user": "guest"}));
     let r = s
         .client
         .request(
