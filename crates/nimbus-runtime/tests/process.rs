@@ -713,3 +713,13 @@ async fn memory_limit_kills_with_memory_exceeded() {
     );
     inst.shutdown().await;
 }
+
+#[tokio::test]
+async fn python_async_main_is_awaited() {
+    let (_work, rt) = runtime();
+    let code = "import asyncio\nasync def main(a):\n    await asyncio.sleep(0)\n    return {'awaited': a.get('x')}\n";
+    let mut inst = start(&rt, &spec("python:3.11", code)).await;
+    let out = inst.run(request(json!({"x": 5}))).await;
+    assert_eq!(out.result, RunResult::Ok(json!({"awaited": 5})));
+    inst.shutdown().await;
+}
