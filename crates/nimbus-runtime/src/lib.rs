@@ -100,6 +100,29 @@ pub trait Runtime: Send + Sync {
         spec: &InstanceSpec,
         timeout: Duration,
     ) -> Result<Box<dyn Instance>, RuntimeError>;
+    /// Starts a stem cell for `kind`. `Ok(None)` when this runtime cannot pre-start that kind
+    /// (e.g. `exec`, whose code is the process itself).
+    async fn prestart(&self, kind: &str) -> Result<Option<Box<dyn StemCell>>, RuntimeError> {
+        let _ = kind;
+        Ok(None)
+    }
+}
+
+/// A pre-started process of one kind that has no function code yet (a "stem cell"): the
+/// interpreter and launcher are already running, so a cold start only loads the function.
+#[async_trait]
+pub trait StemCell: Send {
+    /// The kind it can become (e.g. `nodejs:20`).
+    fn kind(&self) -> &str;
+    /// Loads `spec`'s code into this process (applying `spec.limits`); on success it is an
+    /// ordinary instance. `timeout` bounds the load.
+    async fn specialize(
+        self: Box<Self>,
+        spec: &InstanceSpec,
+        timeout: Duration,
+    ) -> Result<Box<dyn Instance>, RuntimeError>;
+    /// Stops the process and releases everything it holds.
+    async fn shutdown(self: Box<Self>);
 }
 
 /// A live, initialised instance. Not shared: the invoker serialises `run` calls.
