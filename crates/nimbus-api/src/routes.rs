@@ -47,6 +47,7 @@ pub fn routes() -> Router<AppState> {
             &format!("{ns}/rules/{{name}}"),
             item(Rule).post(set_rule_status),
         )
+        .route(&format!("{ns}/instances"), get(list_instances))
         .route(&format!("{ns}/activations"), get(list_activations))
         .route(&format!("{ns}/activations/{{id}}"), get(get_activation))
         .route(
@@ -183,6 +184,19 @@ async fn delete_one(
         .map_err(ctl(tid))?)
 }
 
+async fn list_instances(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path(ns): Path<String>,
+    Q(q): Q<Query>,
+) -> ApiResult {
+    let name = q.get("name").filter(|n| !n.is_empty()).map(String::as_str);
+    ok(s.controller
+        .list_instances(&ctx.who, &ns, name)
+        .await
+        .map_err(ctl(&ctx.tid))?)
+}
+
 async fn list_namespaces(ctx: Ctx) -> ApiResult {
     ok(json!([ctx.who.namespace]))
 }
@@ -208,6 +222,7 @@ async fn limits(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>) -> 
         "maxActionLogs": l.max_action_logs,
         "minActionConcurrency": l.min_action_concurrency,
         "maxActionConcurrency": l.max_action_concurrency,
+        "maxActionInstances": l.max_action_instances,
         "sequenceMaxLength": l.sequence_max_length,
     }))
 }

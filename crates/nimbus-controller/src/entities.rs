@@ -227,8 +227,14 @@ impl Controller {
         };
         let view = match kind {
             EntityKind::Action => {
-                let (a, rev) = self.load_own::<Action>(who, ns, kind, &key).await?;
-                (a.api_json(false), rev)
+                let (mut a, rev) = self.load_own::<Action>(who, ns, kind, &key).await?;
+                let view = a.api_json(false);
+                if a.limits.min_instances > 0 {
+                    // No more warm instances for a deleted action.
+                    a.limits.min_instances = 0;
+                    self.apply_min_instances(&a);
+                }
+                (view, rev)
             }
             EntityKind::Package => {
                 let (p, rev) = self.load_own::<Package>(who, ns, kind, &key).await?;
@@ -360,6 +366,7 @@ impl Controller {
         }
         self.save(&ns, EntityKind::Action, &key, &action, now, rev)
             .await?;
+        self.apply_min_instances(&action);
         Ok(action.api_json(true))
     }
 

@@ -5,13 +5,13 @@ use crate::access::ResolvedAction;
 use crate::inflight::InflightEntry;
 use crate::throttle::ConcurrencySlot;
 use crate::{Controller, ControllerError, Identity, Result};
-use nimbus_invoker::enforce_result_size;
+use nimbus_invoker::{Start, enforce_result_size};
 use nimbus_model::exec::Exec;
 use nimbus_model::{
     Activation, ActivationId, ActivationResponse, FullyQualifiedName, KeyValues, ResponseStatus,
     now_millis,
 };
-use nimbus_runtime::{InstanceSpec, RunRequest};
+use nimbus_runtime::RunRequest;
 use nimbus_store::QueuedInvocation;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -237,32 +237,17 @@ impl Controller {
                     );
                 }
             };
-            match &r.action.exec {
-                Exec::Sequence { components } => {
-                    let components = components.clone();
+            match self.instance_of(&r.action, &who.namespace) {
+                None => {
+                    let components = match &r.action.exec {
+                        Exec::Sequence { components } => components.clone(),
+                        Exec::Code { .. } => Vec::new(),
+                    };
                     self.run_sequence(who, &r, components, params, id, cause, accepted_at, topmost)
                         .await
                 }
-                Exec::Code {
-                    kind,
-                    code,
-                    binary,
-                    main,
-                } => {
-                    let action_name = format!("/{}", r.path());
-                    let mut env = std::collections::BTreeMap::new();
-                    env.insert("__OW_API_HOST".to_string(), self.cfg.api_host.clone());
-                    let spec = InstanceSpec {
-                        kind: kind.clone(),
-                        code: code.clone(),
-                        binary: *binary,
-                        main: main.clone().unwrap_or_else(|| "main".into()),
-                        action_name: action_name.clone(),
-                        env,
-                        limits: r.action.limits,
-                    };
-                    let pool_key =
-                        format!("{action_name}@{}#{}", r.action.version, r.action.updated);
+                Some((f, spec)) => {
+                    let action_name = f.action.clone();
                     let provide_key = match r.action.annotations.get("provide-api-key") {
                         None => true,
                         Some(_) => r.action.annotations.is_truthy("provide-api-key"),
@@ -281,12 +266,21 @@ impl Controller {
                         log_limit_bytes: (r.action.limits.logs as usize) * 1024 * 1024,
                     };
                     let begin = now_millis();
-                    let out = self.invoker.invoke(&pool_key, &spec, run).await;
+                    let out = self.invoker.invoke(&f, &spec, run).await;
                     let mut response = out.response;
                     enforce_result_size(&mut response, self.cfg.max_result_bytes);
                     let mut ann = vec![annotation("waitTime", json!((begin - accepted_at).max(0)))];
                     if let Some(init) = out.init_time {
                         ann.push(annotation("initTime", json!(init)));
+                    }
+                    // Every activation says how it started (OpenWhisk only implies it via initTime).
+                    let (start, stem) = match out.start_kind {
+                        Start::Warm => ("warm", false),
+                        Start::Cold { stem, .. } => ("cold", stem),
+                    };
+                    ann.push(annotation("start", json!(start)));
+                    if stem {
+                        ann.push(annotation("stemCell", json!(true)));
                     }
                     if out.timed_out {
                         ann.push(annotation("timeout", json!(true)));

@@ -14,6 +14,7 @@ mod catalog;
 mod entities;
 mod error;
 mod inflight;
+mod instances;
 mod invoke;
 mod requests;
 mod throttle;

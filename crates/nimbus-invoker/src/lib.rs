@@ -1,9 +1,8 @@
 //! The invoker: runs one activation on an instance of the right runtime.
 //!
-//! It owns the instance pool of this node: warm instances are keyed by the action version they
-//! were initialised with, reused while idle, evicted after `idle_timeout`, and bounded by
-//! `max_instances` (over the bound, an idle instance of another action is evicted, or the request
-//! waits). It also turns a runtime's raw [`RunResult`] into an OpenWhisk [`ActivationResponse`].
+//! It owns the instance pool of this node (see `pool.rs`: warm reuse, the memory budget with fair
+//! queuing, per-function minimum and maximum instances, stem cells) and turns a runtime's raw
+//! [`RunResult`] into an OpenWhisk [`ActivationResponse`].
 
 mod pool;
 
@@ -12,7 +11,7 @@ use nimbus_runtime::{InstanceSpec, RunRequest, RunResult, Runtime, RuntimeError}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use pool::{PoolConfig, PoolStats};
+pub use pool::{FunctionRef, InstanceInfo, InstanceState, PoolConfig, PoolStats, Start};
 
 /// What the controller learns from one run.
 #[derive(Debug, Clone)]
@@ -21,6 +20,8 @@ pub struct InvokeOutcome {
     pub logs: Vec<String>,
     /// Milliseconds spent starting and initialising an instance (cold start only).
     pub init_time: Option<u64>,
+    /// Whether a warm instance served it, or one was started (from a stem cell or not).
+    pub start_kind: Start,
     /// Epoch ms when the function started running (after init).
     pub start: i64,
     pub end: i64,
@@ -36,7 +37,7 @@ impl Invoker {
         let inv = Arc::new(Invoker {
             pool: pool::Pool::new(runtimes, cfg),
         });
-        pool::Pool::spawn_reaper(&inv.pool);
+        inv.pool.spawn_maintenance();
         inv
     }
 
@@ -44,17 +45,17 @@ impl Invoker {
         self.pool.supports(kind)
     }
 
-    /// Runs `req` on a warm instance for `pool_key`, starting one from `spec` when none is idle.
+    /// Runs `req` on a warm instance of `f`, starting one from `spec` when none is idle.
     pub async fn invoke(
         &self,
-        pool_key: &str,
+        f: &FunctionRef,
         spec: &InstanceSpec,
         req: RunRequest,
     ) -> InvokeOutcome {
         let timeout_ms = spec.limits.timeout;
         let memory_mb = spec.limits.memory;
         let started = Instant::now();
-        let (mut lease, init_time) = match self.pool.checkout(pool_key, spec).await {
+        let (mut lease, start_kind) = match self.pool.checkout(f, spec).await {
             Ok(x) => x,
             Err(e) => {
                 let now = nimbus_model::now_millis();
@@ -80,6 +81,10 @@ impl Invoker {
                     response,
                     logs,
                     init_time: Some(init),
+                    start_kind: Start::Cold {
+                        init_ms: init,
+                        stem: false,
+                    },
                     start: now,
                     end: now,
                     timed_out: false,
@@ -96,10 +101,15 @@ impl Invoker {
         } else {
             self.pool.discard(lease).await;
         }
+        let init_time = match start_kind {
+            Start::Cold { init_ms, .. } => Some(init_ms),
+            Start::Warm => None,
+        };
         InvokeOutcome {
             response,
             logs: out.logs,
             init_time,
+            start_kind,
             start,
             end,
             timed_out,
@@ -108,6 +118,16 @@ impl Invoker {
 
     pub fn stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    /// Live instances, optionally of one namespace and/or one action (`/ns/[pkg/]name`).
+    pub fn instances(&self, namespace: Option<&str>, action: Option<&str>) -> Vec<InstanceInfo> {
+        self.pool.instances(namespace, action)
+    }
+
+    /// Keeps `f.min_instances` instances of this action version warm (0 stops doing so).
+    pub fn ensure_min(&self, f: FunctionRef, spec: InstanceSpec) {
+        self.pool.ensure_min(f, spec);
     }
 
     /// Stops every idle instance (busy ones are stopped when their run returns).

@@ -13,6 +13,20 @@ pub struct ActionLimits {
     pub logs: u64,
     /// Activations one instance runs at once.
     pub concurrency: u64,
+    /// Instances kept warm even when idle (0: scale to zero).
+    #[serde(rename = "minInstances", default, skip_serializing_if = "is_zero")]
+    pub min_instances: u64,
+    /// Most instances this action may have at once on a node (over it, invocations wait).
+    #[serde(
+        rename = "maxInstances",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_instances: Option<u64>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Default for ActionLimits {
@@ -22,6 +36,8 @@ impl Default for ActionLimits {
             memory: 256,
             logs: 10,
             concurrency: 1,
+            min_instances: 0,
+            max_instances: None,
         }
     }
 }
@@ -33,6 +49,10 @@ pub struct LimitsPut {
     pub memory: Option<u64>,
     pub logs: Option<u64>,
     pub concurrency: Option<u64>,
+    #[serde(rename = "minInstances")]
+    pub min_instances: Option<u64>,
+    #[serde(rename = "maxInstances")]
+    pub max_instances: Option<u64>,
 }
 
 /// Ranges and throttles of this deployment (`GET /api/v1/namespaces/{ns}/limits`).
@@ -52,6 +72,7 @@ pub struct SystemLimits {
     pub max_action_logs: u64,
     pub min_action_concurrency: u64,
     pub max_action_concurrency: u64,
+    pub max_action_instances: u64,
 }
 
 impl Default for SystemLimits {
@@ -71,6 +92,7 @@ impl Default for SystemLimits {
             max_action_logs: 10,
             min_action_concurrency: 1,
             max_action_concurrency: 1,
+            max_action_instances: 64,
         }
     }
 }
@@ -97,6 +119,8 @@ impl ActionLimits {
             memory: put.memory.unwrap_or(self.memory),
             logs: put.logs.unwrap_or(self.logs),
             concurrency: put.concurrency.unwrap_or(self.concurrency),
+            min_instances: put.min_instances.unwrap_or(self.min_instances),
+            max_instances: put.max_instances.or(self.max_instances),
         };
         check(
             "Time limit",
@@ -126,6 +150,28 @@ impl ActionLimits {
             sys.min_action_concurrency,
             sys.max_action_concurrency,
         )?;
+        check(
+            "Minimum instances",
+            "instances",
+            l.min_instances,
+            0,
+            sys.max_action_instances,
+        )?;
+        if let Some(max) = l.max_instances {
+            check(
+                "Maximum instances",
+                "instances",
+                max,
+                1,
+                sys.max_action_instances,
+            )?;
+            if l.min_instances > max {
+                return Err(ModelError::invalid(format!(
+                    "minInstances ({}) cannot exceed maxInstances ({max}).",
+                    l.min_instances
+                )));
+            }
+        }
         Ok(l)
     }
 }
@@ -169,5 +215,59 @@ mod tests {
             .unwrap();
         assert_eq!(l.timeout, 1000);
         assert_eq!(l.memory, 256);
+    }
+
+    #[test]
+    fn instance_bounds_are_checked_and_hidden_when_unset() {
+        let sys = SystemLimits::default();
+        let d = ActionLimits::default();
+        let v = serde_json::to_value(d).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1})
+        );
+        let l = d
+            .apply(
+                &LimitsPut {
+                    min_instances: Some(1),
+                    max_instances: Some(3),
+                    ..Default::default()
+                },
+                &sys,
+            )
+            .unwrap();
+        assert_eq!((l.min_instances, l.max_instances), (1, Some(3)));
+        assert_eq!(serde_json::to_value(l).unwrap()["maxInstances"], 3);
+        assert!(
+            d.apply(
+                &LimitsPut {
+                    min_instances: Some(4),
+                    max_instances: Some(3),
+                    ..Default::default()
+                },
+                &sys
+            )
+            .is_err()
+        );
+        assert!(
+            d.apply(
+                &LimitsPut {
+                    max_instances: Some(0),
+                    ..Default::default()
+                },
+                &sys
+            )
+            .is_err()
+        );
+        assert!(
+            d.apply(
+                &LimitsPut {
+                    min_instances: Some(1000),
+                    ..Default::default()
+                },
+                &sys
+            )
+            .is_err()
+        );
     }
 }

@@ -1,8 +1,24 @@
-//! Linux isolation primitives for Nimbus instances.
+//! Linux isolation for Nimbus function instances.
 //!
-//! For now this is resource control with cgroups ([`cgroup`]): one cgroup per instance, under a
-//! `nimbus` parent, with a memory limit and an OOM-kill check. Namespaces and seccomp come later.
+//! - [`Sandbox`] turns "run this program for a function instance" into a sandboxed process:
+//!   new mount, PID, IPC, UTS, network (and cgroup) namespaces, a read-only root filesystem
+//!   assembled from binds, a private `/tmp`, an unprivileged uid with no capabilities,
+//!   `no_new_privs`, a seccomp filter ([`seccomp`], policy in `policy/seccomp.json`), rlimits,
+//!   and optionally outbound network through slirp4netns. It is built on bubblewrap (`bwrap`);
+//!   every privileged operation goes through [`HostOps`], so the setup logic is unit-tested
+//!   with a test double. See `docs/sandbox.md`.
+//! - [`cgroup`]: one cgroup per instance (memory, pids, CPU share), v1 or v2.
 
 pub mod cgroup;
+pub mod host;
+pub mod sandbox;
+pub mod seccomp;
 
-pub use cgroup::{CgroupError, CgroupHandle, CgroupManager, CgroupVersion, detect};
+pub use cgroup::{
+    CgroupError, CgroupHandle, CgroupLimits, CgroupManager, CgroupVersion, Controllers, detect,
+};
+pub use host::{Entry, HostOps, RealHost};
+pub use sandbox::{
+    CODE_DIR, ChildSetup, LAUNCHER_DIR, Layers, NetHandle, Network, PathMap, PendingNetwork,
+    Sandbox, SandboxError, SandboxSpec, Wrapped,
+};

@@ -34,6 +34,13 @@ pub struct ServeArgs {
     /// Live function instances on this node.
     #[arg(long, default_value_t = 64)]
     pub max_instances: usize,
+    /// Memory (MB) all function instances of this node may reserve together; over it, new work
+    /// queues (fairly across namespaces) instead of failing.
+    #[arg(long, default_value_t = 4096)]
+    pub memory_budget: u64,
+    /// Most pre-started runtime processes ("stem cells") kept per kind (0: none).
+    #[arg(long, default_value_t = 4)]
+    pub stem_cells: usize,
     /// Namespace throttle: invocations per minute.
     #[arg(long, default_value_t = SystemLimits::default().invocations_per_minute)]
     pub invocations_per_minute: u64,
@@ -116,6 +123,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         PoolConfig {
             idle_timeout: Duration::from_secs(a.idle_timeout),
             max_instances: a.max_instances,
+            memory_budget_mb: a.memory_budget,
+            stem_cells_per_kind: a.stem_cells,
+            ..PoolConfig::default()
         },
     );
     let limits = SystemLimits {
@@ -173,6 +183,13 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?
     {
         tracing::info!("published /whisk.system/utils");
+    }
+    let warm = controller
+        .restore_min_instances()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if warm > 0 {
+        tracing::info!(actions = warm, "keeping minimum instances warm");
     }
     let dispatcher = controller
         .start_dispatcher()

@@ -69,6 +69,12 @@ pub struct ActionPutArgs {
     /// Activations one container may run at once
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u64>,
+    /// Instances kept warm even when idle
+    #[arg(long, value_name = "N")]
+    pub min_instances: Option<u64>,
+    /// Most instances of this action at once (further invocations wait)
+    #[arg(long, value_name = "N")]
+    pub max_instances: Option<u64>,
     /// Make it a web action (true), a raw web action (raw), or not (false)
     #[arg(long, value_enum, value_name = "true|false|raw")]
     pub web: Option<WebMode>,
@@ -219,6 +225,8 @@ pub fn build_action_body(
         ("memory", args.memory),
         ("logs", args.logsize),
         ("concurrency", args.concurrency),
+        ("minInstances", args.min_instances),
+        ("maxInstances", args.max_instances),
     ] {
         if let Some(value) = value {
             limits.insert(key.into(), json!(value));

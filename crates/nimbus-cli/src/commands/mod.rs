@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod activation;
+pub mod instances;
 pub mod namespace;
 pub mod package;
 pub mod property;
@@ -44,6 +45,8 @@ pub enum ClientCommand {
     /// Show and save the apihost, auth key and namespace in the config file
     #[command(subcommand)]
     Property(property::PropertyCommand),
+    /// List the live instances (starting, idle, busy) of the namespace's actions, and the node's pool
+    Instances(instances::InstancesArgs),
 }
 
 /// An entity name argument.
@@ -184,6 +187,7 @@ pub async fn dispatch(global: GlobalOpts, command: ClientCommand) -> CliResult<(
         ClientCommand::Rule(cmd) => rule::run(&ctx, cmd).await,
         ClientCommand::Package(cmd) => package::run(&ctx, cmd).await,
         ClientCommand::Namespace(cmd) => namespace::run(&ctx, cmd).await,
+        ClientCommand::Instances(args) => instances::run(&ctx, &args).await,
         ClientCommand::Property(cmd) => property::run(&global, cmd),
     }
 }

@@ -59,6 +59,9 @@ pub enum CgroupVersion {
 pub struct CgroupHandle {
     name: String,
     path: PathBuf,
+    /// cgroup v1 only: the instance's directories in the other controllers' hierarchies (pids,
+    /// cpu), each mounted separately. A process must be written into every one of them.
+    extra_dirs: Vec<PathBuf>,
 }
 
 impl CgroupHandle {
@@ -76,6 +79,68 @@ impl CgroupHandle {
     pub fn procs_path(&self) -> PathBuf {
         self.path.join("cgroup.procs")
     }
+
+    /// Every `cgroup.procs` a process must be written to so that all the instance's limits
+    /// apply: [`procs_path`](Self::procs_path) first, then (cgroup v1) one per other controller
+    /// hierarchy. Open them all before `fork`, write `getpid()` to each in `pre_exec`.
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.as_path())
+            .chain(self.extra_dirs.iter().map(PathBuf::as_path))
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// The instance's directories in other v1 hierarchies (empty on v2).
+    pub fn extra_dirs(&self) -> &[PathBuf] {
+        &self.extra_dirs
+    }
+}
+
+/// Limits for one instance's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// Memory limit, swap included where the kernel accounts it.
+    pub memory_bytes: u64,
+    /// Maximum number of tasks (processes and threads) in the cgroup: contains fork bombs.
+    pub pids_max: Option<u64>,
+    /// Give the instance a CPU share proportional to its memory (see [`cpu_shares_v1`] and
+    /// [`cpu_weight_v2`]).
+    pub cpu_from_memory: bool,
+}
+
+impl CgroupLimits {
+    /// Memory only (what [`CgroupManager::create`] sets).
+    pub fn memory(memory_bytes: u64) -> Self {
+        CgroupLimits {
+            memory_bytes,
+            pids_max: None,
+            cpu_from_memory: false,
+        }
+    }
+}
+
+/// Which controllers a manager enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Controllers {
+    pub memory: bool,
+    pub pids: bool,
+    pub cpu: bool,
+}
+
+/// Memory that earns the default CPU share (OpenWhisk's 256 MB unit).
+pub const CPU_UNIT_MB: u64 = 256;
+
+/// cgroup v1 `cpu.shares` for an instance: 1024 (the kernel's default for one task group) per
+/// 256 MB of memory, clamped to the kernel's range [2, 262144].
+pub fn cpu_shares_v1(memory_bytes: u64) -> u64 {
+    let mb = memory_bytes >> 20;
+    (mb.saturating_mul(1024) / CPU_UNIT_MB).clamp(2, 262_144)
+}
+
+/// cgroup v2 `cpu.weight`: 100 (the default weight) per 256 MB, clamped to [1, 10000].
+pub fn cpu_weight_v2(memory_bytes: u64) -> u64 {
+    let mb = memory_bytes >> 20;
+    (mb.saturating_mul(100) / CPU_UNIT_MB).clamp(1, 10_000)
 }
 
 /// Creates, populates, inspects and removes per-instance cgroups.
@@ -89,13 +154,35 @@ pub trait CgroupManager: Send + Sync + fmt::Debug {
     /// included where the kernel accounts it. A stale cgroup of the same name is replaced.
     fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError>;
 
+    /// Like [`create`](Self::create), also applying the pids and CPU limits of `limits` where
+    /// this manager enforces those controllers (see [`controllers`](Self::controllers)); the
+    /// others are skipped, not failed.
+    fn create_limited(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<CgroupHandle, CgroupError> {
+        self.create(name, limits.memory_bytes)
+    }
+
+    /// The controllers this manager enforces.
+    fn controllers(&self) -> Controllers {
+        Controllers {
+            memory: true,
+            pids: false,
+            cpu: false,
+        }
+    }
+
     /// Did the kernel OOM-kill a process of this cgroup because of its memory limit?
     fn memory_exceeded(&self, cg: &CgroupHandle) -> Result<bool, CgroupError>;
 
     /// Moves process `pid` into the cgroup.
     fn add_pid(&self, cg: &CgroupHandle, pid: u32) -> Result<(), CgroupError> {
-        let p = cg.procs_path();
-        fs::write(&p, pid.to_string()).map_err(io_err(&p))
+        for p in cg.procs_paths() {
+            fs::write(&p, pid.to_string()).map_err(io_err(&p))?;
+        }
+        Ok(())
     }
 
     /// SIGKILLs every process still in the cgroup (including ones that left the process group).
@@ -142,6 +229,21 @@ pub trait CgroupManager: Send + Sync + fmt::Debug {
                         source: e,
                     });
                 }
+            }
+        }
+        // The other v1 hierarchies: empty once the processes are gone (a dead process leaves
+        // all its cgroups at once), so no retry loop is needed beyond a short one.
+        for dir in &cg.extra_dirs {
+            for _ in 0..20 {
+                match fs::remove_dir(dir) {
+                    Err(e) if e.raw_os_error() == Some(libc_ebusy()) => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => break,
+                }
+            }
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
             }
         }
         // Fails (EBUSY/ENOTEMPTY) while sibling instances exist: fine.
@@ -214,22 +316,48 @@ fn make_child(
     })
 }
 
-/// cgroup v1: the `memory` controller's own hierarchy.
+/// cgroup v1: the `memory` controller's own hierarchy, plus (optionally) the `pids` and `cpu`
+/// hierarchies, which v1 mounts separately (`/sys/fs/cgroup/pids`, `/sys/fs/cgroup/cpu`).
 #[derive(Debug, Clone)]
 pub struct V1Manager {
     base: PathBuf,
+    pids_base: Option<PathBuf>,
+    cpu_base: Option<PathBuf>,
 }
 
 impl V1Manager {
     /// `base` is the `nimbus` parent inside a v1 memory hierarchy, e.g.
     /// `/sys/fs/cgroup/memory/nimbus`. Nothing is touched until [`CgroupManager::create`].
+    /// Memory only; see [`V1Manager::with_controllers`].
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        V1Manager { base: base.into() }
+        V1Manager {
+            base: base.into(),
+            pids_base: None,
+            cpu_base: None,
+        }
+    }
+
+    /// Also enforces pids (`pids_base`, e.g. `/sys/fs/cgroup/pids/nimbus`) and CPU shares
+    /// (`cpu_base`, e.g. `/sys/fs/cgroup/cpu/nimbus`) in [`CgroupManager::create_limited`].
+    pub fn with_controllers(
+        base: impl Into<PathBuf>,
+        pids_base: Option<PathBuf>,
+        cpu_base: Option<PathBuf>,
+    ) -> Self {
+        V1Manager {
+            base: base.into(),
+            pids_base,
+            cpu_base,
+        }
     }
 
     fn ensure_base(&self) -> Result<(), CgroupError> {
         fs::create_dir_all(&self.base).map_err(io_err(&self.base))
     }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), CgroupError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
 impl CgroupManager for V1Manager {
@@ -241,11 +369,20 @@ impl CgroupManager for V1Manager {
         &self.base
     }
 
+    fn controllers(&self) -> Controllers {
+        Controllers {
+            memory: true,
+            pids: self.pids_base.is_some(),
+            cpu: self.cpu_base.is_some(),
+        }
+    }
+
     fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError> {
         let path = make_child(&self.base, name, &|| self.ensure_base())?;
         let cg = CgroupHandle {
             name: name.to_string(),
             path,
+            extra_dirs: Vec::new(),
         };
         let setup = || -> Result<(), CgroupError> {
             let limit = cg.path.join("memory.limit_in_bytes");
@@ -261,6 +398,38 @@ impl CgroupManager for V1Manager {
             Ok(())
         };
         if let Err(e) = setup() {
+            let _ = fs::remove_dir(&cg.path);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn create_limited(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<CgroupHandle, CgroupError> {
+        let mut cg = self.create(name, limits.memory_bytes)?;
+        let mut extra = |base: &Path, file: &str, value: u64| -> Result<(), CgroupError> {
+            let dir = make_child(base, name, &|| ensure_dir(base))?;
+            cg.extra_dirs.push(dir.clone());
+            let p = dir.join(file);
+            fs::write(&p, value.to_string()).map_err(io_err(&p))
+        };
+        let mut result = Ok(());
+        if let (Some(base), Some(max)) = (&self.pids_base, limits.pids_max) {
+            result = extra(base, "pids.max", max);
+        }
+        if result.is_ok()
+            && limits.cpu_from_memory
+            && let Some(base) = &self.cpu_base
+        {
+            result = extra(base, "cpu.shares", cpu_shares_v1(limits.memory_bytes));
+        }
+        if let Err(e) = result {
+            for d in &cg.extra_dirs {
+                let _ = fs::remove_dir(d);
+            }
             let _ = fs::remove_dir(&cg.path);
             return Err(e);
         }
@@ -284,34 +453,68 @@ impl CgroupManager for V1Manager {
 #[derive(Debug, Clone)]
 pub struct V2Manager {
     base: PathBuf,
+    /// pids and cpu are enabled for children when the parent offers them.
+    optional: Controllers,
 }
 
 impl V2Manager {
     /// `base` is the `nimbus` parent in the unified hierarchy. Its parent must have the memory
-    /// controller available (listed in its `cgroup.controllers`).
+    /// controller available (listed in its `cgroup.controllers`); `pids` and `cpu` are used
+    /// when available too.
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        V2Manager { base: base.into() }
+        V2Manager {
+            base: base.into(),
+            optional: Controllers {
+                memory: true,
+                pids: true,
+                cpu: true,
+            },
+        }
     }
 
-    /// Creates the parent and enables the memory controller for its children. Enabling it in
-    /// the parent's parent fails with EBUSY when that cgroup holds processes itself (v2's
-    /// no-internal-processes rule), which is reported as an error.
+    /// Creates the parent and enables the memory controller (and pids and cpu where offered)
+    /// for its children. Enabling memory in the parent's parent fails with EBUSY when that
+    /// cgroup holds processes itself (v2's no-internal-processes rule), which is reported as an
+    /// error; pids and cpu failing only means those limits are not enforced.
     fn ensure_base(&self) -> Result<(), CgroupError> {
         if let Some(parent) = self.base.parent() {
-            enable_memory(parent)?;
+            enable_controllers(parent, self.optional)?;
         }
         fs::create_dir_all(&self.base).map_err(io_err(&self.base))?;
-        enable_memory(&self.base)
+        enable_controllers(&self.base, self.optional)
+    }
+
+    /// Which controllers the parent's children actually get (after [`Self::ensure_base`]).
+    fn enabled(&self) -> Controllers {
+        let text = fs::read_to_string(self.base.join("cgroup.subtree_control")).unwrap_or_default();
+        let has = |c: &str| text.split_whitespace().any(|x| x == c);
+        Controllers {
+            memory: has("memory"),
+            pids: has("pids"),
+            cpu: has("cpu"),
+        }
     }
 }
 
-fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
+fn enable_controllers(dir: &Path, wanted: Controllers) -> Result<(), CgroupError> {
     let p = dir.join("cgroup.subtree_control");
     let current = fs::read_to_string(&p).map_err(io_err(&p))?;
-    if current.split_whitespace().any(|c| c == "memory") {
-        return Ok(());
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let on = |c: &str| current.split_whitespace().any(|x| x == c);
+    let offered = |c: &str| available.split_whitespace().any(|x| x == c);
+    if !on("memory") {
+        fs::write(&p, "+memory").map_err(io_err(&p))?;
     }
-    fs::write(&p, "+memory").map_err(io_err(&p))
+    for (want, c) in [(wanted.pids, "pids"), (wanted.cpu, "cpu")] {
+        if want
+            && !on(c)
+            && offered(c)
+            && let Err(e) = fs::write(&p, format!("+{c}"))
+        {
+            tracing::debug!(controller = c, dir = %dir.display(), error = %e, "cannot enable cgroup controller");
+        }
+    }
+    Ok(())
 }
 
 impl CgroupManager for V2Manager {
@@ -323,13 +526,45 @@ impl CgroupManager for V2Manager {
         &self.base
     }
 
+    fn controllers(&self) -> Controllers {
+        let e = self.enabled();
+        Controllers {
+            memory: true,
+            pids: e.pids,
+            cpu: e.cpu,
+        }
+    }
+
     fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError> {
+        self.create_limited(name, &CgroupLimits::memory(memory_bytes))
+    }
+
+    fn create_limited(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<CgroupHandle, CgroupError> {
+        let memory_bytes = limits.memory_bytes;
         let path = make_child(&self.base, name, &|| self.ensure_base())?;
         let cg = CgroupHandle {
             name: name.to_string(),
             path,
+            extra_dirs: Vec::new(),
         };
         let setup = || -> Result<(), CgroupError> {
+            if let Some(max) = limits.pids_max
+                && !write_optional(&cg.path.join("pids.max"), &max.to_string())?
+            {
+                tracing::debug!("pids.max absent: the pids controller is not enabled");
+            }
+            if limits.cpu_from_memory
+                && !write_optional(
+                    &cg.path.join("cpu.weight"),
+                    &cpu_weight_v2(memory_bytes).to_string(),
+                )?
+            {
+                tracing::debug!("cpu.weight absent: the cpu controller is not enabled");
+            }
             let max = cg.path.join("memory.max");
             fs::write(&max, memory_bytes.to_string()).map_err(io_err(&max))?;
             // No swap: an overrun must end in an OOM kill we can report, not in swapping.
@@ -404,6 +639,22 @@ pub fn candidates(mountinfo_text: &str, proc_cgroup_text: &str) -> Vec<Candidate
     out
 }
 
+/// cgroup v1: this process's directories in the separately mounted `pids` and `cpu`
+/// hierarchies (pure, testable). `None` for a controller that is not mounted as v1.
+pub fn v1_other_dirs(
+    mountinfo_text: &str,
+    proc_cgroup_text: &str,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let mounts = mountinfo::parse_mountinfo(mountinfo_text);
+    let own = mountinfo::parse_proc_cgroup(proc_cgroup_text);
+    let dir = |controller: &str| {
+        let path = mountinfo::v1_cgroup_path(&own, controller)?;
+        let m = mountinfo::v1_mount(&mounts, controller, path)?;
+        Some(mountinfo::cgroup_dir(m, path))
+    };
+    (dir("pids"), dir("cpu"))
+}
+
 /// Finds a usable memory cgroup manager, or `None` (with a warning) when there is none or we
 /// may not write it (not root, read-only mount, no delegation). Never fails harder than that.
 pub fn detect() -> Option<Arc<dyn CgroupManager>> {
@@ -415,8 +666,9 @@ pub fn detect() -> Option<Arc<dyn CgroupManager>> {
         }
     };
     let pc = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let others = v1_other_dirs(&mi, &pc);
     for c in candidates(&mi, &pc) {
-        match probe(&c) {
+        match probe(&c, &others) {
             Ok(m) => {
                 tracing::info!(version = ?c.version, base = %c.base().display(), "cgroup memory limits enabled");
                 return Some(m);
@@ -431,7 +683,10 @@ pub fn detect() -> Option<Arc<dyn CgroupManager>> {
 }
 
 /// Checks that a candidate offers the memory controller and is writable, leaving nothing behind.
-fn probe(c: &Candidate) -> Result<Arc<dyn CgroupManager>, String> {
+fn probe(
+    c: &Candidate,
+    v1_others: &(Option<PathBuf>, Option<PathBuf>),
+) -> Result<Arc<dyn CgroupManager>, String> {
     let base = c.base();
     let existed = base.exists();
     let manager: Arc<dyn CgroupManager> = match c.version {
@@ -452,13 +707,45 @@ fn probe(c: &Candidate) -> Result<Arc<dyn CgroupManager>, String> {
                 let _ = fs::remove_dir(&base);
                 return Err("not a memory cgroup hierarchy".into());
             }
-            Arc::new(m)
+            let pids = v1_others
+                .0
+                .as_ref()
+                .and_then(|d| probe_v1_controller(d, "pids.max"));
+            let cpu = v1_others
+                .1
+                .as_ref()
+                .and_then(|d| probe_v1_controller(d, "cpu.shares"));
+            if pids.is_none() {
+                tracing::warn!(
+                    "no writable cgroup v1 pids hierarchy: process-count limits are not enforced"
+                );
+            }
+            if cpu.is_none() {
+                tracing::warn!("no writable cgroup v1 cpu hierarchy: CPU shares are not enforced");
+            }
+            Arc::new(V1Manager::with_controllers(&base, pids, cpu))
         }
     };
     if !existed {
         let _ = fs::remove_dir(&base);
     }
     Ok(manager)
+}
+
+/// The `nimbus` parent under `own_dir` in a v1 hierarchy if we may create it and it has
+/// `control_file` (i.e. it really is that controller); leaves nothing behind.
+fn probe_v1_controller(own_dir: &Path, control_file: &str) -> Option<PathBuf> {
+    let base = own_dir.join(PARENT_NAME);
+    let existed = base.exists();
+    if let Err(e) = fs::create_dir_all(&base) {
+        tracing::debug!(dir = %base.display(), error = %e, "cgroup v1 controller not writable");
+        return None;
+    }
+    let ok = base.join(control_file).exists();
+    if !existed || !ok {
+        let _ = fs::remove_dir(&base);
+    }
+    ok.then_some(base)
 }
 
 #[cfg(test)]
@@ -521,5 +808,101 @@ mod tests {
         .unwrap();
         assert!(m.memory_exceeded(&cg).unwrap());
         assert!(m.create("../evil", 1).is_err());
+    }
+
+    #[test]
+    fn cpu_share_is_proportional_to_memory() {
+        assert_eq!(cpu_shares_v1(256 << 20), 1024);
+        assert_eq!(cpu_shares_v1(128 << 20), 512);
+        assert_eq!(cpu_shares_v1(2048 << 20), 8192);
+        assert_eq!(cpu_shares_v1(0), 2);
+        assert_eq!(cpu_weight_v2(256 << 20), 100);
+        assert_eq!(cpu_weight_v2(512 << 20), 200);
+        assert_eq!(cpu_weight_v2(1 << 20), 1);
+        assert_eq!(cpu_weight_v2(u64::MAX), 10_000);
+    }
+
+    #[test]
+    fn v1_other_controllers_are_found_per_hierarchy() {
+        let mi = "\
+32 31 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 31 0:30 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+34 31 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+";
+        let pc = "4:memory:/a\n3:pids:/b\n2:cpu,cpuacct:/\n";
+        let (pids, cpu) = v1_other_dirs(mi, pc);
+        assert_eq!(pids, Some(PathBuf::from("/sys/fs/cgroup/pids/b")));
+        assert_eq!(cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(v1_other_dirs("", pc), (None, None));
+    }
+
+    /// Fake v1 trees: memory, pids and cpu each in their own directory; a process must be
+    /// written to all three `cgroup.procs`.
+    #[test]
+    fn v1_manager_sets_pids_and_cpu_in_their_own_hierarchies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = V1Manager::with_controllers(
+            tmp.path().join("memory/nimbus"),
+            Some(tmp.path().join("pids/nimbus")),
+            Some(tmp.path().join("cpu/nimbus")),
+        );
+        assert_eq!(
+            m.controllers(),
+            Controllers {
+                memory: true,
+                pids: true,
+                cpu: true
+            }
+        );
+        let limits = CgroupLimits {
+            memory_bytes: 512 << 20,
+            pids_max: Some(64),
+            cpu_from_memory: true,
+        };
+        let cg = m.create_limited("i1", &limits).unwrap();
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert_eq!(read("memory/nimbus/i1/memory.limit_in_bytes"), "536870912");
+        assert_eq!(read("pids/nimbus/i1/pids.max"), "64");
+        assert_eq!(read("cpu/nimbus/i1/cpu.shares"), "2048");
+        assert_eq!(
+            cg.procs_paths(),
+            vec![
+                tmp.path().join("memory/nimbus/i1/cgroup.procs"),
+                tmp.path().join("pids/nimbus/i1/cgroup.procs"),
+                tmp.path().join("cpu/nimbus/i1/cgroup.procs"),
+            ]
+        );
+        // Memory only: the plain `create` and a manager without the other hierarchies.
+        let plain = V1Manager::new(tmp.path().join("m2/nimbus"));
+        let cg2 = plain.create_limited("i2", &limits).unwrap();
+        assert_eq!(cg2.procs_paths().len(), 1);
+        assert!(!plain.controllers().pids);
+    }
+
+    #[test]
+    fn v2_manager_writes_pids_and_weight() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A fake parent offering the controllers.
+        fs::write(tmp.path().join("cgroup.subtree_control"), "").unwrap();
+        fs::write(tmp.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        fs::create_dir(tmp.path().join("nimbus")).unwrap();
+        fs::write(tmp.path().join("nimbus/cgroup.subtree_control"), "").unwrap();
+        fs::write(
+            tmp.path().join("nimbus/cgroup.controllers"),
+            "cpu memory pids",
+        )
+        .unwrap();
+        let m = V2Manager::new(tmp.path().join("nimbus"));
+        let limits = CgroupLimits {
+            memory_bytes: 128 << 20,
+            pids_max: Some(32),
+            cpu_from_memory: true,
+        };
+        let cg = m.create_limited("i1", &limits).unwrap();
+        let read = |p: &str| fs::read_to_string(cg.path().join(p)).unwrap();
+        assert_eq!(read("memory.max"), "134217728");
+        assert_eq!(read("pids.max"), "32");
+        assert_eq!(read("cpu.weight"), "50");
+        assert_eq!(cg.procs_paths(), vec![cg.procs_path()]);
     }
 }

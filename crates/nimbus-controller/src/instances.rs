@@ -1,0 +1,122 @@
+//! What the invoker needs to know about an action, and the live-instance views.
+
+use crate::{Controller, Identity, Result};
+use nimbus_invoker::{FunctionRef, InstanceInfo, PoolStats};
+use nimbus_model::EntityKind;
+use nimbus_model::entity::Action;
+use nimbus_model::exec::Exec;
+use nimbus_runtime::InstanceSpec;
+use nimbus_store::EntityQuery;
+use serde_json::{Value, json};
+
+impl Controller {
+    /// The pool identity and start-up spec of a code action (`None` for sequences).
+    pub(crate) fn instance_of(
+        &self,
+        a: &Action,
+        caller: &str,
+    ) -> Option<(FunctionRef, InstanceSpec)> {
+        let Exec::Code {
+            kind,
+            code,
+            binary,
+            main,
+        } = &a.exec
+        else {
+            return None;
+        };
+        let action = format!("/{}/{}", a.namespace, a.path.to_path());
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("__OW_API_HOST".to_string(), self.cfg.api_host.clone());
+        let spec = InstanceSpec {
+            kind: kind.clone(),
+            code: code.clone(),
+            binary: *binary,
+            main: main.clone().unwrap_or_else(|| "main".into()),
+            action_name: action.clone(),
+            env,
+            limits: a.limits,
+        };
+        let f = FunctionRef {
+            // A new version or any update never reuses instances of the old code.
+            key: format!("{action}@{}#{}", a.version, a.updated),
+            action,
+            version: a.version.to_string(),
+            namespace: a.namespace.clone(),
+            caller: caller.to_string(),
+            memory_mb: a.limits.memory,
+            min_instances: a.limits.min_instances as usize,
+            max_instances: a.limits.max_instances.map(|m| m as usize),
+        };
+        Some((f, spec))
+    }
+
+    /// Tells the pool how many instances of this action to keep warm.
+    pub(crate) fn apply_min_instances(&self, a: &Action) {
+        if let Some((f, spec)) = self.instance_of(a, &a.namespace) {
+            self.invoker.ensure_min(f, spec);
+        }
+    }
+
+    /// At start-up: registers every action that asks for warm instances.
+    pub async fn restore_min_instances(&self) -> Result<usize> {
+        let mut n = 0;
+        for ns in self.store.list_namespaces().await? {
+            for d in self
+                .store
+                .list_entities(&ns, EntityKind::Action, &EntityQuery::default())
+                .await?
+            {
+                let Ok(a) = serde_json::from_value::<Action>(d.doc) else {
+                    continue;
+                };
+                if a.limits.min_instances > 0 {
+                    self.apply_min_instances(&a);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// `GET /namespaces/{ns}/instances[?name=…]`: the namespace's live instances and the node's pool.
+    pub async fn list_instances(
+        &self,
+        who: &Identity,
+        ns: &str,
+        name: Option<&str>,
+    ) -> Result<Value> {
+        self.ensure_own(who, ns)?;
+        let action = name.map(|n| format!("/{}/{}", who.namespace, n.trim_start_matches('/')));
+        let list: Vec<Value> = self
+            .invoker
+            .instances(Some(&who.namespace), action.as_deref())
+            .iter()
+            .map(instance_json)
+            .collect();
+        Ok(json!({ "instances": list, "pool": pool_json(&self.invoker.stats()) }))
+    }
+}
+
+fn instance_json(i: &InstanceInfo) -> Value {
+    json!({
+        "id": i.id,
+        "action": i.action,
+        "version": i.version,
+        "state": i.state.as_str(),
+        "memory": i.memory_mb,
+        "since": i.since,
+    })
+}
+
+fn pool_json(s: &PoolStats) -> Value {
+    json!({
+        "starting": s.starting,
+        "idle": s.idle,
+        "busy": s.busy,
+        "stemCells": s.stem_cells,
+        "memoryUsedMB": s.memory_used_mb,
+        "memoryBudgetMB": s.memory_budget_mb,
+        "waiting": s.waiting,
+    })
+}

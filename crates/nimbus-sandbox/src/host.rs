@@ -1,0 +1,143 @@
+//! The host operations the sandbox needs, behind [`HostOps`] so the setup logic can be tested
+//! without root: what exists on the machine, whether a tool works, cgroup detection, and
+//! spawning helper processes (slirp4netns).
+
+use crate::cgroup::{self, CgroupManager};
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+/// What a path is on the host (symlinks are not followed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Missing,
+    Dir,
+    File,
+    /// A symbolic link and its target as written (e.g. `/lib -> usr/lib` on merged-/usr).
+    Symlink(PathBuf),
+}
+
+/// Privileged or environment-dependent operations.
+pub trait HostOps: Send + Sync + fmt::Debug {
+    /// Effective uid of the server.
+    fn euid(&self) -> u32;
+    /// Finds an executable by name in the usual system directories.
+    fn which(&self, name: &str) -> Option<PathBuf>;
+    /// What `path` is.
+    fn entry(&self, path: &Path) -> Entry;
+    /// Runs `program args` to completion with no input; `Err` carries stderr or the reason.
+    fn probe(&self, program: &Path, args: &[OsString]) -> Result<(), String>;
+    /// A cgroup manager, if this machine lets us use one.
+    fn cgroups(&self) -> Option<Arc<dyn CgroupManager>>;
+    /// Starts a helper (slirp4netns) that inherits the descriptors `inherit` (which are
+    /// close-on-exec in this process).
+    fn spawn_helper(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        inherit: &[RawFd],
+    ) -> io::Result<Child>;
+}
+
+/// The real machine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealHost;
+
+const SYSTEM_DIRS: [&str; 6] = [
+    "/usr/local/bin",
+    "/usr/bin",
+    "/bin",
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/sbin",
+];
+
+impl HostOps for RealHost {
+    fn euid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    fn which(&self, name: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+            .map(|d| d.join(name))
+            .find(|p| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(p)
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    .unwrap_or(false)
+            })
+    }
+
+    fn entry(&self, path: &Path) -> Entry {
+        match std::fs::symlink_metadata(path) {
+            Err(_) => Entry::Missing,
+            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(path)
+                .map(Entry::Symlink)
+                .unwrap_or(Entry::Missing),
+            Ok(m) if m.is_dir() => Entry::Dir,
+            Ok(_) => Entry::File,
+        }
+    }
+
+    fn probe(&self, program: &Path, args: &[OsString]) -> Result<(), String> {
+        let out = Command::new(program)
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({}): {}",
+                program.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    fn cgroups(&self) -> Option<Arc<dyn CgroupManager>> {
+        cgroup::detect()
+    }
+
+    fn spawn_helper(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        inherit: &[RawFd],
+    ) -> io::Result<Child> {
+        let fds: Vec<RawFd> = inherit.to_vec();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let hook = move || -> io::Result<()> {
+            for &fd in &fds {
+                // SAFETY: fcntl on a descriptor number; no memory is touched.
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls fcntl (async-signal-safe) and does not allocate.
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+        cmd.spawn()
+    }
+}
