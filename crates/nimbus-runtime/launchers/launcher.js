@@ -1,11 +1,17 @@
 'use strict';
-// Nimbus ActionLoop launcher for Node.js: `node launcher.js <codedir> <main>`.
+// Nimbus ActionLoop launcher for Node.js: `node launcher.js <codedir> <main>`, or in stem mode
+// `node launcher.js --stem <codedir>`.
 //
 // Protocol (see nimbus-runtime's process.rs): load the code, then write {"ok":true} (or
 // {"ok":false,"error":...} and exit 1) on fd 3. Then, for each JSON line on stdin, call the
 // entry point and write exactly one JSON line on fd 3 -- but only once everything the function
 // printed has left process.stdout/process.stderr, which are asynchronous when they are pipes.
 // The runtime relies on that ordering to collect logs without sentinel lines.
+//
+// Stem mode (a pre-started runtime): with every module below loaded and no code yet, write
+// {"ok":true,"stem":true} on fd 3, then read ONE line on stdin,
+// {"init":{"main":"...","action_name":"...","env":{...}}}: apply `env` to process.env, load the
+// code that has meanwhile been put into <codedir>, and answer exactly as above.
 
 const fs = require('fs');
 const path = require('path');
@@ -15,8 +21,11 @@ const readline = require('readline');
 const { pathToFileURL } = require('url');
 
 const RESULT_FD = 3;
-const codeDir = path.resolve(process.argv[2] || '.');
-const mainName = process.argv[3] || 'main';
+const stem = process.argv[2] === '--stem';
+const args = process.argv.slice(stem ? 3 : 2);
+const codeDir = path.resolve(args[0] || '.');
+// In stem mode, set by the init line.
+let mainName = args[1] || 'main';
 
 // A closed log pipe must not crash the function.
 process.stdout.on('error', () => {});
@@ -123,10 +132,47 @@ function errorValue(e) {
   return e;
 }
 
+// Lines of stdin, through one iterator for the whole life of the process, so that nothing read
+// ahead after the init line (stem mode) is lost to the request loop.
+let lines;
+function nextLine() {
+  if (!lines) {
+    const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity, terminal: false });
+    lines = rl[Symbol.asyncIterator]();
+  }
+  return lines.next();
+}
+
+// Stem mode: the init line. Returns false when stdin closed first (the runtime gave up on us).
+async function awaitInit() {
+  let line;
+  for (;;) {
+    const next = await nextLine();
+    if (next.done) return false;
+    line = next.value;
+    if (line.trim()) break;
+  }
+  let init;
+  try {
+    init = JSON.parse(line).init;
+    if (!init || typeof init !== 'object') throw new Error('no "init" object');
+  } catch (e) {
+    process.stderr.write(`Invalid init line: ${e.message}\n`);
+    await send({ ok: false, error: 'The runtime sent an invalid init line.' });
+    process.exit(1);
+  }
+  if (typeof init.main === 'string' && init.main) mainName = init.main;
+  const env = init.env && typeof init.env === 'object' ? init.env : {};
+  for (const [k, v] of Object.entries(env)) process.env[k] = typeof v === 'string' ? v : JSON.stringify(v);
+  return true;
+}
+
 async function serve(entry) {
-  const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity, terminal: false });
   let previous = [];
-  for await (const line of rl) {
+  for (;;) {
+    const next = await nextLine();
+    if (next.done) break;
+    const line = next.value;
     if (!line.trim()) continue;
     let msg;
     try {
@@ -173,6 +219,10 @@ async function serve(entry) {
 }
 
 (async () => {
+  if (stem) {
+    await send({ ok: true, stem: true });
+    if (!(await awaitInit())) process.exit(0);
+  }
   let entry;
   try {
     entry = await load();

@@ -1,9 +1,16 @@
-# Nimbus ActionLoop launcher for Python: `python3 -u launcher.py <codedir> <main>`.
+# Nimbus ActionLoop launcher for Python: `python3 -u launcher.py <codedir> <main>`, or in stem
+# mode `python3 -u launcher.py --stem <codedir>`.
 #
 # Protocol (see nimbus-runtime's process.rs): load __main__.py, then write {"ok":true} (or
 # {"ok":false,"error":...} and exit 1) on fd 3. Then, for each JSON line on stdin, call the
 # entry point and write exactly one JSON line on fd 3, after flushing stdout and stderr: the
 # runtime relies on that ordering to collect logs without sentinel lines.
+#
+# Stem mode (a pre-started runtime): with this module's imports done and no code yet, write
+# {"ok":true,"stem":true} on fd 3, then read ONE line on stdin,
+# {"init":{"main":"...","action_name":"...","env":{...}}}: apply `env` to os.environ, load the
+# code that has meanwhile been put into <codedir>, and answer exactly as above. This module must
+# stay cheap to import (asyncio, for one, is imported only when a coroutine has to be run).
 
 import glob
 import importlib.util
@@ -71,9 +78,34 @@ def describe(e):
     return f"{type(e).__name__}: {e}"
 
 
+def await_init(out, requests):
+    """Stem mode: reads the init line and applies it; returns the entry point's name."""
+    while True:
+        line = requests.readline()
+        if not line:
+            sys.exit(0)  # stdin closed: the runtime gave up on this stem cell
+        if line.strip():
+            break
+    try:
+        init = json.loads(line)["init"]
+        if not isinstance(init, dict):
+            raise ValueError('no "init" object')
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"Invalid init line: {e!r}", file=sys.stderr)
+        send(out, {"ok": False, "error": "The runtime sent an invalid init line."})
+        sys.exit(1)
+    env = init.get("env")
+    for k, v in (env if isinstance(env, dict) else {}).items():
+        os.environ[k] = v if isinstance(v, str) else json.dumps(v)
+    main_name = init.get("main")
+    return main_name if isinstance(main_name, str) and main_name else "main"
+
+
 def main():
-    codedir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
-    main_name = sys.argv[2] if len(sys.argv) > 2 else "main"
+    stem = len(sys.argv) > 1 and sys.argv[1] == "--stem"
+    args = sys.argv[2:] if stem else sys.argv[1:]
+    codedir = os.path.abspath(args[0] if args else ".")
+    main_name = args[1] if len(args) > 1 else "main"
 
     out = os.fdopen(3, "wb")
     os.set_inheritable(3, False)  # subprocesses of the function must not hold the result pipe
@@ -83,6 +115,12 @@ def main():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+
+    if stem:
+        send(out, {"ok": True, "stem": True})
+        main_name = await_init(out, requests)
+        # The code dir was filled after start-up: no import cache may predate it.
+        importlib.invalidate_caches()
 
     try:
         fn = load(codedir, main_name)

@@ -36,21 +36,36 @@
 //! **Environment.** The child starts from an empty environment plus `PATH`, `HOME` (its private
 //! instance directory), `LANG`, `__OW_WAIT_FOR_ACK` and the spec's `env`. Nothing of the server's
 //! environment leaks in.
+//!
+//! **Stem cells.** [`Runtime::prestart`] starts a Node.js or Python launcher in *stem mode*
+//! (`<launcher> --stem <codedir>`) with an empty code dir, the same environment minus the spec's
+//! `env`, and a cgroup limited to [`STEM_MEMORY_MB`]. It answers `{"ok":true,"stem":true}` on
+//! fd 3 once its interpreter and modules are loaded. [`StemCell::specialize`] writes the code
+//! into that same directory (in place, so the path the launcher got stays valid, also through a
+//! sandbox's bind mount), sets the cgroup's limit to the action's, and sends one line on stdin,
+//! `{"init":{"main":…,"action_name":…,"env":{…}}}`; the launcher applies `env`, loads the code
+//! and acks exactly as after a normal start, which it then is. Both paths share the spawn
+//! ([`build_command`], the single place a sandbox wrapper goes) and the ack handling.
 
-use crate::{Instance, InstanceSpec, RunOutcome, RunRequest, RunResult, Runtime, RuntimeError};
+use crate::{
+    Instance, InstanceSpec, RunOutcome, RunRequest, RunResult, Runtime, RuntimeError, StemCell,
+};
 use async_trait::async_trait;
 use base64::Engine;
 use nimbus_model::activation::log_line;
-use nimbus_sandbox::{CgroupHandle, CgroupManager};
+use nimbus_sandbox::{CgroupHandle, CgroupManager, CgroupVersion};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -79,6 +94,13 @@ const PUMP_BUDGET: usize = 1 << 20;
 /// How long a child whose result pipe closed gets to exit by itself before it is killed.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Memory limit (MB) of a stem cell until [`StemCell::specialize`] sets the action's own: the
+/// largest limit an action may have by default (`SystemLimits::max_action_memory`). An idle
+/// launcher needs a few tens of MB; the placeholder only has to be generous, and since
+/// specialisation then normally *lowers* the limit, it never has to grow a cgroup that is in use.
+pub const STEM_MEMORY_MB: u64 = 2048;
+/// How long [`Runtime::prestart`] waits for a stem cell's readiness line.
+const STEM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const MSG_EXITED: &str = "The action did not produce a valid response and exited unexpectedly.";
 const MSG_NOT_DICT: &str = "The action did not return a dictionary or array.";
@@ -206,26 +228,27 @@ impl ProcessRuntime {
         self.cgroups.as_ref()
     }
 
-    fn command(
-        &self,
-        lang: Lang,
-        code_dir: &Path,
-        main: &str,
-    ) -> (PathBuf, Vec<std::ffi::OsString>) {
+    /// Program and arguments: `<launcher> <codedir> <main>` normally, `<launcher> --stem
+    /// <codedir>` for a stem cell; an `exec` action is its own program.
+    fn command(&self, lang: Lang, mode: Mode<'_>, code_dir: &Path) -> (PathBuf, Vec<OsString>) {
         let dir = code_dir.as_os_str().to_os_string();
+        let tail: Vec<OsString> = match mode {
+            Mode::Normal(spec) => vec![dir, spec.main.as_str().into()],
+            Mode::Stem => vec!["--stem".into(), dir],
+        };
         match lang {
             Lang::Node => (
                 self.node_bin.clone(),
-                vec![self.launcher_js.clone().into(), dir, main.into()],
+                std::iter::once(self.launcher_js.clone().into())
+                    .chain(tail)
+                    .collect(),
             ),
             Lang::Python => (
                 self.python_bin.clone(),
-                vec![
-                    "-u".into(),
-                    self.launcher_py.clone().into(),
-                    dir,
-                    main.into(),
-                ],
+                ["-u".into(), self.launcher_py.clone().into()]
+                    .into_iter()
+                    .chain(tail)
+                    .collect(),
             ),
             Lang::Exec => (code_dir.join("exec"), Vec::new()),
         }
@@ -310,12 +333,13 @@ fn resolve_python(bin: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Code materialisation
 
-/// Writes the action's code into `code_dir` (created here). Blocking.
+/// Writes the action's code into `code_dir`, an existing (empty) directory: a stem cell's
+/// launcher already runs with it as cwd and has its path, so it is filled in place, never
+/// replaced (a sandbox bind mount of it then sees the files too). Blocking.
 fn materialise(lang: Lang, code: &str, binary: bool, code_dir: &Path) -> Result<(), RuntimeError> {
     if code.trim().is_empty() {
         return Err(init_error("Missing main/no code to execute."));
     }
-    fs::create_dir(code_dir).map_err(|e| platform("cannot create the code directory", e))?;
     if !binary {
         let file = code_dir.join(lang.source_file());
         write_file(
@@ -844,9 +868,32 @@ struct ProcessInstance {
     usable: bool,
     killed: bool,
     memory_mb: u64,
+    /// The code directory (the child's cwd); a stem cell's code is written here.
+    code_dir: PathBuf,
 }
 
 impl ProcessInstance {
+    /// Kills the process group and releases the directory and cgroup.
+    async fn stop(&mut self) {
+        self.usable = false;
+        self.pipes.stdin = None;
+        self.kill().await;
+        self.resources.release().await;
+    }
+
+    /// Drops whatever the child wrote since the last answer (late async output, stray fd-3
+    /// bytes): it belongs to no activation.
+    fn discard_unsolicited(&mut self) {
+        let mut junk = LogSink::discarding();
+        self.pipes.drain_logs(&mut junk);
+        let mut scratch = vec![0u8; READ_CHUNK];
+        self.pipes.result.read_available(&mut scratch, true);
+        if !self.pipes.result.buf.is_empty() {
+            tracing::warn!(instance = %self.id, bytes = self.pipes.result.buf.len(), "discarding unsolicited fd-3 output");
+            self.pipes.result.buf.clear();
+        }
+    }
+
     /// SIGKILLs the process group (and, with a cgroup, anything that left the group), then reaps.
     async fn kill(&mut self) {
         if !self.killed {
@@ -951,18 +998,7 @@ impl Instance for ProcessInstance {
         if !self.usable {
             return self.unusable_outcome();
         }
-        // Whatever was written since the last result (late async output, stray fd-3 bytes)
-        // belongs to no activation.
-        {
-            let mut junk = LogSink::discarding();
-            self.pipes.drain_logs(&mut junk);
-            let mut scratch = vec![0u8; READ_CHUNK];
-            self.pipes.result.read_available(&mut scratch, true);
-            if !self.pipes.result.buf.is_empty() {
-                tracing::warn!(instance = %self.id, bytes = self.pipes.result.buf.len(), "discarding unsolicited fd-3 output");
-                self.pipes.result.buf.clear();
-            }
-        }
+        self.discard_unsolicited();
         let mut sink = LogSink::new(req.log_limit_bytes);
         let deadline = Instant::now() + req.timeout;
         let ex = exchange(
@@ -1018,10 +1054,7 @@ impl Instance for ProcessInstance {
     }
 
     async fn shutdown(mut self: Box<Self>) {
-        self.usable = false;
-        self.pipes.stdin = None;
-        self.kill().await;
-        self.resources.release().await;
+        self.stop().await;
     }
 }
 
@@ -1039,6 +1072,162 @@ fn pid_digits(mut pid: u32, buf: &mut [u8; 10]) -> &[u8] {
     &buf[i..]
 }
 
+// ---------------------------------------------------------------------------------------------
+// Starting processes
+
+/// What the launcher is asked to do.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Load this spec's code (already in the code dir) and acknowledge.
+    Normal(&'a InstanceSpec),
+    /// Pre-start without code: acknowledge `{"ok":true,"stem":true}`, then wait for the init line.
+    Stem,
+}
+
+/// The child to start. Everything that decides what runs, and where, is here, and
+/// [`build_command`] is the one place that turns it into a process: a sandbox wrapper
+/// (bubblewrap-style, bind-mounting `code_dir` read-only at a fixed path) goes there.
+struct Launch<'a> {
+    program: PathBuf,
+    args: Vec<OsString>,
+    /// The spec's environment (`None` for a stem cell, which gets it with the init line).
+    env: Option<&'a BTreeMap<String, String>>,
+    /// The instance's private directory (`HOME`).
+    home: &'a Path,
+    /// The code directory: the child's cwd, and the directory named in `args`.
+    code_dir: &'a Path,
+}
+
+/// Program, arguments, environment and cwd of the child; stdio, process group and the fd-3 /
+/// cgroup hook are added by [`ProcessRuntime::spawn`]. The environment is `PATH`, `HOME`,
+/// `LANG`, then the spec's env (which may override those), then `__OW_WAIT_FOR_ACK`.
+fn build_command(launch: &Launch<'_>) -> Command {
+    let mut cmd = Command::new(&launch.program);
+    cmd.args(&launch.args)
+        .current_dir(launch.code_dir)
+        .env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("HOME", launch.home)
+        .env("LANG", "C.UTF-8")
+        .envs(launch.env.into_iter().flatten())
+        .env("__OW_WAIT_FOR_ACK", "1");
+    cmd
+}
+
+/// The line that turns a stem cell into an instance of `spec`.
+fn init_line(spec: &InstanceSpec) -> Vec<u8> {
+    let init = serde_json::json!({
+        "init": {
+            "main": spec.main,
+            "action_name": spec.action_name,
+            "env": spec.env,
+        }
+    });
+    // Serialising a `Value` cannot fail; compact JSON has no raw newlines.
+    let mut line = serde_json::to_vec(&init).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+fn log_limit(spec: &InstanceSpec) -> usize {
+    usize::try_from(spec.limits.logs.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+}
+
+/// Changes the memory limit of an existing cgroup (swap included, as at creation).
+// TODO: belongs in `CgroupManager` (nimbus-sandbox) next to `create`; done here until it has it.
+fn set_memory_limit(m: &dyn CgroupManager, cg: &CgroupHandle, bytes: u64) -> io::Result<()> {
+    let value = bytes.to_string();
+    match m.version() {
+        CgroupVersion::V2 => fs::write(cg.path().join("memory.max"), &value),
+        CgroupVersion::V1 => {
+            let mem = cg.path().join("memory.limit_in_bytes");
+            let memsw = cg.path().join("memory.memsw.limit_in_bytes");
+            if !memsw.exists() {
+                return fs::write(&mem, &value);
+            }
+            // memsw may never be below the memory limit: lowering sets memory first, raising
+            // sets memsw first.
+            let current = fs::read_to_string(&mem)?
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(u64::MAX);
+            if bytes <= current {
+                fs::write(&mem, &value)?;
+                fs::write(&memsw, &value)
+            } else {
+                fs::write(&memsw, &value)?;
+                fs::write(&mem, &value)
+            }
+        }
+    }
+}
+
+/// Why no ack came.
+struct AckFailure {
+    /// In the words of an init failure.
+    message: String,
+    /// How the process ended, when it died by itself (not by its memory limit, not killed by
+    /// us) before acknowledging.
+    died: Option<std::process::ExitStatus>,
+}
+
+/// Waits for the launcher's acknowledgement on fd 3 (after sending `request`, e.g. a stem cell's
+/// init line), collecting what it prints into `sink`. Returns the ack object; on any failure the
+/// instance is killed and released, and the rest of its output drained into `sink`.
+async fn await_ack(
+    inst: &mut ProcessInstance,
+    request: Option<Vec<u8>>,
+    deadline: Instant,
+    timeout: Duration,
+    sink: &mut LogSink,
+) -> Result<Map<String, Value>, AckFailure> {
+    let ex = exchange(&mut inst.child, &mut inst.pipes, request, deadline, sink).await;
+    let mut died = None;
+    let message = match ex {
+        Exchange::Line(line) => match serde_json::from_slice::<Value>(&line) {
+            Ok(Value::Object(o)) if o.get("ok") == Some(&Value::Bool(true)) => return Ok(o),
+            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => match v.get("error") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => "The action did not initialize properly.".to_string(),
+            },
+            _ => format!(
+                "The action did not initialize properly: expected {{\"ok\":true}} on fd 3, got '{}'.",
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            ),
+        },
+        Exchange::TimedOut => format!(
+            "The action exceeded its time limit of {} milliseconds during initialization.",
+            timeout.as_millis()
+        ),
+        Exchange::TooLarge => "The action did not initialize properly.".to_string(),
+        Exchange::Gone => {
+            // As `finish_dead`, keeping the status only if it exited by itself.
+            let exited = tokio::time::timeout(EXIT_GRACE, inst.child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            inst.kill().await;
+            if inst.resources.memory_exceeded() {
+                format!(
+                    "The action exhausted its memory limit of {} MB during initialization.",
+                    inst.memory_mb
+                )
+            } else {
+                died = exited;
+                let how = exited.map(|s| format!(" ({s})")).unwrap_or_default();
+                format!(
+                    "The action did not initialize properly: it exited before signalling readiness{how}."
+                )
+            }
+        }
+    };
+    inst.kill().await;
+    inst.pipes.drain_logs(sink);
+    inst.resources.release().await;
+    Err(AckFailure { message, died })
+}
+
 #[async_trait]
 impl Runtime for ProcessRuntime {
     fn supports(&self, kind: &str) -> bool {
@@ -1053,134 +1242,165 @@ impl Runtime for ProcessRuntime {
         let lang = Lang::from_kind(&spec.kind)
             .ok_or_else(|| RuntimeError::UnsupportedKind(spec.kind.clone()))?;
         let deadline = Instant::now() + timeout;
-        let (id, dir) = self.new_instance_dir()?;
-        let mut resources = Resources {
-            dir: dir.clone(),
-            cgroup: None,
-            released: false,
-        };
-        let code_dir = dir.join("code");
-
-        let (code, binary, cd) = (spec.code.clone(), spec.binary, code_dir.clone());
-        let job = tokio::task::spawn_blocking(move || materialise(lang, &code, binary, &cd)).await;
-        let materialised = job
-            .map_err(|e| platform("code materialisation task failed", e))
-            .and_then(|r| r);
-        if let Err(e) = materialised {
-            resources.release().await;
-            return Err(e);
+        let mut inst = self
+            .launch(lang, Mode::Normal(spec), spec.limits.memory)
+            .await?;
+        tracing::debug!(instance = %inst.id, kind = %spec.kind, action = %spec.action_name, pid = ?inst.pgid, "instance started");
+        let mut sink = LogSink::new(log_limit(spec));
+        match await_ack(&mut inst, None, deadline, timeout, &mut sink).await {
+            Ok(_) => Ok(Box::new(inst)),
+            Err(f) => Err(RuntimeError::Init {
+                message: f.message,
+                logs: sink.lines,
+            }),
         }
+    }
 
-        // cgroup first, so the child can move itself in before exec.
-        let mut procs_file = None;
-        if let Some(m) = &self.cgroups {
-            let bytes = spec.limits.memory.saturating_mul(1 << 20);
-            let cg = match m.create(&id, bytes) {
-                Ok(cg) => cg,
-                Err(e) => {
-                    resources.release().await;
-                    return Err(platform("cannot create the instance cgroup", e));
-                }
-            };
-            let procs = cg.procs_path();
-            resources.cgroup = Some((m.clone(), cg));
-            match fs::OpenOptions::new().write(true).open(&procs) {
-                Ok(f) => procs_file = Some(f),
-                Err(e) => {
-                    resources.release().await;
-                    return Err(platform(&format!("cannot open {}", procs.display()), e));
-                }
-            }
+    /// Node.js and Python: a launcher in stem mode, its interpreter and modules loaded, with an
+    /// empty code dir and a cgroup limited to [`STEM_MEMORY_MB`] until specialisation. Returns
+    /// once the launcher has said it is ready. `exec`: `None` (its code is the process itself).
+    async fn prestart(&self, kind: &str) -> Result<Option<Box<dyn StemCell>>, RuntimeError> {
+        let lang =
+            Lang::from_kind(kind).ok_or_else(|| RuntimeError::UnsupportedKind(kind.to_string()))?;
+        if lang == Lang::Exec {
+            return Ok(None);
         }
-
-        let spawned = self.spawn(lang, spec, &dir, &code_dir, procs_file).await;
-        let (child, pipes) = match spawned {
-            Ok(x) => x,
-            Err(e) => {
-                resources.release().await;
-                return Err(e);
+        let deadline = Instant::now() + STEM_READY_TIMEOUT;
+        let mut inst = self.launch(lang, Mode::Stem, STEM_MEMORY_MB).await?;
+        let mut sink = LogSink::new(64 << 10);
+        let ack = await_ack(&mut inst, None, deadline, STEM_READY_TIMEOUT, &mut sink).await;
+        match ack {
+            Ok(ack) if ack.get("stem") == Some(&Value::Bool(true)) => {
+                tracing::debug!(instance = %inst.id, kind, pid = ?inst.pgid, "stem cell ready");
+                Ok(Some(Box::new(ProcessStemCell {
+                    kind: kind.to_string(),
+                    lang,
+                    inst,
+                })))
             }
-        };
-        let pgid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .map(Pid::from_raw);
-        tracing::debug!(instance = %id, kind = %spec.kind, action = %spec.action_name, pid = ?pgid, "instance started");
-        let mut inst = ProcessInstance {
-            id,
-            child,
-            pgid,
-            pipes,
-            resources,
-            usable: true,
-            killed: false,
-            memory_mb: spec.limits.memory,
-        };
-
-        // Init: wait for the ack.
-        let mut sink = LogSink::new(
-            usize::try_from(spec.limits.logs.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
-        );
-        let ex = exchange(&mut inst.child, &mut inst.pipes, None, deadline, &mut sink).await;
-        let failure = match ex {
-            Exchange::Line(line) => match serde_json::from_slice::<Value>(&line) {
-                Ok(v) if v.get("ok") == Some(&Value::Bool(true)) => None,
-                Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => Some(match v.get("error") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => "The action did not initialize properly.".to_string(),
-                }),
-                _ => Some(format!(
-                    "The action did not initialize properly: expected {{\"ok\":true}} on fd 3, got '{}'.",
-                    String::from_utf8_lossy(&line[..line.len().min(200)])
-                )),
-            },
-            Exchange::TimedOut => Some(format!(
-                "The action exceeded its time limit of {} milliseconds during initialization.",
-                timeout.as_millis()
-            )),
-            Exchange::TooLarge => Some("The action did not initialize properly.".to_string()),
-            Exchange::Gone => {
-                inst.finish_dead().await;
-                Some(if inst.resources.memory_exceeded() {
-                    format!(
-                        "The action exhausted its memory limit of {} MB during initialization.",
-                        spec.limits.memory
-                    )
-                } else {
-                    let status = inst.child.try_wait().ok().flatten();
-                    let how = status.map(|s| format!(" ({s})")).unwrap_or_default();
-                    format!(
-                        "The action did not initialize properly: it exited before signalling readiness{how}."
-                    )
-                })
+            Ok(ack) => {
+                inst.stop().await;
+                Err(RuntimeError::Platform(format!(
+                    "the {kind} launcher did not start in stem mode (it answered {})",
+                    Value::Object(ack)
+                )))
             }
-        };
-        match failure {
-            None => Ok(Box::new(inst)),
-            Some(message) => {
-                inst.kill().await;
-                inst.pipes.drain_logs(&mut sink);
-                inst.resources.release().await;
-                Err(RuntimeError::Init {
-                    message,
-                    logs: sink.lines,
-                })
+            Err(f) => {
+                tracing::warn!(kind, logs = ?sink.lines, "stem cell did not become ready");
+                Err(RuntimeError::Platform(format!(
+                    "the {kind} stem cell did not become ready: {}",
+                    f.message
+                )))
             }
         }
     }
 }
 
 impl ProcessRuntime {
+    /// Makes the instance directory with its code dir (filled with `spec`'s code in
+    /// [`Mode::Normal`], empty for a stem cell), creates the cgroup and spawns the child. The
+    /// child has not acknowledged anything yet. On error everything made is released.
+    async fn launch(
+        &self,
+        lang: Lang,
+        mode: Mode<'_>,
+        memory_mb: u64,
+    ) -> Result<ProcessInstance, RuntimeError> {
+        let (id, dir) = self.new_instance_dir()?;
+        let mut resources = Resources {
+            dir: dir.clone(),
+            cgroup: None,
+            released: false,
+        };
+        match self
+            .launch_in(lang, mode, memory_mb, &id, &dir, &mut resources)
+            .await
+        {
+            Ok((child, pipes, code_dir)) => Ok(ProcessInstance {
+                pgid: child
+                    .id()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .map(Pid::from_raw),
+                id,
+                child,
+                pipes,
+                resources,
+                usable: true,
+                killed: false,
+                memory_mb,
+                code_dir,
+            }),
+            Err(e) => {
+                resources.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_in(
+        &self,
+        lang: Lang,
+        mode: Mode<'_>,
+        memory_mb: u64,
+        id: &str,
+        dir: &Path,
+        resources: &mut Resources,
+    ) -> Result<(Child, Pipes, PathBuf), RuntimeError> {
+        let code_dir = dir.join("code");
+        let code = match mode {
+            Mode::Normal(spec) => Some((spec.code.clone(), spec.binary)),
+            Mode::Stem => None,
+        };
+        let cd = code_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir(&cd).map_err(|e| platform("cannot create the code directory", e))?;
+            match code {
+                Some((code, binary)) => materialise(lang, &code, binary, &cd),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| platform("code materialisation task failed", e))??;
+
+        // cgroup first, so the child can move itself in before exec.
+        let mut procs_file = None;
+        if let Some(m) = &self.cgroups {
+            let cg = m
+                .create(id, memory_mb.saturating_mul(1 << 20))
+                .map_err(|e| platform("cannot create the instance cgroup", e))?;
+            let procs = cg.procs_path();
+            resources.cgroup = Some((m.clone(), cg));
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(|e| platform(&format!("cannot open {}", procs.display()), e))?;
+            procs_file = Some(f);
+        }
+
+        let (program, args) = self.command(lang, mode, &code_dir);
+        let env = match mode {
+            Mode::Normal(spec) => Some(&spec.env),
+            Mode::Stem => None,
+        };
+        let launch = Launch {
+            program,
+            args,
+            env,
+            home: dir,
+            code_dir: &code_dir,
+        };
+        let (child, pipes) = self.spawn(lang, &launch, procs_file).await?;
+        Ok((child, pipes, code_dir))
+    }
+
+    /// Starts `launch` with piped stdio, fd 3 as the result pipe, its own process group, and
+    /// (with `procs_file`) moved into its cgroup before exec.
     async fn spawn(
         &self,
         lang: Lang,
-        spec: &InstanceSpec,
-        dir: &Path,
-        code_dir: &Path,
+        launch: &Launch<'_>,
         procs_file: Option<fs::File>,
     ) -> Result<(Child, Pipes), RuntimeError> {
-        let (program, args) = self.command(lang, code_dir, &spec.main);
         let mut attempt = 0;
         loop {
             let (out_r, out_w) = pipe_pair()?;
@@ -1189,16 +1409,8 @@ impl ProcessRuntime {
             let res_fd = res_w.as_raw_fd();
             let cg_fd = procs_file.as_ref().map(|f| f.as_raw_fd());
             let spawned = {
-                let mut cmd = Command::new(&program);
-                cmd.args(&args)
-                    .current_dir(code_dir)
-                    .env_clear()
-                    .env("PATH", CHILD_PATH)
-                    .env("HOME", dir)
-                    .env("LANG", "C.UTF-8")
-                    .envs(&spec.env)
-                    .env("__OW_WAIT_FOR_ACK", "1")
-                    .stdin(Stdio::piped())
+                let mut cmd = build_command(launch);
+                cmd.stdin(Stdio::piped())
                     .stdout(Stdio::from(out_w))
                     .stderr(Stdio::from(err_w))
                     .process_group(0)
@@ -1265,12 +1477,140 @@ impl ProcessRuntime {
                             init_error(format!("The action's executable could not be started: {e}"))
                         }
                         Lang::Node | Lang::Python => {
-                            platform(&format!("cannot start {}", program.display()), e)
+                            platform(&format!("cannot start {}", launch.program.display()), e)
                         }
                     });
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stem cells
+
+/// A launcher running in stem mode: interpreter up, no code, empty code dir.
+struct ProcessStemCell {
+    kind: String,
+    lang: Lang,
+    inst: ProcessInstance,
+}
+
+impl ProcessStemCell {
+    /// Fails (killing the stem cell) with a [`RuntimeError::Platform`] for a stem cell that
+    /// cannot take `spec`: another kind, or a process that is no longer running.
+    async fn check_usable(&mut self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        let problem = if spec.kind != self.kind {
+            Some(format!(
+                "a {} stem cell cannot run a {} action",
+                self.kind, spec.kind
+            ))
+        } else {
+            match self.inst.child.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "the {} stem cell's process exited before specialization ({status})",
+                    self.kind
+                )),
+                Ok(None) => None,
+                Err(e) => Some(format!(
+                    "the {} stem cell's process cannot be checked: {e}",
+                    self.kind
+                )),
+            }
+        };
+        match problem {
+            None => Ok(()),
+            Some(message) => {
+                self.inst.stop().await;
+                Err(RuntimeError::Platform(message))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StemCell for ProcessStemCell {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Materialises the code into the (empty) code dir as [`Runtime::start`] would, sets the
+    /// cgroup's memory limit to `spec.limits.memory`, sends the init line and waits for the
+    /// ack. Failures of the code are [`RuntimeError::Init`] with the same messages (and the
+    /// load's output as logs) as a normal start; a stem cell that was already dead, or was
+    /// SIGKILLed from outside while loading (not by its memory limit), is a
+    /// [`RuntimeError::Platform`] error, so the caller can retry with a fresh start.
+    async fn specialize(
+        self: Box<Self>,
+        spec: &InstanceSpec,
+        timeout: Duration,
+    ) -> Result<Box<dyn Instance>, RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        let mut cell = *self;
+        cell.check_usable(spec).await?;
+        let ProcessStemCell {
+            kind,
+            lang,
+            mut inst,
+        } = cell;
+
+        let (code, binary, cd) = (spec.code.clone(), spec.binary, inst.code_dir.clone());
+        let job = tokio::task::spawn_blocking(move || materialise(lang, &code, binary, &cd)).await;
+        let materialised = job
+            .map_err(|e| platform("code materialisation task failed", e))
+            .and_then(|r| r);
+        if let Err(e) = materialised {
+            inst.stop().await;
+            return Err(e);
+        }
+
+        if let Some((m, cg)) = &inst.resources.cgroup {
+            let bytes = spec.limits.memory.saturating_mul(1 << 20);
+            if let Err(e) = set_memory_limit(m.as_ref(), cg, bytes) {
+                let path = cg.path().display().to_string();
+                inst.stop().await;
+                return Err(platform(
+                    &format!("cannot set the memory limit of cgroup {path}"),
+                    e,
+                ));
+            }
+        }
+        inst.memory_mb = spec.limits.memory;
+
+        // Nothing the idle launcher may have written belongs to the init.
+        inst.discard_unsolicited();
+        let mut sink = LogSink::new(log_limit(spec));
+        let ack = await_ack(
+            &mut inst,
+            Some(init_line(spec)),
+            deadline,
+            timeout,
+            &mut sink,
+        )
+        .await;
+        match ack {
+            Ok(_) => {
+                tracing::debug!(instance = %inst.id, kind = %spec.kind, action = %spec.action_name, pid = ?inst.pgid, "stem cell specialized");
+                Ok(Box::new(inst))
+            }
+            // SIGKILL from outside (not by the memory limit): the host or an operator, not the
+            // function, ended it. (A function that SIGKILLs itself while loading is retried
+            // once, by a fresh start, which reports it properly.)
+            Err(f) if f.died.and_then(|s| s.signal()) == Some(libc::SIGKILL) => {
+                Err(RuntimeError::Platform(format!(
+                    "the {kind} stem cell's process was killed during specialization: {}",
+                    f.message
+                )))
+            }
+            Err(f) => Err(RuntimeError::Init {
+                message: f.message,
+                logs: sink.lines,
+            }),
+        }
+    }
+
+    async fn shutdown(mut self: Box<Self>) {
+        self.inst.stop().await;
     }
 }
 

@@ -17,8 +17,21 @@ async fn server_environment_does_not_leak() {
     let node = "exports.main = () => ({ env: process.env });";
     let py = "import os\ndef main(a):\n    return {'env': dict(os.environ)}\n";
     let exec = "#!/bin/sh\necho '{\"ok\":true}' >&3\nwhile read -r line; do\n  printf '{\"env\":{\"secret\":\"%s\",\"name\":\"%s\",\"ack\":\"%s\"}}\\n' \"${NIMBUS_SECRET_TEST:-}\" \"$__OW_ACTION_NAME\" \"$__OW_WAIT_FOR_ACK\" >&3\ndone\n";
-    for (kind, code) in [("nodejs:20", node), ("python:3.11", py)] {
-        let mut inst = start(&rt, &spec(kind, code)).await;
+    for (kind, code, stem) in [
+        ("nodejs:20", node, false),
+        ("python:3.11", py, false),
+        ("nodejs:20", node, true),
+        ("python:3.11", py, true),
+    ] {
+        // A stem cell starts without the spec's env and gets it with the init line: the
+        // function must see exactly what a normally started one sees.
+        let mut inst = if stem {
+            specialize(prestart(&rt, kind).await, &spec(kind, code)).await
+        } else {
+            start(&rt, &spec(kind, code)).await
+        };
+        let kind = format!("{kind}{}", if stem { " (stem)" } else { "" });
+        let kind = kind.as_str();
         let out = inst.run(request(json!({}))).await;
         let RunResult::Ok(v) = out.result else {
             panic!("{kind}: {:?} {:?}", out.result, out.logs)

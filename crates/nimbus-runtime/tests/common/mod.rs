@@ -5,7 +5,7 @@ use base64::Engine;
 use nimbus_model::ActionLimits;
 use nimbus_runtime::{
     Instance, InstanceSpec, ProcessRuntime, ProcessRuntimeConfig, RunOutcome, RunRequest, Runtime,
-    RuntimeError,
+    RuntimeError, StemCell,
 };
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -137,4 +137,74 @@ pub fn instance_dirs(work: &TempDir) -> usize {
     std::fs::read_dir(work.path().join("instances"))
         .unwrap()
         .count()
+}
+
+pub async fn prestart(rt: &ProcessRuntime, kind: &str) -> Box<dyn StemCell> {
+    match rt.prestart(kind).await {
+        Ok(Some(cell)) => cell,
+        Ok(None) => panic!("no stem cell for {kind}"),
+        Err(e) => panic!("prestart {kind} failed: {e}"),
+    }
+}
+
+pub async fn specialize(cell: Box<dyn StemCell>, spec: &InstanceSpec) -> Box<dyn Instance> {
+    match cell.specialize(spec, INIT_TIMEOUT).await {
+        Ok(i) => i,
+        Err(RuntimeError::Init { message, logs }) => {
+            panic!("specialize failed: {message}\n{}", logs.join("\n"))
+        }
+        Err(e) => panic!("specialize failed: {e}"),
+    }
+}
+
+pub async fn specialize_err(cell: Box<dyn StemCell>, spec: &InstanceSpec) -> RuntimeError {
+    match cell.specialize(spec, INIT_TIMEOUT).await {
+        Ok(i) => {
+            i.shutdown().await;
+            panic!("specialize unexpectedly succeeded")
+        }
+        Err(e) => e,
+    }
+}
+
+/// Names of the instance directories (which are also the cgroup names).
+pub fn instance_names(work: &TempDir) -> Vec<String> {
+    std::fs::read_dir(work.path().join("instances"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// Pids of the stem-mode launchers started under `work`, found in /proc.
+pub fn stem_pids(work: &TempDir) -> Vec<i32> {
+    let needle = work.path().to_str().unwrap().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "--stem") && args.iter().any(|a| a.starts_with(&needle)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
 }
