@@ -13,6 +13,9 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# The function sandbox: bubblewrap (namespaces, binds, seccomp) and slirp4netns (outbound network).
+command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+command -v slirp4netns >/dev/null 2>&1 || need_apt+=(slirp4netns)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

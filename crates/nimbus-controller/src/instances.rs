@@ -36,6 +36,9 @@ impl Controller {
             action_name: action.clone(),
             env,
             limits: a.limits,
+            // `network: outbound` (annotation) opens outbound connections; none by default.
+            outbound_network: a.annotations.get("network").and_then(|v| v.as_str())
+                == Some("outbound"),
         };
         let f = FunctionRef {
             // A new version or any update never reuses instances of the old code.

@@ -397,7 +397,12 @@ impl Pool {
             let mut st = inner.lock();
             let q = st.cold_starts.entry(spec.kind.clone()).or_default();
             q.push_back(started);
-            st.stems.get_mut(&spec.kind).and_then(Vec::pop)
+            // Stem cells start without network; functions with outbound access start afresh.
+            if spec.outbound_network {
+                None
+            } else {
+                st.stems.get_mut(&spec.kind).and_then(Vec::pop)
+            }
         };
         inner.maintain.notify_one();
         if let Some(cell) = stem {
@@ -762,6 +767,7 @@ mod tests {
             action_name: "/ns/a".into(),
             env: Default::default(),
             limits: ActionLimits::default(),
+            outbound_network: false,
         }
     }
 

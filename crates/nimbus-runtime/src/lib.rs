@@ -32,6 +32,8 @@ pub struct InstanceSpec {
     /// Extra environment for the process (e.g. `__OW_API_HOST`); never the server's own environment.
     pub env: BTreeMap<String, String>,
     pub limits: ActionLimits,
+    /// Outbound network access (the host's loopback stays unreachable); none by default.
+    pub outbound_network: bool,
 }
 
 /// One activation handed to an instance.

@@ -53,7 +53,9 @@ use crate::{
 use async_trait::async_trait;
 use base64::Engine;
 use nimbus_model::activation::log_line;
-use nimbus_sandbox::{CgroupHandle, CgroupManager, CgroupVersion};
+use nimbus_sandbox::{
+    CgroupHandle, CgroupManager, CgroupVersion, NetHandle, Network, Sandbox, SandboxSpec,
+};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
@@ -118,6 +120,9 @@ pub struct ProcessRuntimeConfig {
     pub python_bin: PathBuf,
     /// Enforce memory limits with cgroups when the machine lets us (see [`nimbus_sandbox::detect`]).
     pub cgroups: bool,
+    /// Run every instance inside this Linux sandbox (namespaces, read-only root, seccomp,
+    /// unprivileged uid, cgroup memory/pids/cpu). Its cgroup manager replaces `cgroups`.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -127,6 +132,7 @@ impl Default for ProcessRuntimeConfig {
             node_bin: PathBuf::from("node"),
             python_bin: PathBuf::from("python3"),
             cgroups: true,
+            sandbox: None,
         }
     }
 }
@@ -167,6 +173,27 @@ pub struct ProcessRuntime {
     launcher_js: PathBuf,
     launcher_py: PathBuf,
     cgroups: Option<Arc<dyn CgroupManager>>,
+    sandbox: Option<Arc<Sandbox>>,
+    launchers_dir: PathBuf,
+    /// Interpreter installations outside the system directories (e.g. a pyenv Python under
+    /// `/root`), bound read-only into the sandbox at their own paths.
+    interpreter_dirs: Vec<PathBuf>,
+}
+
+/// The installation prefix of an interpreter that lives outside the system directories the
+/// sandbox binds anyway (`/usr`, `/bin`, `/lib`, ...): `<prefix>/bin/<binary>` gives `<prefix>`.
+fn interpreter_prefix(bin: &Path) -> Option<PathBuf> {
+    let real = fs::canonicalize(bin).ok()?;
+    let system = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
+    if system.iter().any(|d| real.starts_with(d)) {
+        return None;
+    }
+    let bin_dir = real.parent()?;
+    Some(if bin_dir.ends_with("bin") {
+        bin_dir.parent()?.to_path_buf()
+    } else {
+        bin_dir.to_path_buf()
+    })
 }
 
 fn platform(what: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -184,10 +211,10 @@ impl ProcessRuntime {
     /// Writes the launchers into `work_dir`, resolves the interpreters and, when `cfg.cgroups`,
     /// detects a cgroup manager (none found only means memory limits are not enforced).
     pub fn new(cfg: ProcessRuntimeConfig) -> Result<Self, RuntimeError> {
-        let cgroups = if cfg.cgroups {
-            nimbus_sandbox::detect()
-        } else {
-            None
+        let cgroups = match (&cfg.sandbox, cfg.cgroups) {
+            (Some(sb), _) => sb.cgroups().cloned(),
+            (None, true) => nimbus_sandbox::detect(),
+            (None, false) => None,
         };
         Self::with_cgroup_manager(cfg, cgroups)
     }
@@ -213,6 +240,10 @@ impl ProcessRuntime {
         let node_bin = resolve_in_path(&cfg.node_bin);
         let python_bin = resolve_python(&resolve_in_path(&cfg.python_bin));
         tracing::debug!(node = %node_bin.display(), python = %python_bin.display(), cgroups = cgroups.is_some(), "process runtime ready");
+        let interpreter_dirs = [&node_bin, &python_bin]
+            .iter()
+            .filter_map(|b| interpreter_prefix(b))
+            .collect();
         Ok(ProcessRuntime {
             instances_dir,
             node_bin,
@@ -220,6 +251,9 @@ impl ProcessRuntime {
             launcher_js,
             launcher_py,
             cgroups,
+            sandbox: cfg.sandbox,
+            launchers_dir: launchers,
+            interpreter_dirs,
         })
     }
 
@@ -798,6 +832,8 @@ async fn exchange(
 struct Resources {
     dir: PathBuf,
     cgroup: Option<(Arc<dyn CgroupManager>, CgroupHandle)>,
+    /// slirp4netns of an instance with outbound network; stopped when dropped.
+    net: Option<NetHandle>,
     released: bool,
 }
 
@@ -1310,6 +1346,7 @@ impl ProcessRuntime {
         let mut resources = Resources {
             dir: dir.clone(),
             cgroup: None,
+            net: None,
             released: false,
         };
         match self
@@ -1362,9 +1399,28 @@ impl ProcessRuntime {
         .await
         .map_err(|e| platform("code materialisation task failed", e))??;
 
+        let sandbox_spec = self.sandbox.as_ref().map(|_| {
+            let mut sp = SandboxSpec::new(&code_dir);
+            sp.launcher_dir = Some(self.launchers_dir.clone());
+            sp.extra_ro = self.interpreter_dirs.clone();
+            // tmpfs pages are charged to the instance's memory cgroup, so the memory limit
+            // bounds /tmp too.
+            sp.tmp_mb = memory_mb;
+            sp.network = match mode {
+                Mode::Normal(spec) if spec.outbound_network => Network::Outbound,
+                _ => Network::None,
+            };
+            sp
+        });
         // cgroup first, so the child can move itself in before exec.
         let mut procs_file = None;
-        if let Some(m) = &self.cgroups {
+        if let (Some(m), Some(sp)) = (&self.cgroups, &sandbox_spec) {
+            // Sandboxed: memory, pids and CPU share; the sandbox's child setup joins it.
+            let cg = m
+                .create_limited(id, &sp.cgroup_limits(memory_mb.saturating_mul(1 << 20)))
+                .map_err(|e| platform("cannot create the instance cgroup", e))?;
+            resources.cgroup = Some((m.clone(), cg));
+        } else if let Some(m) = &self.cgroups {
             let cg = m
                 .create(id, memory_mb.saturating_mul(1 << 20))
                 .map_err(|e| platform("cannot create the instance cgroup", e))?;
@@ -1389,7 +1445,33 @@ impl ProcessRuntime {
             home: dir,
             code_dir: &code_dir,
         };
-        let (child, pipes) = self.spawn(lang, &launch, procs_file).await?;
+        let sandboxed = sandbox_spec.map(|mut sp| {
+            // The complete environment inside: what build_command would set, HOME in /tmp.
+            sp.env = vec![
+                ("PATH".into(), CHILD_PATH.into()),
+                ("HOME".into(), "/tmp".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ];
+            sp.env.extend(
+                launch
+                    .env
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            sp.env.push(("__OW_WAIT_FOR_ACK".into(), "1".into()));
+            sp
+        });
+        let cg = resources.cgroup.as_ref().map(|(_, cg)| cg.clone());
+        let (child, pipes, net) = self
+            .spawn(
+                lang,
+                &launch,
+                procs_file,
+                sandboxed.as_ref().map(|sp| (sp, cg.as_ref())),
+            )
+            .await?;
+        resources.net = net;
         Ok((child, pipes, code_dir))
     }
 
@@ -1400,7 +1482,8 @@ impl ProcessRuntime {
         lang: Lang,
         launch: &Launch<'_>,
         procs_file: Option<fs::File>,
-    ) -> Result<(Child, Pipes), RuntimeError> {
+        sandboxed: Option<(&SandboxSpec, Option<&CgroupHandle>)>,
+    ) -> Result<(Child, Pipes, Option<NetHandle>), RuntimeError> {
         let mut attempt = 0;
         loop {
             let (out_r, out_w) = pipe_pair()?;
@@ -1408,14 +1491,37 @@ impl ProcessRuntime {
             let (res_r, res_w) = pipe_pair()?;
             let res_fd = res_w.as_raw_fd();
             let cg_fd = procs_file.as_ref().map(|f| f.as_raw_fd());
+            // Under the sandbox: bwrap's command line, plus the descriptors and the setup its
+            // child needs (made anew for each attempt: bwrap consumes them).
+            let wrapped = match (&self.sandbox, sandboxed) {
+                (Some(sb), Some((sp, cg))) => Some(
+                    sb.wrap(sp, &launch.program, &launch.args, cg)
+                        .map_err(|e| platform("cannot set up the sandbox", e))?,
+                ),
+                _ => None,
+            };
+            let setup = wrapped.as_ref().map(|w| w.setup.clone());
             let spawned = {
-                let mut cmd = build_command(launch);
+                let mut cmd = match &wrapped {
+                    Some(w) => {
+                        let mut c = Command::new(&w.program);
+                        c.args(&w.args)
+                            .env_clear()
+                            .envs(w.env.iter().map(|(k, v)| (k, v)))
+                            .current_dir(&w.cwd);
+                        c
+                    }
+                    None => build_command(launch),
+                };
                 cmd.stdin(Stdio::piped())
                     .stdout(Stdio::from(out_w))
                     .stderr(Stdio::from(err_w))
                     .process_group(0)
                     .kill_on_drop(true);
                 let hook = move || -> io::Result<()> {
+                    if let Some(setup) = &setup {
+                        setup.apply_in_child()?;
+                    }
                     if let Some(fd) = cg_fd {
                         let mut buf = [0u8; 10];
                         // SAFETY: getpid has no preconditions.
@@ -1442,8 +1548,9 @@ impl ProcessRuntime {
                     Ok(())
                 };
                 // SAFETY: the hook runs in the forked child before exec and only makes
-                // async-signal-safe calls (getpid, write, dup2, fcntl) on descriptors that stay
-                // open in the parent until `spawn` returns; it does not allocate.
+                // async-signal-safe calls (getpid, write, dup2, fcntl, and the sandbox's
+                // `apply_in_child`, documented as async-signal-safe and allocation-free) on
+                // descriptors that stay open in the parent until `spawn` returns.
                 unsafe {
                     cmd.pre_exec(hook);
                 }
@@ -1451,8 +1558,23 @@ impl ProcessRuntime {
                 // `cmd` (holding the child's ends of stdout/stderr) is dropped here.
             };
             drop(res_w);
+            // The child has its copies now; ours (cgroup.procs, seccomp, bwrap pipes) can go.
+            let network = wrapped.and_then(|w| {
+                drop(w.fds);
+                w.network
+            });
             match spawned {
                 Ok(mut child) => {
+                    // Outbound network: slirp4netns joins the sandbox's namespace before the
+                    // program is let go.
+                    let net = match (&self.sandbox, network) {
+                        (Some(sb), Some(pending)) => Some(
+                            sb.attach_network(pending)
+                                .await
+                                .map_err(|e| platform("cannot connect the sandbox's network", e))?,
+                        ),
+                        _ => None,
+                    };
                     let pipes = Pipes {
                         stdin: child.stdin.take(),
                         stdout: LogPipe::new(receiver(out_r)?, "stdout"),
@@ -1463,7 +1585,7 @@ impl ProcessRuntime {
                             eof: false,
                         },
                     };
-                    return Ok((child, pipes));
+                    return Ok((child, pipes, net));
                 }
                 // A file we just wrote can be briefly "busy" when another thread forked while
                 // our write descriptor was open: retry.

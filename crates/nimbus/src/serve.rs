@@ -8,6 +8,7 @@ use nimbus_controller::{Controller, ControllerConfig};
 use nimbus_invoker::{Invoker, PoolConfig};
 use nimbus_model::SystemLimits;
 use nimbus_runtime::{ProcessRuntime, ProcessRuntimeConfig, Runtime};
+use nimbus_sandbox::{RealHost, Sandbox};
 use nimbus_store::SqliteStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ pub struct ServeArgs {
     /// Do not put function processes into memory cgroups even where possible.
     #[arg(long)]
     pub no_cgroups: bool,
+    /// Run functions WITHOUT the Linux sandbox (namespaces, read-only root, seccomp,
+    /// unprivileged uid). Only for debugging on a trusted machine.
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 fn init_tracing(format: &str) {
@@ -102,9 +107,18 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let store =
         SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
     let mut warnings = Vec::new();
+    let sandbox = if a.no_sandbox {
+        warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
+        None
+    } else {
+        let sb = Sandbox::detect(Arc::new(RealHost));
+        warnings.extend(sb.warnings());
+        Some(Arc::new(sb))
+    };
     let runtime = ProcessRuntime::new(ProcessRuntimeConfig {
         work_dir: a.data_dir.join("instances"),
         cgroups: !a.no_cgroups,
+        sandbox,
         ..ProcessRuntimeConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;

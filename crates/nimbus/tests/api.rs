@@ -470,12 +470,9 @@ async fn accepted_async_invocation_survives_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut s = Server::start_in(&dir, &["--dev"], None).await;
-    // The action blocks until a marker file appears, so it cannot finish before the kill.
-    let marker = tmp.path().join("go");
-    let code = format!(
-        "import os, time\ndef main(a):\n    while not os.path.exists({:?}):\n        time.sleep(0.05)\n    return {{'done': a['n']}}\n",
-        marker.display().to_string()
-    );
+    // Each run takes 3 s, so none can finish before the kill 300 ms after acceptance; after the
+    // restart they run again and complete.
+    let code = "import time\ndef main(a):\n    time.sleep(3)\n    return {'done': a['n']}\n";
     let (st, _) = s
         .put(
             "actions/wait",
@@ -491,7 +488,6 @@ async fn accepted_async_invocation_survives_kill_9() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.kill9();
-    std::fs::write(&marker, b"go").unwrap();
     let s2 = Server::start_in(&dir, &["--dev"], None).await;
     for (n, id) in ids.iter().enumerate() {
         let a = s2.wait_activation(id, Duration::from_secs(30)).await;
@@ -624,4 +620,246 @@ async fn a_relative_data_dir_works() {
     let _ = child.wait();
     assert_eq!((status.as_u16(), body), (200, json!({"ok": 1})));
     assert!(tmp.path().join("rel/auth/guest").exists());
+}
+
+#[tokio::test]
+async fn instances_scale_out_and_to_zero_and_activations_say_cold_or_warm() {
+    let s = Server::start(&["--dev", "--idle-timeout", "1", "--stem-cells", "0"]).await;
+    s.put(
+        "actions/inst",
+        json!({"exec": {"kind": "nodejs:20", "code": "function main(){return {}}"}}),
+    )
+    .await;
+    let start_of = |a: &Value| {
+        a["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kv| kv["key"] == "start")
+            .map(|kv| kv["value"].clone())
+    };
+    let (_, a) = s.post("actions/inst?blocking=true", json!({})).await;
+    assert_eq!(start_of(&a), Some(json!("cold")));
+    let (_, a) = s.post("actions/inst?blocking=true", json!({})).await;
+    assert_eq!(start_of(&a), Some(json!("warm")));
+    let (st, v) = s.get("instances?name=inst").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["instances"][0]["state"], "idle");
+    assert_eq!(v["instances"][0]["action"], "/guest/inst");
+    assert_eq!(v["pool"]["memoryBudgetMB"], 4096);
+    // Idle for longer than --idle-timeout: scaled to zero.
+    let mut zero = false;
+    for _ in 0..100 {
+        let (_, v) = s.get("instances?name=inst").await;
+        if v["instances"].as_array().unwrap().is_empty() {
+            zero = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(zero, "the idle instance was stopped");
+
+    // minInstances keeps one warm without any invocation, past the idle timeout.
+    let (st, a) = s
+        .put(
+            "actions/kept",
+            json!({"exec": {"kind": "python:3.11", "code": "def main(a):\n    return {}\n"}, "limits": {"minInstances": 1}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(a["limits"]["minInstances"], 1);
+    let mut warm = false;
+    for _ in 0..100 {
+        let (_, v) = s.get("instances?name=kept").await;
+        if v["instances"].as_array().unwrap().len() == 1 {
+            warm = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(warm, "a minimum instance was started");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (_, v) = s.get("instances?name=kept").await;
+    assert_eq!(
+        v["instances"].as_array().unwrap().len(),
+        1,
+        "kept past the idle timeout"
+    );
+    let (_, a) = s.post("actions/kept?blocking=true", json!({})).await;
+    assert_eq!(start_of(&a), Some(json!("warm")));
+}
+
+#[tokio::test]
+async fn concurrent_invocations_run_in_parallel_instances() {
+    let s = Server::start(&["--dev"]).await;
+    s.put(
+        "actions/sleepy",
+        json!({"exec": {"kind": "nodejs:20", "code": "function main(){return new Promise(r => setTimeout(() => r({ok: true}), 1000))}"}}),
+    )
+    .await;
+    let t = std::time::Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let (client, url) = (s.client.clone(), s.url("actions/sleepy?blocking=true"));
+        let (u, k) = GUEST.split_once(':').unwrap();
+        let (u, k) = (u.to_string(), k.to_string());
+        calls.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .basic_auth(u, Some(k))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut cold = 0;
+    for c in calls {
+        let a = c.await.unwrap();
+        assert_eq!(a["response"]["result"], json!({"ok": true}));
+        cold += a["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|kv| kv["key"] == "start" && kv["value"] == "cold")
+            .count();
+    }
+    // One instance would take 20 s; the issue asks for well under that. The bound is loose on
+    // purpose (2 shared cores); the cold-start count shows the instances really were parallel.
+    assert!(cold >= 10, "only {cold} instances were started");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+/// The issue's probe: a function that tries to break out, checked from the inside.
+#[tokio::test]
+async fn functions_run_sandboxed() {
+    let s = Server::start(&["--dev"]).await;
+    let (_, info) = s.get("../../../v1").await;
+    let warnings = info["warnings"].as_array().cloned().unwrap_or_default();
+    if warnings.iter().any(|w| {
+        w.as_str()
+            .is_some_and(|w| w.contains("sandbox") || w.contains("NOT enforced"))
+    }) {
+        eprintln!("note: layers missing on this machine: {warnings:?}");
+    }
+    let secret = s.dir.join("nimbus.db");
+    let probe = format!(
+        r#"import os, socket, errno
+def can_connect(port):
+    s = socket.socket()
+    s.settimeout(1)
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+def can_write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+def can_read(path):
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        return True
+    except OSError:
+        return False
+def main(args):
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    try:
+        os.unshare(os.CLONE_NEWNS)
+        unshare = True
+    except (OSError, AttributeError):
+        unshare = False
+    return {{
+        "pids": len(pids),
+        "uid": os.getuid(),
+        "shadow": can_read("/etc/shadow"),
+        "data_dir": can_read({secret:?}),
+        "write_usr": can_write("/usr/nimbus-probe"),
+        "write_code": can_write(os.path.join(os.getcwd(), "probe")),
+        "write_tmp": can_write("/tmp/probe"),
+        "postgres": can_connect(5432),
+        "nimbus": can_connect({port}),
+        "unshare": unshare,
+    }}
+"#,
+        secret = secret.display().to_string(),
+        port = s.port,
+    );
+    let (st, _) = s
+        .put(
+            "actions/probe",
+            json!({"exec": {"kind": "python:3.11", "code": probe}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, r) = s
+        .post("actions/probe?blocking=true&result=true", json!({}))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert!(
+        r["pids"].as_u64().unwrap() <= 5,
+        "host processes visible: {r}"
+    );
+    assert_ne!(r["uid"], 0, "runs as root: {r}");
+    for denied in [
+        "shadow",
+        "data_dir",
+        "write_usr",
+        "write_code",
+        "postgres",
+        "nimbus",
+        "unshare",
+    ] {
+        assert_eq!(r[denied], false, "{denied} should be denied: {r}");
+    }
+    assert_eq!(r["write_tmp"], true, "{r}");
+
+    // A fork bomb and a memory hog are contained, and the platform stays responsive.
+    let bomb = "import os\ndef main(a):\n    n = 0\n    try:\n        for _ in range(10000):\n            if os.fork() == 0:\n                import time\n                time.sleep(30)\n                os._exit(0)\n            n += 1\n    except OSError as e:\n        return {'forked': n, 'stopped': str(e)}\n    return {'forked': n}\n";
+    s.put(
+        "actions/bomb",
+        json!({"exec": {"kind": "python:3.11", "code": bomb}, "limits": {"timeout": 10000}}),
+    )
+    .await;
+    let (st, r) = s
+        .post("actions/bomb?blocking=true&result=true", json!({}))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert!(
+        r["forked"].as_u64().unwrap() < 100,
+        "the pids limit stopped it: {r}"
+    );
+    let hog = "def main(a):\n    x = bytearray(600 * 1024 * 1024)\n    return {'len': len(x)}\n";
+    s.put(
+        "actions/hog",
+        json!({"exec": {"kind": "python:3.11", "code": hog}, "limits": {"memory": 128}}),
+    )
+    .await;
+    let (st, r) = s.post("actions/hog?blocking=true", json!({})).await;
+    assert_eq!(st, 502, "{r}");
+    assert!(
+        r["response"]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit exceeded"),
+        "{r}"
+    );
+    let (st, _) = s
+        .post("actions/probe?blocking=true&result=true", json!({}))
+        .await;
+    assert_eq!(st, 200, "still serving");
 }

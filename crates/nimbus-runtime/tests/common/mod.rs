@@ -41,6 +41,7 @@ pub fn spec(kind: &str, code: &str) -> InstanceSpec {
             ("__OW_ACTION_VERSION".to_string(), "0.0.1".to_string()),
         ]),
         limits: ActionLimits::default(),
+        outbound_network: false,
     }
 }
 
