@@ -127,9 +127,25 @@ pub trait StemCell: Send {
     async fn shutdown(self: Box<Self>);
 }
 
-/// A live, initialised instance. Not shared: the invoker serialises `run` calls.
+/// Runs several activations of one instance at once (an instance whose action allows
+/// `limits.concurrency > 1` and whose runtime supports it, e.g. Node.js).
+#[async_trait]
+pub trait ConcurrentRunner: Send + Sync {
+    /// Like [`Instance::run`], callable while other runs are in flight. When one outcome is not
+    /// `reusable` (the process died or was killed), every run in flight ends too.
+    async fn run(&self, req: RunRequest) -> RunOutcome;
+}
+
+/// A live, initialised instance. `run` calls are serialised by the invoker, unless
+/// [`Instance::concurrent`] hands out a shared runner.
 #[async_trait]
 pub trait Instance: Send {
+    /// For an instance started with `spec.limits.concurrency > 1` by a runtime that can
+    /// multiplex: a runner shared by up to that many activations at once. `None` (the default):
+    /// one activation at a time through [`Instance::run`].
+    fn concurrent(&self) -> Option<std::sync::Arc<dyn ConcurrentRunner>> {
+        None
+    }
     async fn run(&mut self, req: RunRequest) -> RunOutcome;
     /// Stops the instance and releases everything it holds.
     async fn shutdown(self: Box<Self>);
