@@ -358,6 +358,13 @@ impl Controller {
             }
         };
         action.annotations.set("exec", json!(action.exec.kind()));
+        if action.limits.concurrency > 1 && !matches!(action.exec.kind(), "nodejs:20" | "sequence")
+        {
+            return Err(ControllerError::BadRequest(format!(
+                "limits.concurrency above 1 is supported for nodejs actions only (kind '{}' runs one activation per instance).",
+                action.exec.kind()
+            )));
+        }
         if !self.invoker.supports(action.exec.kind()) && action.exec.kind() != "sequence" {
             return Err(ControllerError::BadRequest(format!(
                 "kind '{}' has no runtime on this server",

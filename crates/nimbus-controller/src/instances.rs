@@ -50,6 +50,7 @@ impl Controller {
             memory_mb: a.limits.memory,
             min_instances: a.limits.min_instances as usize,
             max_instances: a.limits.max_instances.map(|m| m as usize),
+            concurrency: a.limits.concurrency.max(1) as usize,
         };
         Some((f, spec))
     }

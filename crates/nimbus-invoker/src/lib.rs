@@ -92,7 +92,7 @@ impl Invoker {
             }
         };
         let start = nimbus_model::now_millis();
-        let out = lease.instance_mut().run(req).await;
+        let out = lease.run(req).await;
         let end = nimbus_model::now_millis();
         let timed_out = out.result == RunResult::Timeout;
         let response = classify(out.result, timeout_ms, memory_mb);

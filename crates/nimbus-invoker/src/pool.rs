@@ -10,8 +10,13 @@
 //! - **Stem cells**: per kind, pre-started runtime processes without code, so a cold start only
 //!   loads the function. A background task keeps as many as recent cold starts of that kind asked
 //!   for (at least one, at most `stem_cells_per_kind`) and replaces the ones used.
+//! - **Concurrency**: an instance whose runtime multiplexes (Node.js) serves up to the action's
+//!   `limits.concurrency` activations at once before another instance is started.
 
-use nimbus_runtime::{Instance, InstanceSpec, Runtime, RuntimeError, StemCell};
+use nimbus_runtime::{
+    ConcurrentRunner, Instance, InstanceSpec, RunOutcome, RunRequest, Runtime, RuntimeError,
+    StemCell,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -58,6 +63,8 @@ pub struct FunctionRef {
     pub memory_mb: u64,
     pub min_instances: usize,
     pub max_instances: Option<usize>,
+    /// Activations one instance may run at once (`limits.concurrency`).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,12 +125,17 @@ struct Live {
     state: InstanceState,
     since: i64,
     last_used: Instant,
+    /// Set for an instance that runs several activations at once.
+    runner: Option<Arc<dyn ConcurrentRunner>>,
+    in_flight: usize,
 }
 
 #[derive(Default)]
 struct State {
     live: HashMap<u64, Live>,
-    idle: HashMap<u64, Box<dyn Instance>>,
+    /// Instances not checked out: every idle one-at-a-time instance, and every concurrent
+    /// instance (whose runs go through its shared runner).
+    parked: HashMap<u64, Box<dyn Instance>>,
     used_mb: u64,
     next_id: u64,
     /// Waiting requests per calling namespace, and the order namespaces are served in.
@@ -226,7 +238,7 @@ impl State {
             if let Some(l) = self.live.remove(&id) {
                 self.used_mb -= l.f.memory_mb;
             }
-            if let Some(i) = self.idle.remove(&id) {
+            if let Some(i) = self.parked.remove(&id) {
                 out.push(i);
             }
         }
@@ -244,6 +256,8 @@ impl State {
                 state: InstanceState::Starting,
                 since: nimbus_model::now_millis(),
                 last_used: Instant::now(),
+                runner: None,
+                in_flight: 0,
             },
         );
         id
@@ -253,20 +267,36 @@ impl State {
         if let Some(l) = self.live.remove(&id) {
             self.used_mb -= l.f.memory_mb;
         }
-        self.idle.remove(&id);
+        self.parked.remove(&id);
         self.wake_one();
     }
 }
 
-/// An instance checked out of the pool for one run.
-pub(crate) struct Lease {
-    id: u64,
-    instance: Box<dyn Instance>,
+/// An instance checked out of the pool for one run: the instance itself, or a share of a
+/// concurrent one.
+pub(crate) enum Lease {
+    Owned {
+        id: u64,
+        instance: Box<dyn Instance>,
+    },
+    Shared {
+        id: u64,
+        runner: Arc<dyn ConcurrentRunner>,
+    },
 }
 
 impl Lease {
-    pub(crate) fn instance_mut(&mut self) -> &mut dyn Instance {
-        self.instance.as_mut()
+    fn id(&self) -> u64 {
+        match self {
+            Lease::Owned { id, .. } | Lease::Shared { id, .. } => *id,
+        }
+    }
+
+    pub(crate) async fn run(&mut self, req: RunRequest) -> RunOutcome {
+        match self {
+            Lease::Owned { instance, .. } => instance.run(req).await,
+            Lease::Shared { runner, .. } => runner.run(req).await,
+        }
     }
 }
 
@@ -331,21 +361,39 @@ impl Pool {
         let id = loop {
             let (rx, evicted) = {
                 let mut st = inner.lock();
+                // A concurrent instance with room first (it is running anyway), the busiest one,
+                // so that the others can drain and idle out.
+                let shared = st
+                    .live
+                    .iter_mut()
+                    .filter(|(_, l)| l.f.key == f.key && l.state != InstanceState::Starting)
+                    .filter(|(_, l)| l.runner.is_some() && l.in_flight < l.f.concurrency)
+                    .max_by_key(|(_, l)| l.in_flight);
+                if let Some((id, l)) = shared
+                    && let Some(runner) = l.runner.clone()
+                {
+                    l.in_flight += 1;
+                    l.state = InstanceState::Busy;
+                    l.since = nimbus_model::now_millis();
+                    return Ok((Lease::Shared { id: *id, runner }, Start::Warm));
+                }
                 // Most recently used first: the one most likely still hot in caches.
                 let warm = st
                     .live
                     .iter()
-                    .filter(|(id, l)| l.f.key == f.key && st.idle.contains_key(id))
+                    .filter(|(id, l)| {
+                        l.f.key == f.key && l.runner.is_none() && st.parked.contains_key(id)
+                    })
                     .max_by_key(|(_, l)| l.last_used)
                     .map(|(id, _)| *id);
                 if let Some(id) = warm
-                    && let Some(instance) = st.idle.remove(&id)
+                    && let Some(instance) = st.parked.remove(&id)
                 {
                     if let Some(l) = st.live.get_mut(&id) {
                         l.state = InstanceState::Busy;
                         l.since = nimbus_model::now_millis();
                     }
-                    return Ok((Lease { id, instance }, Start::Warm));
+                    return Ok((Lease::Owned { id, instance }, Start::Warm));
                 }
                 let at_max = f.max_instances.is_some_and(|m| st.count(&f.key) >= m);
                 let mut evicted = None;
@@ -371,12 +419,30 @@ impl Pool {
         };
         match self.start_instance(spec).await {
             Ok((instance, start)) => {
+                let runner = if f.concurrency > 1 {
+                    instance.concurrent()
+                } else {
+                    None
+                };
                 let mut st = inner.lock();
                 if let Some(l) = st.live.get_mut(&id) {
                     l.state = InstanceState::Busy;
                     l.since = nimbus_model::now_millis();
+                    if runner.is_some() {
+                        l.runner = runner.clone();
+                        l.in_flight = 1;
+                    }
                 }
-                Ok((Lease { id, instance }, start))
+                match runner {
+                    Some(runner) => {
+                        st.parked.insert(id, instance);
+                        drop(st);
+                        // Requests waiting for this function may share the new instance.
+                        self.inner.lock().wake_one();
+                        Ok((Lease::Shared { id, runner }, start))
+                    }
+                    None => Ok((Lease::Owned { id, instance }, start)),
+                }
             }
             Err(e) => {
                 inner.lock().release(id);
@@ -439,27 +505,39 @@ impl Pool {
 
     pub(crate) fn checkin(&self, lease: Lease) {
         let mut st = self.inner.lock();
-        match st.live.get_mut(&lease.id) {
-            Some(l) => {
-                l.state = InstanceState::Idle;
-                l.since = nimbus_model::now_millis();
-                l.last_used = Instant::now();
-                st.idle.insert(lease.id, lease.instance);
+        let id = lease.id();
+        let Some(l) = st.live.get_mut(&id) else {
+            // Not tracked any more (shut down, or a shared instance already retired).
+            drop(st);
+            if let Lease::Owned { instance, .. } = lease {
+                tokio::spawn(async move { instance.shutdown().await });
             }
-            None => {
-                // Not tracked any more (shutdown): stop it.
-                drop(st);
-                let i = lease.instance;
-                tokio::spawn(async move { i.shutdown().await });
-                return;
-            }
+            return;
+        };
+        l.in_flight = l.in_flight.saturating_sub(1);
+        if l.in_flight == 0 {
+            l.state = InstanceState::Idle;
+            l.since = nimbus_model::now_millis();
+        }
+        l.last_used = Instant::now();
+        if let Lease::Owned { instance, .. } = lease {
+            st.parked.insert(id, instance);
         }
         st.wake_one();
     }
 
+    /// Stops the lease's instance (it died or broke the protocol). For a shared instance, the
+    /// runs still in flight on it end on their own and their check-ins are ignored.
     pub(crate) async fn discard(&self, lease: Lease) {
-        lease.instance.shutdown().await;
-        self.inner.lock().release(lease.id);
+        let id = lease.id();
+        let instance = match lease {
+            Lease::Owned { instance, .. } => Some(instance),
+            Lease::Shared { .. } => self.inner.lock().parked.remove(&id),
+        };
+        if let Some(i) = instance {
+            i.shutdown().await;
+        }
+        self.inner.lock().release(id);
         self.inner.maintain.notify_one();
     }
 
@@ -517,14 +595,15 @@ impl Pool {
     pub(crate) async fn shutdown(&self) {
         let (idle, stems) = {
             let mut st = self.inner.lock();
-            let ids: Vec<u64> = st.idle.keys().copied().collect();
+            let ids: Vec<u64> = st.parked.keys().copied().collect();
             for id in &ids {
                 if let Some(l) = st.live.remove(id) {
                     st.used_mb -= l.f.memory_mb;
                 }
             }
             st.mins.clear();
-            let idle: Vec<Box<dyn Instance>> = std::mem::take(&mut st.idle).into_values().collect();
+            let idle: Vec<Box<dyn Instance>> =
+                std::mem::take(&mut st.parked).into_values().collect();
             let stems: Vec<Box<dyn StemCell>> = std::mem::take(&mut st.stems)
                 .into_values()
                 .flatten()
@@ -589,7 +668,7 @@ async fn maintain(inner: &Arc<Inner>) {
             if let Some(l) = st.live.remove(&id) {
                 st.used_mb -= l.f.memory_mb;
             }
-            if let Some(i) = st.idle.remove(&id) {
+            if let Some(i) = st.parked.remove(&id) {
                 out.push(i);
             }
         }
@@ -628,7 +707,7 @@ async fn maintain(inner: &Arc<Inner>) {
             inner: inner.clone(),
         };
         match pool.start_instance(&spec).await {
-            Ok((instance, _)) => pool.checkin(Lease { id, instance }),
+            Ok((instance, _)) => pool.checkin(Lease::Owned { id, instance }),
             Err(e) => {
                 tracing::warn!(error = %e, action = %spec.action_name, "could not start a minimum instance");
                 inner.lock().release(id);
@@ -744,6 +823,89 @@ mod tests {
         }
     }
 
+    /// A runtime double whose instances multiplex: every run goes through one shared runner.
+    #[derive(Default)]
+    struct Multiplexing {
+        started: AtomicUsize,
+    }
+
+    struct SharedInstance(Arc<FakeRunner>);
+
+    struct FakeRunner;
+
+    #[async_trait]
+    impl ConcurrentRunner for FakeRunner {
+        async fn run(&self, _: RunRequest) -> RunOutcome {
+            RunOutcome {
+                result: RunResult::Ok(serde_json::json!({})),
+                logs: vec![],
+                reusable: true,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Runtime for Multiplexing {
+        fn supports(&self, kind: &str) -> bool {
+            kind == "fake"
+        }
+        async fn start(
+            &self,
+            _: &InstanceSpec,
+            _: Duration,
+        ) -> Result<Box<dyn Instance>, RuntimeError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(SharedInstance(Arc::new(FakeRunner))))
+        }
+    }
+
+    #[async_trait]
+    impl Instance for SharedInstance {
+        fn concurrent(&self) -> Option<Arc<dyn ConcurrentRunner>> {
+            Some(self.0.clone())
+        }
+        async fn run(&mut self, req: RunRequest) -> RunOutcome {
+            self.0.run(req).await
+        }
+        async fn shutdown(self: Box<Self>) {}
+    }
+
+    #[tokio::test]
+    async fn concurrent_instances_are_shared_up_to_the_actions_concurrency() {
+        let rt = Arc::new(Multiplexing::default());
+        let pool = Pool::new(vec![rt.clone()], config(4096));
+        let mut c = f("a", "ns", 256);
+        c.concurrency = 3;
+        let mut leases = Vec::new();
+        for _ in 0..3 {
+            leases.push(pool.checkout(&c, &spec()).await.unwrap().0);
+        }
+        assert!(leases.iter().all(|l| matches!(l, Lease::Shared { .. })));
+        assert_eq!(
+            rt.started.load(Ordering::SeqCst),
+            1,
+            "three runs share one instance"
+        );
+        let (fourth, _) = pool.checkout(&c, &spec()).await.unwrap();
+        assert_eq!(
+            rt.started.load(Ordering::SeqCst),
+            2,
+            "the fourth needs another"
+        );
+        assert_eq!(pool.stats().memory_used_mb, 512);
+        for l in leases {
+            pool.checkin(l);
+        }
+        let s = pool.stats();
+        assert_eq!((s.idle, s.busy), (1, 1));
+        // A broken run retires its whole instance.
+        pool.discard(fourth).await;
+        assert_eq!(pool.stats().memory_used_mb, 256);
+        // Concurrency 1 never shares, even on a runtime that could.
+        let (one, _) = pool.checkout(&f("b", "ns", 256), &spec()).await.unwrap();
+        assert!(matches!(one, Lease::Owned { .. }));
+    }
+
     #[async_trait]
     impl Instance for FakeInstance {
         async fn run(&mut self, _: RunRequest) -> RunOutcome {
@@ -781,6 +943,7 @@ mod tests {
             memory_mb,
             min_instances: 0,
             max_instances: None,
+            concurrency: 1,
         }
     }
 
@@ -850,7 +1013,7 @@ mod tests {
         let waiter = tokio::spawn(async move {
             p2.checkout(&f("b", "ns", 256), &spec())
                 .await
-                .map(|(l, _)| l.id)
+                .map(|(l, _)| l.id())
         });
         until("the request queues", || pool.stats().waiting == 1).await;
         assert!(!waiter.is_finished());

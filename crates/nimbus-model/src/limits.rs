@@ -91,7 +91,8 @@ impl Default for SystemLimits {
             min_action_logs: 0,
             max_action_logs: 10,
             min_action_concurrency: 1,
-            max_action_concurrency: 1,
+            // Above 1 only for kinds whose instances multiplex (Node.js); checked by the controller.
+            max_action_concurrency: 500,
             max_action_instances: 64,
         }
     }
