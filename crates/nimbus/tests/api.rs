@@ -827,6 +827,18 @@ def main(args):
         assert_eq!(r[denied], false, "{denied} should be denied: {r}");
     }
     assert_eq!(r["write_tmp"], true, "{r}");
+    // With outbound network the host's loopback services stay out of reach.
+    let (st, _) = s
+        .put(
+            "actions/probe-out",
+            json!({"exec": {"kind": "python:3.11", "code": probe},
+                   "annotations": [{"key": "network", "value": "outbound"}]}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, r) = s.post("actions/probe-out?blocking=true&result=true", json!({})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!((r["postgres"].clone(), r["nimbus"].clone()), (json!(false), json!(false)), "{r}");
 
     // A fork bomb and a memory hog are contained, and the platform stays responsive.
     let bomb = "import os\ndef main(a):\n    n = 0\n    try:\n        for _ in range(10000):\n            if os.fork() == 0:\n                import time\n                time.sleep(30)\n                os._exit(0)\n            n += 1\n    except OSError as e:\n        return {'forked': n, 'stopped': str(e)}\n    return {'forked': n}\n";
