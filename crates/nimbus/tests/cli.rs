@@ -116,6 +116,34 @@ async fn actions_and_activations() {
     )
     .await;
     s.expect(&["action", "get", &hello], OK).await;
+    s.expect(&["instances"], OK).await;
+    s.expect(&["instances", &hello, "--json"], OK).await;
+    s.expect(
+        &[
+            "action",
+            "update",
+            &hello,
+            "--min-instances",
+            "1",
+            "--max-instances",
+            "2",
+        ],
+        OK,
+    )
+    .await;
+    s.expect(
+        &[
+            "action",
+            "update",
+            &hello,
+            "--min-instances",
+            "3",
+            "--max-instances",
+            "2",
+        ],
+        Exit::Failure,
+    )
+    .await;
     s.expect(&["action", "get", &hello, "--code", "--json"], OK)
         .await;
     s.expect(&["action", "list", "--limit", "5"], OK).await;
