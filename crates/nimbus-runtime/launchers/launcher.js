@@ -12,12 +12,26 @@
 // {"ok":true,"stem":true} on fd 3, then read ONE line on stdin,
 // {"init":{"main":"...","action_name":"...","env":{...}}}: apply `env` to process.env, load the
 // code that has meanwhile been put into <codedir>, and answer exactly as above.
+//
+// Concurrent mode (an action with limits.concurrency N > 1): `node launcher.js <codedir> <main> N`,
+// or "concurrency": N in the stem init line. Request lines are then read continuously and up to N
+// activations run at once (more are queued here). Each result line is an envelope,
+// {"activation_id":"<id of the request>","result":<what the sequential mode would write>}, still
+// written only once stdout/stderr are flushed. console.log/info/debug/dir (stdout) and
+// console.error/warn/trace (stderr) called in an activation's async context (AsyncLocalStorage)
+// prefix every line they print with TAG_START <activation id> TAG_END, which the runtime strips to
+// attribute the line; anything else (process.stdout.write, output outside any activation) is
+// untagged, and the runtime gives it to every activation in flight. process.env holds the __OW_*
+// values of the most recent activation (as OpenWhisk's Node.js runtime does), while reading
+// process.env.__OW_<KEY> of a request key inside an activation gives that activation's value.
 
 const fs = require('fs');
 const path = require('path');
 const vm = require('vm');
 const Module = require('module');
 const readline = require('readline');
+const util = require('util');
+const { AsyncLocalStorage } = require('async_hooks');
 const { pathToFileURL } = require('url');
 
 const RESULT_FD = 3;
@@ -26,6 +40,19 @@ const args = process.argv.slice(stem ? 3 : 2);
 const codeDir = path.resolve(args[0] || '.');
 // In stem mode, set by the init line.
 let mainName = args[1] || 'main';
+// Activations run at once; above 1, concurrent mode (see the top). In stem mode, set by the init line.
+let concurrency = parseConcurrency(args[2]);
+
+// Log line tags of concurrent mode: TAG_START <activation id> TAG_END <text>.
+const TAG_START = '\x1e';
+const TAG_END = '\x1f';
+// The activation whose async context is running: {id, env}.
+const activation = new AsyncLocalStorage();
+
+function parseConcurrency(v) {
+  const n = Number(v);
+  return Number.isSafeInteger(n) && n > 1 ? n : 1;
+}
 
 // A closed log pipe must not crash the function.
 process.stdout.on('error', () => {});
@@ -162,6 +189,7 @@ async function awaitInit() {
     process.exit(1);
   }
   if (typeof init.main === 'string' && init.main) mainName = init.main;
+  concurrency = parseConcurrency(init.concurrency);
   const env = init.env && typeof init.env === 'object' ? init.env : {};
   for (const [k, v] of Object.entries(env)) process.env[k] = typeof v === 'string' ? v : JSON.stringify(v);
   return true;
@@ -218,6 +246,158 @@ async function serve(entry) {
   process.exit(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Concurrent mode
+
+// `text` as lines tagged with the current activation's id (untagged outside any activation).
+function tagged(text) {
+  const ctx = activation.getStore();
+  if (!ctx) return text.endsWith('\n') ? text : text + '\n';
+  const tag = TAG_START + ctx.id + TAG_END;
+  const body = text.endsWith('\n') ? text.slice(0, -1) : text;
+  return tag + body.split('\n').join('\n' + tag) + '\n';
+}
+
+// console methods that tag their lines when called in an activation's context.
+function installTaggedConsole() {
+  const methods = {
+    log: [process.stdout, (a) => util.format(...a)],
+    info: [process.stdout, (a) => util.format(...a)],
+    debug: [process.stdout, (a) => util.format(...a)],
+    dir: [process.stdout, (a) => util.inspect(a[0], { customInspect: false, ...(a[1] || {}) })],
+    error: [process.stderr, (a) => util.format(...a)],
+    warn: [process.stderr, (a) => util.format(...a)],
+    trace: [
+      process.stderr,
+      (a) => {
+        const err = { name: 'Trace', message: util.format(...a) };
+        Error.captureStackTrace(err, console.trace);
+        return err.stack;
+      },
+    ],
+  };
+  for (const [name, [stream, format]] of Object.entries(methods)) {
+    const original = console[name];
+    console[name] = function (...a) {
+      if (!activation.getStore()) return original.apply(console, a);
+      stream.write(tagged(format(a)));
+    };
+  }
+}
+
+// process.env whose request-derived __OW_* keys read as the current activation's values; every
+// other access goes to the real environment (which holds the most recent activation's values).
+function installActivationEnv() {
+  const real = process.env;
+  const managed = new Set();
+  process.env = new Proxy(real, {
+    get(target, key) {
+      const ctx = activation.getStore();
+      if (ctx && typeof key === 'string' && managed.has(key)) return ctx.env[key];
+      return Reflect.get(target, key);
+    },
+    // process.env's own [[Set]] (string coercion); the default would define on the proxy.
+    set(target, key, value) {
+      target[key] = value;
+      return true;
+    },
+  });
+  return (env) => {
+    for (const k of Object.keys(env)) managed.add(k);
+  };
+}
+
+async function serveConcurrently(entry) {
+  installTaggedConsole();
+  const manage = installActivationEnv();
+  let previous = [];
+  let running = 0;
+  let slotFreed = null;
+
+  async function sendFor(id, result) {
+    let line;
+    try {
+      line = JSON.stringify({ activation_id: id, result });
+    } catch (e) {
+      process.stderr.write(tagged(`The action result could not be serialized to JSON: ${e && e.message}`));
+    }
+    if (line === undefined) line = JSON.stringify({ activation_id: id, result: null });
+    await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+    const buf = Buffer.from(line + '\n', 'utf8');
+    let off = 0;
+    while (off < buf.length) off += fs.writeSync(RESULT_FD, buf, off, buf.length - off);
+  }
+
+  async function activate(msg) {
+    const id = typeof msg.activation_id === 'string' ? msg.activation_id : String(msg.activation_id);
+    const env = {};
+    for (const [k, v] of Object.entries(msg)) {
+      if (k === 'value') continue;
+      env['__OW_' + k.toUpperCase()] = typeof v === 'string' ? v : JSON.stringify(v);
+    }
+    manage(env);
+    // The most recent activation's values stay in the real environment.
+    const keys = Object.keys(env);
+    for (const k of keys) process.env[k] = env[k];
+    for (const k of previous) if (!keys.includes(k)) delete process.env[k];
+    previous = keys;
+
+    await activation.run({ id, env }, async () => {
+      let pending;
+      try {
+        pending = entry(msg.value === undefined ? {} : msg.value);
+      } catch (e) {
+        process.stderr.write(tagged(`${e instanceof Error && e.stack ? e.stack : JSON.stringify(errorValue(e))}`));
+        const text = e instanceof Error ? `${e.name}: ${e.message}` : JSON.stringify(errorValue(e));
+        await sendFor(id, { __nimbus_developer_error: `An error has occurred: ${text}` });
+        return;
+      }
+      let result;
+      try {
+        result = await pending;
+        if (result === undefined || result === null) result = {};
+      } catch (e) {
+        process.stderr.write(tagged(`${e instanceof Error && e.stack ? e.stack : JSON.stringify(errorValue(e))}`));
+        result = { error: errorValue(e) };
+      }
+      await sendFor(id, result);
+    });
+  }
+
+  function finished() {
+    running -= 1;
+    if (slotFreed) {
+      const wake = slotFreed;
+      slotFreed = null;
+      wake();
+    }
+  }
+
+  for (;;) {
+    const next = await nextLine();
+    if (next.done) break;
+    const line = next.value;
+    if (!line.trim()) continue;
+    let msg;
+    try {
+      msg = JSON.parse(line);
+      if (!msg || typeof msg !== 'object') throw new Error('not an object');
+    } catch (e) {
+      process.stderr.write(`Invalid request line: ${e.message}\n`);
+      await sendFor(null, { error: 'The runtime sent an invalid request.' });
+      continue;
+    }
+    while (running >= concurrency) await new Promise((resolve) => (slotFreed = resolve));
+    running += 1;
+    activate(msg).then(finished, (e) => {
+      process.stderr.write(`Activation failed in the launcher: ${e && e.stack ? e.stack : e}\n`);
+      finished();
+    });
+  }
+  while (running > 0) await new Promise((resolve) => (slotFreed = resolve));
+  process.exit(0);
+}
+
 (async () => {
   if (stem) {
     await send({ ok: true, stem: true });
@@ -234,5 +414,6 @@ async function serve(entry) {
     process.exit(1);
   }
   await send({ ok: true });
-  await serve(entry);
+  if (concurrency > 1) await serveConcurrently(entry);
+  else await serve(entry);
 })();

@@ -46,9 +46,18 @@
 //! `{"init":{"main":…,"action_name":…,"env":{…}}}`; the launcher applies `env`, loads the code
 //! and acks exactly as after a normal start, which it then is. Both paths share the spawn
 //! ([`build_command`], the single place a sandbox wrapper goes) and the ack handling.
+//!
+//! **Concurrency.** A Node.js instance with `limits.concurrency` N > 1 (told by a third launcher
+//! argument, or `"concurrency"` in the init line) runs up to N activations at once; it is a
+//! [`ConcurrentInstance`] whose [`ConcurrentProcess`] runner writes request lines under a lock,
+//! while one reader task owns the process, demultiplexes fd-3 envelopes
+//! `{"activation_id":…,"result":…}` and tagged log lines (`\x1e<id>\x1f`; untagged lines go
+//! to every run in flight) and enforces each run's deadline by killing the process. Python and
+//! `exec` instances, and N = 1, stay sequential. See docs/runtimes.md, "Concurrency".
 
 use crate::{
-    Instance, InstanceSpec, RunOutcome, RunRequest, RunResult, Runtime, RuntimeError, StemCell,
+    ConcurrentRunner, Instance, InstanceSpec, RunOutcome, RunRequest, RunResult, Runtime,
+    RuntimeError, StemCell,
 };
 use async_trait::async_trait;
 use base64::Engine;
@@ -61,7 +70,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -70,12 +79,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 const LAUNCHER_JS: &str = include_str!("../launchers/launcher.js");
@@ -267,7 +277,13 @@ impl ProcessRuntime {
     fn command(&self, lang: Lang, mode: Mode<'_>, code_dir: &Path) -> (PathBuf, Vec<OsString>) {
         let dir = code_dir.as_os_str().to_os_string();
         let tail: Vec<OsString> = match mode {
-            Mode::Normal(spec) => vec![dir, spec.main.as_str().into()],
+            Mode::Normal(spec) => {
+                let mut t = vec![dir, spec.main.as_str().into()];
+                if let Some(n) = concurrency(lang, spec) {
+                    t.push(n.to_string().into());
+                }
+                t
+            }
             Mode::Stem => vec!["--stem".into(), dir],
         };
         match lang {
@@ -588,6 +604,26 @@ impl LogSink {
     }
 }
 
+/// Where a [`LogPipe`] delivers lines: one activation's [`LogSink`], or the demultiplexer of a
+/// concurrent instance.
+trait LineSink {
+    /// One line of `stream` without its newline. `whole` is false for a piece of a line longer
+    /// than [`MAX_LINE_BYTES`] whose rest follows.
+    fn line(&mut self, stream: &'static str, line: &[u8], whole: bool);
+    /// False once nothing more is kept (a partial line can then be dropped).
+    fn accepting(&self) -> bool;
+}
+
+impl LineSink for LogSink {
+    fn line(&mut self, stream: &'static str, line: &[u8], _whole: bool) {
+        self.push(stream, line);
+    }
+
+    fn accepting(&self) -> bool {
+        LogSink::accepting(self)
+    }
+}
+
 /// stdout or stderr of the child.
 struct LogPipe {
     rx: pipe::Receiver,
@@ -606,16 +642,16 @@ impl LogPipe {
         }
     }
 
-    fn feed(&mut self, data: &[u8], sink: &mut LogSink) {
+    fn feed(&mut self, data: &[u8], sink: &mut impl LineSink) {
         let mut rest = data;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
             let line = &rest[..pos];
             rest = &rest[pos + 1..];
             if self.partial.is_empty() {
-                sink.push(self.stream, line);
+                sink.line(self.stream, line, true);
             } else {
                 self.partial.extend_from_slice(line);
-                sink.push(self.stream, &self.partial);
+                sink.line(self.stream, &self.partial, true);
                 self.partial.clear();
             }
         }
@@ -625,13 +661,13 @@ impl LogPipe {
         }
         self.partial.extend_from_slice(rest);
         if self.partial.len() >= MAX_LINE_BYTES {
-            sink.push(self.stream, &self.partial);
+            sink.line(self.stream, &self.partial, false);
             self.partial.clear();
         }
     }
 
     /// Reads what tokio knows to be readable, up to `budget` bytes.
-    fn pump(&mut self, sink: &mut LogSink, scratch: &mut [u8], budget: usize) {
+    fn pump(&mut self, sink: &mut impl LineSink, scratch: &mut [u8], budget: usize) {
         let mut read = 0;
         while !self.eof && read < budget {
             match self.rx.try_read(scratch) {
@@ -650,7 +686,7 @@ impl LogPipe {
     }
 
     /// Reads whatever the pipe holds right now (see the module docs for why this is complete).
-    fn drain(&mut self, sink: &mut LogSink, scratch: &mut [u8]) {
+    fn drain(&mut self, sink: &mut impl LineSink, scratch: &mut [u8]) {
         if self.eof {
             return;
         }
@@ -681,9 +717,9 @@ impl LogPipe {
     }
 
     /// A partial trailing line is a line.
-    fn finish(&mut self, sink: &mut LogSink) {
+    fn finish(&mut self, sink: &mut impl LineSink) {
         if !self.partial.is_empty() {
-            sink.push(self.stream, &self.partial);
+            sink.line(self.stream, &self.partial, true);
             self.partial.clear();
         }
     }
@@ -732,7 +768,7 @@ struct Pipes {
 }
 
 impl Pipes {
-    fn drain_logs(&mut self, sink: &mut LogSink) {
+    fn drain_logs(&mut self, sink: &mut impl LineSink) {
         let mut scratch = vec![0u8; READ_CHUNK];
         self.stdout.drain(sink, &mut scratch);
         self.stderr.drain(sink, &mut scratch);
@@ -1013,18 +1049,24 @@ pub const DEVELOPER_ERROR_KEY: &str = "__nimbus_developer_error";
 /// The result line as a run result, and whether the protocol still holds.
 fn classify(line: &[u8]) -> (RunResult, bool) {
     match serde_json::from_slice::<Value>(line) {
-        // Launchers report a crash of the function itself (not of the protocol) this way; the
-        // instance stays usable.
-        Ok(Value::Object(o)) if o.len() == 1 && o.contains_key(DEVELOPER_ERROR_KEY) => {
+        Ok(v) => (classify_value(v), true),
+        Err(_) => (RunResult::DeveloperError(MSG_NOT_JSON.into()), false),
+    }
+}
+
+/// A well-formed result as a run result (the instance stays usable).
+fn classify_value(v: Value) -> RunResult {
+    match v {
+        // Launchers report a crash of the function itself (not of the protocol) this way.
+        Value::Object(o) if o.len() == 1 && o.contains_key(DEVELOPER_ERROR_KEY) => {
             let msg = o
                 .get(DEVELOPER_ERROR_KEY)
                 .and_then(|m| m.as_str())
                 .unwrap_or("The action failed.");
-            (RunResult::DeveloperError(msg.to_string()), true)
+            RunResult::DeveloperError(msg.to_string())
         }
-        Ok(v @ (Value::Object(_) | Value::Array(_))) => (RunResult::Ok(v), true),
-        Ok(_) => (RunResult::DeveloperError(MSG_NOT_DICT.into()), true),
-        Err(_) => (RunResult::DeveloperError(MSG_NOT_JSON.into()), false),
+        v @ (Value::Object(_) | Value::Array(_)) => RunResult::Ok(v),
+        _ => RunResult::DeveloperError(MSG_NOT_DICT.into()),
     }
 }
 
@@ -1150,15 +1192,18 @@ fn build_command(launch: &Launch<'_>) -> Command {
     cmd
 }
 
-/// The line that turns a stem cell into an instance of `spec`.
-fn init_line(spec: &InstanceSpec) -> Vec<u8> {
-    let init = serde_json::json!({
-        "init": {
-            "main": spec.main,
-            "action_name": spec.action_name,
-            "env": spec.env,
-        }
+/// The line that turns a stem cell into an instance of `spec` (with `"concurrency"` only for a
+/// concurrent Node.js instance).
+fn init_line(lang: Lang, spec: &InstanceSpec) -> Vec<u8> {
+    let mut init = serde_json::json!({
+        "main": spec.main,
+        "action_name": spec.action_name,
+        "env": spec.env,
     });
+    if let (Some(n), Some(o)) = (concurrency(lang, spec), init.as_object_mut()) {
+        o.insert("concurrency".into(), Value::from(n));
+    }
+    let init = serde_json::json!({ "init": init });
     // Serialising a `Value` cannot fail; compact JSON has no raw newlines.
     let mut line = serde_json::to_vec(&init).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
@@ -1284,7 +1329,7 @@ impl Runtime for ProcessRuntime {
         tracing::debug!(instance = %inst.id, kind = %spec.kind, action = %spec.action_name, pid = ?inst.pgid, "instance started");
         let mut sink = LogSink::new(log_limit(spec));
         match await_ack(&mut inst, None, deadline, timeout, &mut sink).await {
-            Ok(_) => Ok(Box::new(inst)),
+            Ok(_) => Ok(into_instance(inst, lang, spec)),
             Err(f) => Err(RuntimeError::Init {
                 message: f.message,
                 logs: sink.lines,
@@ -1609,6 +1654,400 @@ impl ProcessRuntime {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Concurrent instances
+
+/// The number of activations an instance of `spec` runs at once, when that is above 1 and `lang`
+/// can multiplex them (Node.js only; Python and `exec` instances run one at a time).
+fn concurrency(lang: Lang, spec: &InstanceSpec) -> Option<u64> {
+    (lang == Lang::Node && spec.limits.concurrency > 1).then_some(spec.limits.concurrency)
+}
+
+/// An acknowledged instance as the [`Instance`] its spec asks for.
+fn into_instance(inst: ProcessInstance, lang: Lang, spec: &InstanceSpec) -> Box<dyn Instance> {
+    match concurrency(lang, spec) {
+        Some(n) => Box::new(ConcurrentInstance::new(inst, n)),
+        None => Box::new(inst),
+    }
+}
+
+/// A log line of a concurrent instance that starts with `TAG_START <activation id> TAG_END`
+/// belongs to that activation.
+const TAG_START: u8 = 0x1e;
+const TAG_END: u8 = 0x1f;
+/// The longest activation id a tag may carry.
+const MAX_TAG_ID_BYTES: usize = 256;
+
+/// `line` as (activation id, text) when it starts with a tag.
+fn split_tag(line: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = line.strip_prefix(&[TAG_START])?;
+    let end = rest
+        .iter()
+        .take(MAX_TAG_ID_BYTES + 1)
+        .position(|&b| b == TAG_END)?;
+    let id = std::str::from_utf8(&rest[..end]).ok()?;
+    Some((id, &rest[end + 1..]))
+}
+
+/// A result line of a concurrent instance, `{"activation_id": id, "result": …}`.
+fn parse_envelope(line: &[u8]) -> Option<(String, Value)> {
+    let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(line) else {
+        return None;
+    };
+    let Some(Value::String(id)) = o.remove("activation_id") else {
+        return None;
+    };
+    Some((id, o.remove("result").unwrap_or(Value::Null)))
+}
+
+fn exited_outcome() -> RunOutcome {
+    RunOutcome {
+        result: RunResult::DeveloperError(MSG_EXITED.to_string()),
+        logs: Vec::new(),
+        reusable: false,
+    }
+}
+
+/// A run waiting for its result.
+struct Pending {
+    sink: LogSink,
+    deadline: Instant,
+    tx: oneshot::Sender<RunOutcome>,
+}
+
+/// The runs in flight, by activation id, and the log lines addressed to them: tagged lines go
+/// to their activation (a tag of no run in flight: dropped), untagged lines to every run in
+/// flight (none: dropped).
+#[derive(Default)]
+struct Demux {
+    runs: HashMap<String, Pending>,
+    /// Set once the process is gone: no run is accepted any more.
+    closed: bool,
+    /// Per stream (stdout, stderr), while a line longer than [`MAX_LINE_BYTES`] arrives in
+    /// pieces: where its first piece went (`Some(None)`: everyone).
+    carry: [Option<Option<String>>; 2],
+}
+
+impl Demux {
+    /// Ends the run of `id`; false when no such run is waiting.
+    fn resolve(&mut self, id: &str, result: RunResult, reusable: bool) -> bool {
+        match self.runs.remove(id) {
+            Some(p) => {
+                let _ = p.tx.send(RunOutcome {
+                    result,
+                    logs: p.sink.lines,
+                    reusable,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl LineSink for Demux {
+    fn line(&mut self, stream: &'static str, line: &[u8], whole: bool) {
+        let slot = usize::from(stream == "stderr");
+        let (target, text) = match self.carry[slot].take() {
+            Some(target) => (target, line),
+            None => match split_tag(line) {
+                Some((id, text)) => (Some(id.to_string()), text),
+                None => (None, line),
+            },
+        };
+        match &target {
+            Some(id) => {
+                if let Some(p) = self.runs.get_mut(id) {
+                    p.sink.push(stream, text);
+                }
+            }
+            None => {
+                for p in self.runs.values_mut() {
+                    p.sink.push(stream, text);
+                }
+            }
+        }
+        if !whole {
+            self.carry[slot] = Some(target);
+        }
+    }
+
+    fn accepting(&self) -> bool {
+        true
+    }
+}
+
+/// What a concurrent instance's runs and its reader task share.
+struct Shared {
+    id: String,
+    /// Request lines are written whole, one run at a time.
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    demux: std::sync::Mutex<Demux>,
+    /// Tells the reader a run was added (its deadline may be the next one).
+    wake: Notify,
+}
+
+impl Shared {
+    fn demux(&self) -> MutexGuard<'_, Demux> {
+        self.demux.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The [`ConcurrentRunner`] of a Node.js instance with `limits.concurrency > 1`.
+///
+/// Each run registers under its activation id (ids must be unique among the runs in flight),
+/// writes its request line to stdin under a lock and waits. One reader task
+/// ([`serve_concurrent`]) owns the process: it reads stdout/stderr continuously into the
+/// [`Demux`], and for each result envelope on fd 3 first drains both pipes (the launcher flushed
+/// the activation's output before writing its result, as in the sequential protocol) and then
+/// hands the classified result to its run. It also enforces every run's deadline: an expired run
+/// gets the process killed (as OpenWhisk destroys the container), then [`RunResult::Timeout`],
+/// and every other run in flight [`MSG_EXITED`]; all of them non-reusable.
+struct ConcurrentProcess {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ConcurrentRunner for ConcurrentProcess {
+    async fn run(&self, req: RunRequest) -> RunOutcome {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut d = self.shared.demux();
+            if d.closed {
+                return exited_outcome();
+            }
+            if d.runs.contains_key(&req.activation_id) {
+                return RunOutcome {
+                    result: RunResult::DeveloperError(format!(
+                        "Activation {} is already running on this instance.",
+                        req.activation_id
+                    )),
+                    logs: Vec::new(),
+                    reusable: true,
+                };
+            }
+            d.runs.insert(
+                req.activation_id.clone(),
+                Pending {
+                    sink: LogSink::new(req.log_limit_bytes),
+                    deadline: Instant::now() + req.timeout,
+                    tx,
+                },
+            );
+        }
+        self.shared.wake.notify_one();
+        let line = request_line(&req);
+        let write = async {
+            let mut stdin = self.shared.stdin.lock().await;
+            let w = stdin
+                .as_mut()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed"))?;
+            w.write_all(&line).await?;
+            w.flush().await
+        };
+        tokio::pin!(rx);
+        // The reader may end this run (deadline, death) while the write still waits.
+        tokio::select! {
+            biased;
+            r = &mut rx => return r.unwrap_or_else(|_| exited_outcome()),
+            r = write => {
+                if let Err(e) = r {
+                    tracing::debug!(instance = %self.shared.id, error = %e, "could not send the request");
+                }
+            }
+        }
+        rx.await.unwrap_or_else(|_| exited_outcome())
+    }
+}
+
+/// Why a concurrent instance's reader stopped.
+enum End {
+    Shutdown,
+    /// The process exited or closed fd 3.
+    Died,
+    /// A run's deadline passed (at this instant).
+    Expired(Instant),
+    TooLarge,
+    /// A result line that is no envelope.
+    Protocol,
+}
+
+/// The reader task of a concurrent instance (see [`ConcurrentProcess`]). Returns once the
+/// process is gone and every run in flight has its outcome.
+async fn serve_concurrent(
+    mut inst: ProcessInstance,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let mut exited = false;
+    let end = 'serve: loop {
+        let next_deadline = shared.demux().runs.values().map(|p| p.deadline).min();
+        let ProcessInstance { child, pipes, .. } = &mut inst;
+        let Pipes {
+            stdout,
+            stderr,
+            result,
+            ..
+        } = pipes;
+        let sleep = async {
+            match next_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut stop => break End::Shutdown,
+            _ = sleep => {}
+            _ = shared.wake.notified() => {}
+            r = stdout.rx.readable(), if !stdout.eof => {
+                if r.is_err() {
+                    stdout.eof = true;
+                }
+            }
+            r = stderr.rx.readable(), if !stderr.eof => {
+                if r.is_err() {
+                    stderr.eof = true;
+                }
+            }
+            r = result.rx.readable(), if !result.eof => {
+                if r.is_err() {
+                    result.eof = true;
+                }
+            }
+            st = child.wait(), if !exited => {
+                exited = true;
+                tracing::debug!(instance = %shared.id, status = ?st, "instance process exited");
+            }
+        }
+        {
+            let mut d = shared.demux();
+            stdout.pump(&mut *d, &mut scratch, PUMP_BUDGET);
+            stderr.pump(&mut *d, &mut scratch, PUMP_BUDGET);
+        }
+        result.read_available(&mut scratch, exited);
+        while let Some(line) = result.take_line() {
+            let mut d = shared.demux();
+            // Everything this activation printed is in the pipes by now.
+            stdout.drain(&mut *d, &mut scratch);
+            stderr.drain(&mut *d, &mut scratch);
+            let Some((id, value)) = parse_envelope(&line) else {
+                tracing::warn!(instance = %shared.id, "result line without an activation id");
+                break 'serve End::Protocol;
+            };
+            if !d.resolve(&id, classify_value(value), true) {
+                tracing::debug!(instance = %shared.id, activation = %id, "result for no run in flight");
+            }
+        }
+        if result.buf.len() > MAX_RESULT_BYTES {
+            break End::TooLarge;
+        }
+        if result.eof || exited {
+            break End::Died;
+        }
+        let now = Instant::now();
+        if shared.demux().runs.values().any(|p| p.deadline <= now) {
+            break End::Expired(now);
+        }
+    };
+
+    let memory_exceeded = match end {
+        End::Died => {
+            inst.finish_dead().await;
+            inst.resources.memory_exceeded()
+        }
+        _ => {
+            inst.kill().await;
+            false
+        }
+    };
+    {
+        let mut d = shared.demux();
+        d.closed = true;
+        inst.pipes.drain_logs(&mut *d);
+        for (_, p) in std::mem::take(&mut d.runs) {
+            let result = match end {
+                End::Expired(at) if p.deadline <= at => RunResult::Timeout,
+                End::Died if memory_exceeded => RunResult::MemoryExceeded,
+                End::TooLarge => RunResult::DeveloperError(format!(
+                    "The action produced a response larger than {} MB.",
+                    MAX_RESULT_BYTES >> 20
+                )),
+                End::Protocol => RunResult::DeveloperError(MSG_NOT_JSON.into()),
+                End::Shutdown | End::Died | End::Expired(_) => {
+                    RunResult::DeveloperError(MSG_EXITED.into())
+                }
+            };
+            let _ = p.tx.send(RunOutcome {
+                result,
+                logs: p.sink.lines,
+                reusable: false,
+            });
+        }
+    }
+    if memory_exceeded {
+        tracing::info!(instance = %inst.id, memory_mb = inst.memory_mb, "instance exceeded its memory limit");
+    }
+    if let Ok(mut stdin) = shared.stdin.try_lock() {
+        *stdin = None;
+    }
+    inst.stop().await;
+}
+
+/// A Node.js instance with `limits.concurrency > 1`: its process belongs to the reader task, and
+/// [`Instance::run`] goes through the same [`ConcurrentProcess`] that
+/// [`Instance::concurrent`] hands out.
+struct ConcurrentInstance {
+    runner: Arc<ConcurrentProcess>,
+    /// Sending (or dropping) it stops the reader, which kills the process.
+    stop: Option<oneshot::Sender<()>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ConcurrentInstance {
+    fn new(mut inst: ProcessInstance, concurrency: u64) -> Self {
+        inst.discard_unsolicited();
+        tracing::debug!(instance = %inst.id, concurrency, "serving activations concurrently");
+        let shared = Arc::new(Shared {
+            id: inst.id.clone(),
+            stdin: tokio::sync::Mutex::new(inst.pipes.stdin.take()),
+            demux: std::sync::Mutex::new(Demux::default()),
+            wake: Notify::new(),
+        });
+        let (stop, stop_rx) = oneshot::channel();
+        let reader = tokio::spawn(serve_concurrent(inst, shared.clone(), stop_rx));
+        ConcurrentInstance {
+            runner: Arc::new(ConcurrentProcess { shared }),
+            stop: Some(stop),
+            reader: Some(reader),
+        }
+    }
+}
+
+#[async_trait]
+impl Instance for ConcurrentInstance {
+    fn concurrent(&self) -> Option<Arc<dyn ConcurrentRunner>> {
+        Some(self.runner.clone())
+    }
+
+    async fn run(&mut self, req: RunRequest) -> RunOutcome {
+        self.runner.run(req).await
+    }
+
+    /// Kills the process; runs in flight end with [`MSG_EXITED`].
+    async fn shutdown(mut self: Box<Self>) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(reader) = self.reader.take()
+            && let Err(e) = reader.await
+        {
+            tracing::warn!(error = %e, "concurrent instance reader failed");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Stem cells
 
 /// A launcher running in stem mode: interpreter up, no code, empty code dir.
@@ -1704,7 +2143,7 @@ impl StemCell for ProcessStemCell {
         let mut sink = LogSink::new(log_limit(spec));
         let ack = await_ack(
             &mut inst,
-            Some(init_line(spec)),
+            Some(init_line(lang, spec)),
             deadline,
             timeout,
             &mut sink,
@@ -1713,7 +2152,7 @@ impl StemCell for ProcessStemCell {
         match ack {
             Ok(_) => {
                 tracing::debug!(instance = %inst.id, kind = %spec.kind, action = %spec.action_name, pid = ?inst.pgid, "stem cell specialized");
-                Ok(Box::new(inst))
+                Ok(into_instance(inst, lang, spec))
             }
             // SIGKILL from outside (not by the memory limit): the host or an operator, not the
             // function, ended it. (A function that SIGKILLs itself while loading is retried
@@ -1831,6 +2270,76 @@ mod tests {
             classify(b"not json"),
             (RunResult::DeveloperError(_), false)
         ));
+    }
+
+    #[test]
+    fn concurrent_log_lines_go_to_their_activation() {
+        let mut d = Demux::default();
+        let mut receivers = Vec::new();
+        for id in ["a", "b"] {
+            let (tx, rx) = oneshot::channel();
+            d.runs.insert(
+                id.into(),
+                Pending {
+                    sink: LogSink::new(1 << 20),
+                    deadline: Instant::now(),
+                    tx,
+                },
+            );
+            receivers.push(rx);
+        }
+        d.line("stdout", b"\x1ea\x1fto a", true);
+        d.line("stderr", b"\x1eb\x1fto b, first piece ", false);
+        d.line("stdout", b"to everyone", true);
+        d.line("stderr", b"second piece", true);
+        d.line("stdout", b"\x1egone\x1fto nobody", true);
+        d.line("stdout", b"\x1eno end of tag", true);
+        assert!(d.resolve("a", RunResult::Ok(serde_json::json!({})), true));
+        assert!(d.resolve("b", RunResult::Ok(serde_json::json!({})), true));
+        assert!(!d.resolve("a", RunResult::Timeout, false));
+        let texts = |rx: &mut oneshot::Receiver<RunOutcome>| -> Vec<String> {
+            let out = rx.try_recv().unwrap();
+            out.logs
+                .iter()
+                .map(|l| l.split_once(' ').unwrap().1.to_string())
+                .collect()
+        };
+        assert_eq!(
+            texts(&mut receivers[0]),
+            [
+                "stdout: to a",
+                "stdout: to everyone",
+                "stdout: \u{1e}no end of tag"
+            ]
+        );
+        assert_eq!(
+            texts(&mut receivers[1]),
+            [
+                "stderr: to b, first piece ",
+                "stdout: to everyone",
+                "stderr: second piece",
+                "stdout: \u{1e}no end of tag"
+            ]
+        );
+    }
+
+    #[test]
+    fn result_envelopes_name_their_activation() {
+        assert_eq!(
+            parse_envelope(br#"{"activation_id":"x","result":[1]}"#),
+            Some(("x".into(), serde_json::json!([1])))
+        );
+        assert_eq!(
+            parse_envelope(br#"{"activation_id":"x"}"#),
+            Some(("x".into(), Value::Null))
+        );
+        assert_eq!(
+            parse_envelope(br#"{"activation_id":null,"result":{}}"#),
+            None
+        );
+        assert_eq!(parse_envelope(br#"{"result":{}}"#), None);
+        assert_eq!(parse_envelope(b"[]"), None);
+        assert_eq!(parse_envelope(b"not json"), None);
     }
 
     #[test]
