@@ -128,6 +128,8 @@ struct Live {
     /// Set for an instance that runs several activations at once.
     runner: Option<Arc<dyn ConcurrentRunner>>,
     in_flight: usize,
+    /// While starting: requests waiting to share this instance (concurrency > 1).
+    pending: usize,
 }
 
 #[derive(Default)]
@@ -258,6 +260,7 @@ impl State {
                 last_used: Instant::now(),
                 runner: None,
                 in_flight: 0,
+                pending: 0,
             },
         );
         id
@@ -395,9 +398,23 @@ impl Pool {
                     }
                     return Ok((Lease::Owned { id, instance }, Start::Warm));
                 }
+                // A concurrent function's instance that is still starting has room for this
+                // request too: wait for it rather than start another (a cold burst then starts
+                // one instance per `concurrency` requests, not one per request).
+                let share_starting = if f.concurrency > 1
+                    && let Some(l) = st.live.values_mut().find(|l| {
+                        l.f.key == f.key
+                            && l.state == InstanceState::Starting
+                            && l.pending + 1 < f.concurrency
+                    }) {
+                    l.pending += 1;
+                    true
+                } else {
+                    false
+                };
                 let at_max = f.max_instances.is_some_and(|m| st.count(&f.key) >= m);
                 let mut evicted = None;
-                if !at_max && st.live.len() < inner.cfg.max_instances {
+                if !share_starting && !at_max && st.live.len() < inner.cfg.max_instances {
                     if st.used_mb + f.memory_mb <= budget {
                         break st.reserve(f);
                     }
@@ -425,7 +442,9 @@ impl Pool {
                     None
                 };
                 let mut st = inner.lock();
+                let pending = st.live.get(&id).map_or(0, |l| l.pending);
                 if let Some(l) = st.live.get_mut(&id) {
+                    l.pending = 0;
                     l.state = InstanceState::Busy;
                     l.since = nimbus_model::now_millis();
                     if runner.is_some() {
@@ -436,16 +455,29 @@ impl Pool {
                 match runner {
                     Some(runner) => {
                         st.parked.insert(id, instance);
-                        drop(st);
-                        // Requests waiting for this function may share the new instance.
-                        self.inner.lock().wake_one();
+                        // The requests that waited for this instance can share it now.
+                        for _ in 0..pending.max(1) {
+                            st.wake_one();
+                        }
                         Ok((Lease::Shared { id, runner }, start))
                     }
-                    None => Ok((Lease::Owned { id, instance }, start)),
+                    None => {
+                        // It cannot be shared after all: the waiters try on their own.
+                        for _ in 0..pending {
+                            st.wake_one();
+                        }
+                        Ok((Lease::Owned { id, instance }, start))
+                    }
                 }
             }
             Err(e) => {
-                inner.lock().release(id);
+                let mut st = inner.lock();
+                let pending = st.live.get(&id).map_or(0, |l| l.pending);
+                st.release(id);
+                // Those waiting to share it must try on their own.
+                for _ in 0..pending {
+                    st.wake_one();
+                }
                 Err(e)
             }
         }
@@ -855,6 +887,8 @@ mod tests {
             _: Duration,
         ) -> Result<Box<dyn Instance>, RuntimeError> {
             self.started.fetch_add(1, Ordering::SeqCst);
+            // Long enough for a burst to arrive while it is still starting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(Box::new(SharedInstance(Arc::new(FakeRunner))))
         }
     }
@@ -1155,5 +1189,29 @@ mod tests {
             pool.checkout(&f("z", "ns", 8192), &spec()).await,
             Err(RuntimeError::Platform(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_cold_burst_shares_the_starting_instance() {
+        let rt = Arc::new(Multiplexing::default());
+        let pool = Arc::new(Pool::new(vec![rt.clone()], config(4096)));
+        let mut c = f("a", "ns", 256);
+        c.concurrency = 4;
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let (p, c) = (pool.clone(), c.clone());
+                tokio::spawn(async move { p.checkout(&c, &spec()).await.map(|(l, _)| l) })
+            })
+            .collect();
+        let mut leases = Vec::new();
+        for t in calls {
+            leases.push(t.await.unwrap().unwrap());
+        }
+        assert!(leases.iter().all(|l| matches!(l, Lease::Shared { .. })));
+        assert_eq!(
+            rt.started.load(Ordering::SeqCst),
+            2,
+            "8 requests, concurrency 4: two instances"
+        );
     }
 }

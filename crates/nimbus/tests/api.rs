@@ -836,9 +836,15 @@ def main(args):
         )
         .await;
     assert_eq!(st, 200);
-    let (st, r) = s.post("actions/probe-out?blocking=true&result=true", json!({})).await;
+    let (st, r) = s
+        .post("actions/probe-out?blocking=true&result=true", json!({}))
+        .await;
     assert_eq!(st, 200, "{r}");
-    assert_eq!((r["postgres"].clone(), r["nimbus"].clone()), (json!(false), json!(false)), "{r}");
+    assert_eq!(
+        (r["postgres"].clone(), r["nimbus"].clone()),
+        (json!(false), json!(false)),
+        "{r}"
+    );
 
     // A fork bomb and a memory hog are contained, and the platform stays responsive.
     let bomb = "import os\ndef main(a):\n    n = 0\n    try:\n        for _ in range(10000):\n            if os.fork() == 0:\n                import time\n                time.sleep(30)\n                os._exit(0)\n            n += 1\n    except OSError as e:\n        return {'forked': n, 'stopped': str(e)}\n    return {'forked': n}\n";
@@ -874,4 +880,60 @@ def main(args):
         .post("actions/probe?blocking=true&result=true", json!({}))
         .await;
     assert_eq!(st, 200, "still serving");
+}
+
+#[tokio::test]
+async fn nodejs_instances_serve_concurrent_activations() {
+    let s = Server::start(&["--dev"]).await;
+    let code = "function main(p){ console.log('hello ' + p.n); return new Promise(r => setTimeout(() => r({n: p.n}), 1000)) }";
+    let (st, a) = s
+        .put(
+            "actions/shared",
+            json!({"exec": {"kind": "nodejs:20", "code": code}, "limits": {"concurrency": 5}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{a}");
+    let mut calls = Vec::new();
+    for n in 0..5 {
+        let (client, url) = (s.client.clone(), s.url("actions/shared?blocking=true"));
+        let (u, k) = GUEST.split_once(':').unwrap();
+        let (u, k) = (u.to_string(), k.to_string());
+        calls.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .basic_auth(u, Some(k))
+                .json(&json!({"n": n}))
+                .send()
+                .await
+                .unwrap();
+            (n, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut cold = 0;
+    for c in calls {
+        let (n, a) = c.await.unwrap();
+        assert_eq!(a["response"]["result"], json!({"n": n}), "{a}");
+        let logs: Vec<&str> = a["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(logs.len(), 1, "only its own log line: {logs:?}");
+        assert!(logs[0].ends_with(&format!("stdout: hello {n}")), "{logs:?}");
+        cold += a["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|kv| kv["key"] == "start" && kv["value"] == "cold")
+            .count();
+    }
+    assert_eq!(cold, 1, "five concurrent activations shared one instance");
+    let (_, v) = s.get("instances?name=shared").await;
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1, "{v}");
+
+    let (st, b) = s
+        .put("actions/pyshared", json!({"exec": {"kind": "python:3.11", "code": "def main(a):\n    return a\n"}, "limits": {"concurrency": 2}}))
+        .await;
+    assert_eq!(st, 400, "{b}");
 }
