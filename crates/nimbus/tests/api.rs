@@ -937,3 +937,40 @@ async fn nodejs_instances_serve_concurrent_activations() {
         .await;
     assert_eq!(st, 400, "{b}");
 }
+
+#[tokio::test]
+async fn cold_starts_take_stem_cells_which_are_replaced() {
+    let s = Server::start(&["--dev"]).await;
+    let stems = |v: &Value| v["pool"]["stemCells"]["python:3.11"].as_u64().unwrap_or(0);
+    let wait_for_stem = || async {
+        for _ in 0..150 {
+            let (_, v) = s.get("instances").await;
+            if stems(&v) >= 1 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(wait_for_stem().await, "a python stem cell is pre-started");
+    s.put("actions/stemmed", json!({"exec": {"kind": "python:3.11", "code": "def main(a):\n    print('loaded')\n    return {'ok': True}\n"}}))
+        .await;
+    let (st, a) = s.post("actions/stemmed?blocking=true", json!({})).await;
+    assert_eq!(st, 200, "{a}");
+    let ann = a["annotations"].as_array().unwrap();
+    assert!(
+        ann.iter()
+            .any(|kv| kv["key"] == "stemCell" && kv["value"] == true),
+        "{a}"
+    );
+    assert!(
+        ann.iter()
+            .any(|kv| kv["key"] == "start" && kv["value"] == "cold"),
+        "{a}"
+    );
+    assert!(
+        a["logs"][0].as_str().unwrap().ends_with("stdout: loaded"),
+        "{a}"
+    );
+    assert!(wait_for_stem().await, "the used stem cell is replaced");
+}
