@@ -26,7 +26,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Administer a data directory (namespaces and keys).
     Admin(admin::AdminArgs),
-    /// Measure warm and cold invocation latency against a baseline HTTP server.
+    /// Benchmarks: warm/cold invocation latency against a baseline HTTP server (core), and cold
+    /// starts with/without stem cells, bursts and idle memory (pool).
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(nimbus_cli::ClientCommand),
