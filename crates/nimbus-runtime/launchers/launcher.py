@@ -1,5 +1,11 @@
-# Nimbus ActionLoop launcher for Python: `python3 -u launcher.py <codedir> <main>`, or in stem
-# mode `python3 -u launcher.py --stem <codedir>`.
+# Nimbus ActionLoop launcher for Python: `python3 -S -u launcher.py <codedir> <main>`, or in stem
+# mode `python3 -S -u launcher.py --stem <codedir>`.
+#
+# `-S`: the interpreter does not run `site` at start-up. Processing the installation's .pth files
+# can cost tens of milliseconds of every cold start (one machine we run on imports a CA bundle
+# from a .pth hook: 27 ms of a 40 ms start). The launcher puts the interpreter's site-packages
+# directories on sys.path itself, without executing .pth hooks; a bundled virtualenv still gets
+# full `site.addsitedir` treatment.
 #
 # Protocol (see nimbus-runtime's process.rs): load __main__.py, then write {"ok":true} (or
 # {"ok":false,"error":...} and exit 1) on fd 3. Then, for each JSON line on stdin, call the
@@ -12,14 +18,16 @@
 # code that has meanwhile been put into <codedir>, and answer exactly as above. This module must
 # stay cheap to import (asyncio, for one, is imported only when a coroutine has to be run).
 
-import glob
 import importlib.util
 import json
 import os
 import site
 import sys
-import traceback
 import types
+
+for _dir in site.getsitepackages():
+    if os.path.isdir(_dir) and _dir not in sys.path:
+        sys.path.append(_dir)
 
 
 class LoadError(Exception):
@@ -43,6 +51,8 @@ def add_virtualenv(codedir):
     venv = os.path.join(codedir, "virtualenv")
     if not os.path.isdir(venv):
         return
+    import glob  # only here: it pulls in `re` (~10 ms of every start otherwise)
+
     for sp in sorted(glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))):
         before = list(sys.path)
         site.addsitedir(sp)  # also runs its .pth files
@@ -125,6 +135,8 @@ def main():
     try:
         fn = load(codedir, main_name)
     except BaseException as e:  # noqa: B036 - anything the module does at import time
+        import traceback
+
         traceback.print_exc()
         send(out, {"ok": False, "error": describe(e)})
         sys.exit(1)
@@ -163,6 +175,8 @@ def main():
 
                 res = asyncio.run(res)
         except Exception as e:
+            import traceback
+
             traceback.print_exc()
             res = {"error": str(e)}
         send(out, res)

@@ -295,7 +295,8 @@ impl ProcessRuntime {
             ),
             Lang::Python => (
                 self.python_bin.clone(),
-                ["-u".into(), self.launcher_py.clone().into()]
+                // -S: no `site` at start-up (see launcher.py), the biggest part of a cold start.
+                ["-S".into(), "-u".into(), self.launcher_py.clone().into()]
                     .into_iter()
                     .chain(tail)
                     .collect(),

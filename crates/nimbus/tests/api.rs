@@ -974,3 +974,19 @@ async fn cold_starts_take_stem_cells_which_are_replaced() {
     );
     assert!(wait_for_stem().await, "the used stem cell is replaced");
 }
+
+/// Python starts without `site` (`-S`); the interpreter's installed packages must still import.
+#[tokio::test]
+async fn python_functions_import_installed_packages() {
+    let s = Server::start(&["--dev"]).await;
+    let code = "import pip\ndef main(a):\n    return {'pip': bool(pip.__version__)}\n";
+    s.put(
+        "actions/pkgs",
+        json!({"exec": {"kind": "python:3.11", "code": code}}),
+    )
+    .await;
+    let (st, r) = s
+        .post("actions/pkgs?blocking=true&result=true", json!({}))
+        .await;
+    assert_eq!((st, r.clone()), (200, json!({"pip": true})), "{r}");
+}
