@@ -12,6 +12,8 @@ pub struct ServerInfo {
     pub build: String,
     /// Warnings about missing isolation layers etc., shown in `GET /api/v1`.
     pub warnings: Vec<String>,
+    /// Which isolation layers function instances run with (shown in `GET /api/v1`).
+    pub isolation: Value,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -58,5 +60,6 @@ async fn api_v1(State(s): State<AppState>) -> Json<Value> {
         "swagger_paths": {"ui": "/docs", "api-docs": "/api/v1/api-docs"},
         "server": "nimbus",
         "warnings": s.info.warnings,
+        "isolation": s.info.isolation,
     }))
 }

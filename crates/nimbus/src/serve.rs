@@ -115,6 +115,28 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         warnings.extend(sb.warnings());
         Some(Arc::new(sb))
     };
+    let isolation = match &sandbox {
+        None => serde_json::json!({"sandbox": false}),
+        Some(sb) => {
+            let l = sb.layers();
+            serde_json::json!({
+                "sandbox": l.bwrap.is_some(),
+                "namespaces": l.namespaces,
+                "readOnlyRoot": l.filesystem,
+                "unprivilegedUser": l.uid_switch,
+                "noCapabilities": l.no_capabilities,
+                "noNewPrivileges": l.no_new_privs,
+                "seccomp": l.seccomp,
+                "rlimits": l.rlimits,
+                "networkIsolated": l.network_isolated,
+                "outboundNetwork": l.outbound,
+                "cgroupMemory": l.cgroup_memory,
+                "cgroupPids": l.cgroup_pids,
+                "cgroupCpu": l.cgroup_cpu,
+            })
+        }
+    };
+    tracing::info!(layers = %isolation, "function isolation");
     let runtime = ProcessRuntime::new(ProcessRuntimeConfig {
         work_dir: a.data_dir.join("instances"),
         cgroups: !a.no_cgroups,
@@ -215,6 +237,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         nimbus_api::ServerInfo {
             build: env!("CARGO_PKG_VERSION").to_string(),
             warnings,
+            isolation,
         },
     );
     let listener = tokio::net::TcpListener::bind(a.listen)

@@ -743,11 +743,21 @@ async fn functions_run_sandboxed() {
     let s = Server::start(&["--dev"]).await;
     let (_, info) = s.get("../../../v1").await;
     let warnings = info["warnings"].as_array().cloned().unwrap_or_default();
-    if warnings.iter().any(|w| {
-        w.as_str()
-            .is_some_and(|w| w.contains("sandbox") || w.contains("NOT enforced"))
-    }) {
-        eprintln!("note: layers missing on this machine: {warnings:?}");
+    assert!(
+        warnings.is_empty(),
+        "every layer should be available here: {warnings:?}"
+    );
+    for layer in [
+        "sandbox",
+        "namespaces",
+        "readOnlyRoot",
+        "unprivilegedUser",
+        "seccomp",
+        "networkIsolated",
+        "cgroupMemory",
+        "cgroupPids",
+    ] {
+        assert_eq!(info["isolation"][layer], true, "{layer}: {info}");
     }
     let secret = s.dir.join("nimbus.db");
     let probe = format!(

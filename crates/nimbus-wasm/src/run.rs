@@ -1,0 +1,427 @@
+//! One activation: a fresh store and instance from the function's `InstancePre`, the epoch
+//! deadline, the memory limiter, stdio capture, and the classification of how it ended.
+
+use crate::io::{Capture, LogPipe, Logs, ResultPipe};
+use crate::limits::MemoryLimiter;
+use crate::{CompState, Inner, P1State, Pre, error_chain};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use nimbus_runtime::{RunOutcome, RunRequest, RunResult};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpHooks, WasiHttpView};
+
+/// Extra time the host-side watchdog allows past the epoch deadline (the epoch stops wasm code;
+/// the watchdog covers a guest blocked in a host call, e.g. a long sleep).
+const WATCHDOG_GRACE: Duration = Duration::from_millis(50);
+
+/// Outbound HTTP policy: deny everything (TODO: per-function allowlist annotation).
+pub(crate) struct OutboundHooks;
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+pub(crate) struct Runner {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) pre: Pre,
+    /// Bytes of linear memory one instance may have in total.
+    pub(crate) memory_limit: usize,
+    pub(crate) action_name: String,
+}
+
+/// How the guest's code ended, before its output is looked at.
+enum Ending {
+    /// Finished normally (exit code 0).
+    Done,
+    /// Ended abnormally with this outcome.
+    Failed(RunResult),
+}
+
+fn developer_error(msg: impl Into<String>) -> RunResult {
+    RunResult::DeveloperError(msg.into())
+}
+
+/// Classifies an error out of instantiation or the guest's entry point.
+fn classify_error(e: &wasmtime::Error, memory_exceeded: bool) -> Ending {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        if exit.0 == 0 {
+            return Ending::Done;
+        }
+        if memory_exceeded {
+            return Ending::Failed(RunResult::MemoryExceeded);
+        }
+        return Ending::Failed(developer_error(format!(
+            "The function exited with code {}.",
+            exit.0
+        )));
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Ending::Failed(RunResult::Timeout);
+    }
+    if memory_exceeded {
+        return Ending::Failed(RunResult::MemoryExceeded);
+    }
+    Ending::Failed(developer_error(format!(
+        "The function failed: {}",
+        error_chain(e)
+    )))
+}
+
+/// The JSON result of `wasm:wasi` from its stdout.
+fn parse_result(stdout: &[u8], overflowed: bool, cap: usize) -> RunResult {
+    if overflowed {
+        return developer_error(format!(
+            "The function's output exceeds the limit of {cap} bytes."
+        ));
+    }
+    if stdout.iter().all(u8::is_ascii_whitespace) {
+        return developer_error(
+            "The function wrote nothing to stdout; it must write its result as one JSON object.",
+        );
+    }
+    match serde_json::from_slice::<Value>(stdout) {
+        Ok(v @ (Value::Object(_) | Value::Array(_))) => RunResult::Ok(v),
+        Ok(_) => developer_error(
+            "The function's stdout must be a JSON object or array, not a JSON scalar.",
+        ),
+        Err(e) => developer_error(format!(
+            "The function's stdout is not valid JSON ({e}); it starts with {:?}.",
+            String::from_utf8_lossy(&stdout[..stdout.len().min(80)])
+        )),
+    }
+}
+
+impl Runner {
+    fn ticks(&self, timeout: Duration) -> u64 {
+        let tick = self.inner.config.epoch_tick.as_nanos().max(1);
+        u64::try_from(timeout.as_nanos().div_ceil(tick))
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1)
+    }
+
+    fn wasi_builder(&self, stdin: Option<Vec<u8>>, stdout: Capture, stderr: LogPipe) -> WasiCtxBuilder {
+        let mut b = WasiCtxBuilder::new();
+        if let Some(input) = stdin {
+            b.stdin(MemoryInputPipe::new(input));
+        }
+        b.stdout(stdout)
+            .stderr(Capture::Log(stderr))
+            .args(&[self.action_name.as_str()])
+            // Deny sockets (the defaults allow TCP/UDP to no address; make it explicit).
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        b
+    }
+
+    fn comp_state(&self, b: &mut WasiCtxBuilder) -> CompState {
+        CompState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHooks,
+            limiter: MemoryLimiter::new(self.memory_limit),
+        }
+    }
+
+    pub(crate) async fn run(&self, req: RunRequest) -> RunOutcome {
+        let permit = match self.inner.slots.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => {
+                return RunOutcome {
+                    result: developer_error("The wasm runtime is shutting down."),
+                    logs: Vec::new(),
+                    reusable: false,
+                };
+            }
+        };
+        let logs = Logs::new(req.log_limit_bytes);
+        let result = match &self.pre {
+            Pre::Module(pre) => self.run_p1(pre, &req, &logs).await,
+            Pre::Command(pre) => self.run_command(pre, &req, &logs).await,
+            Pre::Http(pre) => self.run_http(pre, &req, &logs).await,
+        };
+        drop(permit);
+        RunOutcome {
+            result,
+            logs: logs.take(),
+            // Every run has its own store: a trap or timeout leaves nothing behind.
+            reusable: true,
+        }
+    }
+
+    fn params_json(req: &RunRequest) -> Vec<u8> {
+        serde_json::to_vec(&req.value).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    async fn run_p1(
+        &self,
+        pre: &wasmtime::InstancePre<P1State>,
+        req: &RunRequest,
+        logs: &Logs,
+    ) -> RunResult {
+        let cap = self.inner.config.max_result_bytes;
+        let out = ResultPipe::new(cap);
+        let err = logs.pipe("stderr");
+        let wasi = self
+            .wasi_builder(Some(Self::params_json(req)), Capture::Result(out.clone()), err.clone())
+            .build_p1();
+        let mut store = Store::new(
+            &self.inner.engine,
+            P1State {
+                wasi,
+                limiter: MemoryLimiter::new(self.memory_limit),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.ticks(req.timeout));
+        store.epoch_deadline_trap();
+
+        let fut = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        };
+        let ended = tokio::time::timeout(req.timeout + WATCHDOG_GRACE, fut).await;
+        err.finish();
+        let mem = store.data().limiter.exceeded();
+        let ending = match ended {
+            Err(_) => Ending::Failed(RunResult::Timeout),
+            Ok(Ok(())) => Ending::Done,
+            Ok(Err(e)) => classify_error(&e, mem),
+        };
+        match ending {
+            Ending::Failed(r) => r,
+            Ending::Done => {
+                let (bytes, overflowed) = out.take();
+                parse_result(&bytes, overflowed, cap)
+            }
+        }
+    }
+
+    async fn run_command(
+        &self,
+        pre: &wasmtime_wasi::p2::bindings::CommandPre<CompState>,
+        req: &RunRequest,
+        logs: &Logs,
+    ) -> RunResult {
+        let cap = self.inner.config.max_result_bytes;
+        let out = ResultPipe::new(cap);
+        let err = logs.pipe("stderr");
+        let mut b =
+            self.wasi_builder(Some(Self::params_json(req)), Capture::Result(out.clone()), err.clone());
+        let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.ticks(req.timeout));
+        store.epoch_deadline_trap();
+
+        let fut = async {
+            let command = pre.instantiate_async(&mut store).await?;
+            command.wasi_cli_run().call_run(&mut store).await
+        };
+        let ended = tokio::time::timeout(req.timeout + WATCHDOG_GRACE, fut).await;
+        err.finish();
+        let mem = store.data().limiter.exceeded();
+        let ending = match ended {
+            Err(_) => Ending::Failed(RunResult::Timeout),
+            Ok(Ok(Ok(()))) => Ending::Done,
+            Ok(Ok(Err(()))) if mem => Ending::Failed(RunResult::MemoryExceeded),
+            Ok(Ok(Err(()))) => Ending::Failed(developer_error(
+                "The function exited with an error status.",
+            )),
+            Ok(Err(e)) => classify_error(&e, mem),
+        };
+        match ending {
+            Ending::Failed(r) => r,
+            Ending::Done => {
+                let (bytes, overflowed) = out.take();
+                parse_result(&bytes, overflowed, cap)
+            }
+        }
+    }
+
+    async fn run_http(
+        &self,
+        pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<CompState>,
+        req: &RunRequest,
+        logs: &Logs,
+    ) -> RunResult {
+        let cap = self.inner.config.max_result_bytes;
+        let out = logs.pipe("stdout");
+        let err = logs.pipe("stderr");
+        let mut b = self.wasi_builder(None, Capture::Log(out.clone()), err.clone());
+        let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.ticks(req.timeout));
+        store.epoch_deadline_trap();
+
+        // TODO(web actions): pass the raw HTTP request through instead of this POST.
+        let request = match http::Request::builder()
+            .method(http::Method::POST)
+            .uri("http://localhost/")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(Self::params_json(req))))
+        {
+            Ok(r) => r,
+            Err(e) => return developer_error(format!("internal error building the request: {e}")),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handles = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|r| Ok((r, store.data_mut().http().new_response_outparam(tx)?)));
+        let (request, outparam) = match handles {
+            Ok(h) => h,
+            Err(e) => {
+                return developer_error(format!(
+                    "internal error creating the request: {}",
+                    error_chain(&e)
+                ));
+            }
+        };
+
+        let deadline = Instant::now() + req.timeout + WATCHDOG_GRACE;
+        let pre = pre.clone();
+        // The guest runs in its own task so that it can stream the body while we read it.
+        let task = tokio::spawn(async move {
+            let res = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, outparam)
+                    .await
+            }
+            .await;
+            (res, store.data().limiter.exceeded())
+        });
+        let abort = task.abort_handle();
+
+        // Waits for the guest task (until the deadline) and classifies how it ended.
+        let finish = async |task: tokio::task::JoinHandle<(wasmtime::Result<()>, bool)>| {
+            match tokio::time::timeout_at(deadline, task).await {
+                Err(_) => {
+                    abort.abort();
+                    Ending::Failed(RunResult::Timeout)
+                }
+                Ok(Err(join)) => Ending::Failed(developer_error(format!(
+                    "The function crashed the host task: {join}"
+                ))),
+                Ok(Ok((Ok(()), _))) => Ending::Done,
+                Ok(Ok((Err(e), mem))) => classify_error(&e, mem),
+            }
+        };
+
+        let result = match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => {
+                abort.abort();
+                RunResult::Timeout
+            }
+            Ok(Err(_)) => match finish(task).await {
+                Ending::Failed(r) => r,
+                Ending::Done => developer_error(
+                    "The function returned without setting a response (response-outparam::set).",
+                ),
+            },
+            Ok(Ok(Err(code))) => {
+                let _ = finish(task).await;
+                developer_error(format!("The function responded with an error: {code:?}"))
+            }
+            Ok(Ok(Ok(response))) => {
+                let status = response.status();
+                let body = tokio::time::timeout_at(
+                    deadline,
+                    Limited::new(response.into_body(), cap).collect(),
+                )
+                .await;
+                let ending = finish(task).await;
+                match (body, ending) {
+                    (_, Ending::Failed(r)) => r,
+                    (Err(_), Ending::Done) => RunResult::Timeout,
+                    (Ok(Err(e)), Ending::Done) => developer_error(format!(
+                        "The function's response body could not be read (limit {cap} bytes): {e}"
+                    )),
+                    (Ok(Ok(collected)), Ending::Done) => {
+                        http_result(status, &collected.to_bytes())
+                    }
+                }
+            }
+        };
+        out.finish();
+        err.finish();
+        result
+    }
+}
+
+/// The result of a `wasm:http` function invoked with parameters.
+fn http_result(status: http::StatusCode, body: &[u8]) -> RunResult {
+    let parsed = serde_json::from_slice::<Value>(body);
+    if status.is_client_error() || status.is_server_error() {
+        let detail = match parsed {
+            Ok(v) => v,
+            Err(_) => Value::String(String::from_utf8_lossy(body).into_owned()),
+        };
+        return RunResult::Ok(json!({ "error": detail, "statusCode": status.as_u16() }));
+    }
+    match parsed {
+        Ok(v @ (Value::Object(_) | Value::Array(_))) => RunResult::Ok(v),
+        Ok(_) => developer_error(format!(
+            "The function's response (status {status}) must be a JSON object or array."
+        )),
+        Err(e) => developer_error(format!(
+            "The function's response (status {status}) is not valid JSON ({e}); it starts with {:?}.",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_results() {
+        assert_eq!(parse_result(b"{\"a\":1}\n", false, 100), RunResult::Ok(json!({"a": 1})));
+        assert!(matches!(parse_result(b"", false, 100), RunResult::DeveloperError(_)));
+        assert!(matches!(parse_result(b"hello", false, 100), RunResult::DeveloperError(_)));
+        assert!(matches!(parse_result(b"42", false, 100), RunResult::DeveloperError(_)));
+        assert!(matches!(parse_result(b"{}", true, 100), RunResult::DeveloperError(_)));
+    }
+
+    #[test]
+    fn http_errors_become_application_errors() {
+        assert_eq!(
+            http_result(http::StatusCode::NOT_FOUND, b"nope"),
+            RunResult::Ok(json!({"error": "nope", "statusCode": 404}))
+        );
+        assert_eq!(
+            http_result(http::StatusCode::OK, b"[1]"),
+            RunResult::Ok(json!([1]))
+        );
+    }
+}
