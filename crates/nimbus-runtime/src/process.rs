@@ -243,6 +243,22 @@ impl ProcessRuntime {
             fs::create_dir_all(d)
                 .map_err(|e| platform(&format!("cannot create {}", d.display()), e))?;
         }
+        // Instance directories left by a previous process (a crash or kill -9) are garbage: no
+        // instance survives its server (launchers exit when their stdin closes).
+        if let Ok(entries) = fs::read_dir(&instances_dir) {
+            let stale: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            if !stale.is_empty() {
+                tracing::info!(
+                    count = stale.len(),
+                    "removing instance directories of a previous run"
+                );
+            }
+            for p in stale {
+                if let Err(e) = fs::remove_dir_all(&p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot remove a stale instance directory");
+                }
+            }
+        }
         let launcher_js = launchers.join("launcher.js");
         let launcher_py = launchers.join("launcher.py");
         write_atomically(&launcher_js, LAUNCHER_JS.as_bytes())?;

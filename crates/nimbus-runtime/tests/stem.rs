@@ -405,3 +405,19 @@ async fn memory_limit_is_applied_at_specialize() {
     inst.shutdown().await;
     assert_eq!(instance_dirs(&work), 0);
 }
+
+#[tokio::test]
+async fn a_new_runtime_removes_instance_directories_of_a_previous_run() {
+    let work = tempfile::tempdir().unwrap();
+    let stale = work.path().join("instances").join("old-instance");
+    std::fs::create_dir_all(stale.join("code")).unwrap();
+    std::fs::write(stale.join("code").join("index.js"), "x").unwrap();
+    let _rt = nimbus_runtime::ProcessRuntime::new(nimbus_runtime::ProcessRuntimeConfig {
+        work_dir: work.path().to_path_buf(),
+        cgroups: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!stale.exists(), "the stale instance directory was removed");
+    assert!(work.path().join("instances").is_dir());
+}
