@@ -67,4 +67,76 @@ impl WasmConfig {
             async_stack_size: 2 << 20,
         }
     }
+
+    /// Overrides knobs from `NIMBUS_WASM_*` environment variables (read by the server at
+    /// start-up): `ALLOCATION` (`auto`, `pooling`, `on-demand`), `MAX_CONCURRENT`,
+    /// `POOL_INSTANCES`, `MAX_MEMORY_MB`, `KEEP_RESIDENT_KB`, `EPOCH_TICK_MS`, `MAX_RESULT_KB`.
+    pub fn apply_env(&mut self) -> Result<(), String> {
+        self.apply_vars(|name| std::env::var(format!("NIMBUS_WASM_{name}")).ok())
+    }
+
+    /// [`WasmConfig::apply_env`] over any lookup (testable without touching the environment).
+    pub fn apply_vars(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("NIMBUS_WASM_{name}: not a number: {v:?}"))
+        }
+        if let Some(v) = get("ALLOCATION") {
+            self.allocation = match v.trim() {
+                "auto" => Allocation::Auto,
+                "pooling" => Allocation::Pooling,
+                "on-demand" | "ondemand" => Allocation::OnDemand,
+                other => {
+                    return Err(format!(
+                        "NIMBUS_WASM_ALLOCATION: expected auto, pooling or on-demand, got {other:?}"
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get("MAX_CONCURRENT") {
+            self.max_concurrent_instances = num::<usize>("MAX_CONCURRENT", &v)?.max(1);
+        }
+        if let Some(v) = get("POOL_INSTANCES") {
+            self.pool_instances = num("POOL_INSTANCES", &v)?;
+        }
+        if let Some(v) = get("MAX_MEMORY_MB") {
+            self.max_memory_bytes = num::<usize>("MAX_MEMORY_MB", &v)?.saturating_mul(1 << 20);
+        }
+        if let Some(v) = get("KEEP_RESIDENT_KB") {
+            self.memory_keep_resident_bytes =
+                num::<usize>("KEEP_RESIDENT_KB", &v)?.saturating_mul(1 << 10);
+        }
+        if let Some(v) = get("EPOCH_TICK_MS") {
+            self.epoch_tick = Duration::from_millis(num::<u64>("EPOCH_TICK_MS", &v)?.max(1));
+        }
+        if let Some(v) = get("MAX_RESULT_KB") {
+            self.max_result_bytes = num::<usize>("MAX_RESULT_KB", &v)?.saturating_mul(1 << 10);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides() {
+        let mut c = WasmConfig::new("/tmp/x");
+        c.apply_vars(|n| match n {
+            "ALLOCATION" => Some("on-demand".into()),
+            "MAX_CONCURRENT" => Some("12".into()),
+            "EPOCH_TICK_MS" => Some("5".into()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.allocation, Allocation::OnDemand);
+        assert_eq!(c.max_concurrent_instances, 12);
+        assert_eq!(c.epoch_tick, Duration::from_millis(5));
+        assert!(
+            c.apply_vars(|n| (n == "POOL_INSTANCES").then(|| "lots".into()))
+                .is_err()
+        );
+    }
 }

@@ -16,11 +16,13 @@
 //! Capabilities are denied by default: no preopened directories, no environment, no sockets,
 //! outbound HTTP refused. Clocks and randomness are available.
 
+mod caps;
 mod config;
 mod io;
 mod limits;
 mod run;
 
+pub use caps::{Capabilities, HostPattern};
 pub use config::{Allocation, WasmConfig};
 
 use crate::limits::MemoryLimiter;
@@ -133,7 +135,7 @@ pub(crate) struct CompState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) http: WasiHttpCtx,
-    pub(crate) hooks: run::OutboundHooks,
+    pub(crate) hooks: caps::OutboundHooks,
     pub(crate) limiter: MemoryLimiter,
 }
 
@@ -173,6 +175,12 @@ pub(crate) struct Inner {
     pub(crate) slots: Arc<Semaphore>,
     cache_dir: PathBuf,
     artifacts: Mutex<HashMap<String, Arc<Prepared>>>,
+    /// Code strings already prepared, by address: the invoker hands the same `Arc<str>` for
+    /// every start of one action version, so a start after deploy skips base64 and sha256.
+    /// Each entry keeps its `Arc` alive, so an address cannot be reused while it is indexed.
+    code_index: Mutex<HashMap<usize, CodeEntry>>,
+    /// Per-hash gates serialising the compilation of one module.
+    inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pres: Mutex<HashMap<(String, WasmKind), Pre>>,
     compilations: AtomicU64,
     cache_loads: AtomicU64,
@@ -239,10 +247,17 @@ fn engine_config(c: &WasmConfig, pooling: bool) -> Config {
 }
 
 fn build_engine(c: &WasmConfig) -> Result<(Engine, bool), RuntimeError> {
-    let platform = |e: wasmtime::Error| RuntimeError::Platform(format!("wasm engine: {}", error_chain(&e)));
+    let platform =
+        |e: wasmtime::Error| RuntimeError::Platform(format!("wasm engine: {}", error_chain(&e)));
     match c.allocation {
-        Allocation::OnDemand => Ok((Engine::new(&engine_config(c, false)).map_err(platform)?, false)),
-        Allocation::Pooling => Ok((Engine::new(&engine_config(c, true)).map_err(platform)?, true)),
+        Allocation::OnDemand => Ok((
+            Engine::new(&engine_config(c, false)).map_err(platform)?,
+            false,
+        )),
+        Allocation::Pooling => Ok((
+            Engine::new(&engine_config(c, true)).map_err(platform)?,
+            true,
+        )),
         Allocation::Auto => match Engine::new(&engine_config(c, true)) {
             Ok(engine) => Ok((engine, true)),
             Err(e) => {
@@ -250,7 +265,10 @@ fn build_engine(c: &WasmConfig) -> Result<(Engine, bool), RuntimeError> {
                     error = %error_chain(&e),
                     "pooling allocator unavailable (address space too small?); using on-demand allocation"
                 );
-                Ok((Engine::new(&engine_config(c, false)).map_err(platform)?, false))
+                Ok((
+                    Engine::new(&engine_config(c, false)).map_err(platform)?,
+                    false,
+                ))
             }
         },
     }
@@ -264,7 +282,11 @@ fn compat_tag(engine: &Engine) -> String {
     format!("{:016x}", h.finish())
 }
 
-fn spawn_ticker(engine: &Engine, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+fn spawn_ticker(
+    engine: &Engine,
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("nimbus-wasm-epoch".into())
@@ -283,6 +305,12 @@ fn spawn_ticker(engine: &Engine, tick: Duration, stop: Arc<AtomicBool>) -> Resul
         .map(|_| ())
         .map_err(|e| RuntimeError::Platform(format!("could not start the epoch ticker: {e}")))
 }
+
+/// A code string (kept alive) and what it prepared to.
+type CodeEntry = (Arc<str>, Arc<Prepared>);
+
+/// Most code strings remembered by [`WasmRuntime::prepare_code`] (cleared when full).
+const CODE_INDEX_CAPACITY: usize = 4096;
 
 /// The header of a core module (version 1) and of a component (layer 1).
 const MODULE_HEADER: [u8; 8] = [0, b'a', b's', b'm', 1, 0, 0, 0];
@@ -377,7 +405,9 @@ impl Inner {
         } else {
             unsafe { Module::deserialize(&self.engine, &compiled) }.map(Artifact::Module)
         };
-        artifact.map_err(|e| RuntimeError::Platform(format!("loading compiled {what}: {}", error_chain(&e))))
+        artifact.map_err(|e| {
+            RuntimeError::Platform(format!("loading compiled {what}: {}", error_chain(&e)))
+        })
     }
 
     fn prepare_sync(&self, bytes: &[u8]) -> Result<Arc<Prepared>, RuntimeError> {
@@ -392,6 +422,25 @@ impl Inner {
         if let Some(p) = lock(&self.artifacts).get(&sha) {
             return Ok(p.clone());
         }
+        // One compilation per module at a time: concurrent cold starts of the same function
+        // wait for the first instead of compiling it again.
+        let gate = lock(&self.inflight).entry(sha.clone()).or_default().clone();
+        let _compiling = lock(&gate);
+        if let Some(p) = lock(&self.artifacts).get(&sha) {
+            return Ok(p.clone());
+        }
+        let result = self.load_or_compile(bytes, component, &sha);
+        lock(&self.inflight).remove(&sha);
+        result
+    }
+
+    fn load_or_compile(
+        &self,
+        bytes: &[u8],
+        component: bool,
+        sha: &str,
+    ) -> Result<Arc<Prepared>, RuntimeError> {
+        let sha = sha.to_string();
         let artifact = match self.load_cached(&self.cache_path(&sha), component) {
             Some(a) => a,
             None => self.compile(bytes, component, &sha)?,
@@ -410,7 +459,9 @@ impl Inner {
         if let Some(pre) = lock(&self.pres).get(&key) {
             return Ok(pre.clone());
         }
-        let link = |e: wasmtime::Error| init_error(format!("cannot link the function: {}", error_chain(&e)));
+        let link = |e: wasmtime::Error| {
+            init_error(format!("cannot link the function: {}", error_chain(&e)))
+        };
         let pre = match (&prepared.artifact, kind) {
             (Artifact::Module(m), WasmKind::Wasi) => {
                 match m.get_export("_start") {
@@ -471,7 +522,9 @@ impl WasmRuntime {
     /// directory and the epoch ticker.
     pub fn new(config: WasmConfig) -> Result<Self, RuntimeError> {
         let (engine, pooling) = build_engine(&config)?;
-        let platform = |e: wasmtime::Error| RuntimeError::Platform(format!("wasm linker: {}", error_chain(&e)));
+        let platform = |e: wasmtime::Error| {
+            RuntimeError::Platform(format!("wasm linker: {}", error_chain(&e)))
+        };
 
         let mut module_linker = wasmtime::Linker::<P1State>::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s| &mut s.wasi)
@@ -504,6 +557,8 @@ impl WasmRuntime {
                 component_linker,
                 cache_dir,
                 artifacts: Mutex::new(HashMap::new()),
+                inflight: Mutex::new(HashMap::new()),
+                code_index: Mutex::new(HashMap::new()),
                 pres: Mutex::new(HashMap::new()),
                 compilations: AtomicU64::new(0),
                 cache_loads: AtomicU64::new(0),
@@ -534,10 +589,36 @@ impl WasmRuntime {
             .map_err(|e| RuntimeError::Platform(format!("wasm compilation task failed: {e}")))?
     }
 
+    /// [`WasmRuntime::prepare`] of an action's code string, remembered by identity.
+    async fn prepare_code(
+        &self,
+        code: &Arc<str>,
+        binary: bool,
+    ) -> Result<Arc<Prepared>, RuntimeError> {
+        let key = Arc::as_ptr(code).cast::<u8>() as usize;
+        if let Some((known, prepared)) = lock(&self.inner.code_index).get(&key)
+            && Arc::ptr_eq(known, code)
+        {
+            return Ok(prepared.clone());
+        }
+        let prepared = self.prepare(decode_code(code, binary)?).await?;
+        let mut index = lock(&self.inner.code_index);
+        if index.len() >= CODE_INDEX_CAPACITY {
+            index.clear();
+        }
+        index.insert(key, (code.clone(), prepared.clone()));
+        Ok(prepared)
+    }
+
     /// Deploy-time check: prepares `bytes` and links them for `kind` (imports satisfiable,
     /// required exports present), caching the `InstancePre`.
-    pub async fn validate(&self, kind: &str, bytes: Vec<u8>) -> Result<Arc<Prepared>, RuntimeError> {
-        let k = WasmKind::from_kind(kind).ok_or_else(|| RuntimeError::UnsupportedKind(kind.to_string()))?;
+    pub async fn validate(
+        &self,
+        kind: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Prepared>, RuntimeError> {
+        let k = WasmKind::from_kind(kind)
+            .ok_or_else(|| RuntimeError::UnsupportedKind(kind.to_string()))?;
         let prepared = self.prepare(bytes).await?;
         self.inner.pre_for(&prepared, k)?;
         Ok(prepared)
@@ -570,17 +651,39 @@ impl Runtime for WasmRuntime {
         spec: &InstanceSpec,
         _timeout: Duration,
     ) -> Result<Box<dyn Instance>, RuntimeError> {
+        self.start_with_capabilities(spec, Capabilities::default())
+            .await
+    }
+}
+
+impl WasmRuntime {
+    /// [`Runtime::start`] with capabilities beyond the deny-by-default sandbox (a read-only
+    /// bundled directory, environment variables, outbound HTTP hosts).
+    pub async fn start_with_capabilities(
+        &self,
+        spec: &InstanceSpec,
+        caps: Capabilities,
+    ) -> Result<Box<dyn Instance>, RuntimeError> {
         let kind = WasmKind::from_kind(&spec.kind)
             .ok_or_else(|| RuntimeError::UnsupportedKind(spec.kind.clone()))?;
-        let bytes = decode_code(&spec.code, spec.binary)?;
-        let prepared = self.prepare(bytes).await?;
+        if let Some(dir) = &caps.bundled_dir
+            && !dir.is_dir()
+        {
+            return Err(RuntimeError::Platform(format!(
+                "the bundled directory {} does not exist",
+                dir.display()
+            )));
+        }
+        let prepared = self.prepare_code(&spec.code, spec.binary).await?;
         let pre = self.inner.pre_for(&prepared, kind)?;
-        let memory_limit = usize::try_from(spec.limits.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let memory_limit =
+            usize::try_from(spec.limits.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let runner = Arc::new(run::Runner {
             inner: self.inner.clone(),
             pre,
             memory_limit,
             action_name: spec.action_name.clone(),
+            caps: Arc::new(caps),
         });
         Ok(Box::new(WasmInstance {
             runner,

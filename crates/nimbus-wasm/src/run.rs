@@ -1,6 +1,7 @@
 //! One activation: a fresh store and instance from the function's `InstancePre`, the epoch
 //! deadline, the memory limiter, stdio capture, and the classification of how it ended.
 
+use crate::caps::{Capabilities, OutboundHooks};
 use crate::io::{Capture, LogPipe, Logs, ResultPipe};
 use crate::limits::MemoryLimiter;
 use crate::{CompState, Inner, P1State, Pre, error_chain};
@@ -8,42 +9,33 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use nimbus_runtime::{RunOutcome, RunRequest, RunResult};
 use serde_json::{Value, json};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 /// Extra time the host-side watchdog allows past the epoch deadline (the epoch stops wasm code;
 /// the watchdog covers a guest blocked in a host call, e.g. a long sleep).
 const WATCHDOG_GRACE: Duration = Duration::from_millis(50);
 
-/// Outbound HTTP policy: deny everything (TODO: per-function allowlist annotation).
-pub(crate) struct OutboundHooks;
-
-type SendFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
-
-impl WasiHttpHooks for OutboundHooks {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> SendFuture {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
+/// Enforces `timeout` on wasm code with the engine epoch: at every tick the guest yields to the
+/// executor (so CPU-bound guests share the worker threads) and, once past the deadline, traps
+/// with [`Trap::Interrupt`] even in a tight loop.
+fn arm_deadline<T: 'static>(store: &mut Store<T>, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if std::time::Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
 }
 
 pub(crate) struct Runner {
@@ -52,6 +44,7 @@ pub(crate) struct Runner {
     /// Bytes of linear memory one instance may have in total.
     pub(crate) memory_limit: usize,
     pub(crate) action_name: String,
+    pub(crate) caps: Arc<Capabilities>,
 }
 
 /// How the guest's code ended, before its output is looked at.
@@ -64,6 +57,15 @@ enum Ending {
 
 fn developer_error(msg: impl Into<String>) -> RunResult {
     RunResult::DeveloperError(msg.into())
+}
+
+/// The sandbox of an activation could not be set up (e.g. the bundled directory vanished).
+fn setup_error(e: &wasmtime::Error) -> RunResult {
+    tracing::warn!(error = %error_chain(e), "cannot set up a wasm activation");
+    developer_error(format!(
+        "The function's sandbox could not be set up: {}",
+        error_chain(e)
+    ))
 }
 
 /// Classifies an error out of instantiation or the guest's entry point.
@@ -117,14 +119,12 @@ fn parse_result(stdout: &[u8], overflowed: bool, cap: usize) -> RunResult {
 }
 
 impl Runner {
-    fn ticks(&self, timeout: Duration) -> u64 {
-        let tick = self.inner.config.epoch_tick.as_nanos().max(1);
-        u64::try_from(timeout.as_nanos().div_ceil(tick))
-            .unwrap_or(u64::MAX / 2)
-            .saturating_add(1)
-    }
-
-    fn wasi_builder(&self, stdin: Option<Vec<u8>>, stdout: Capture, stderr: LogPipe) -> WasiCtxBuilder {
+    fn wasi_builder(
+        &self,
+        stdin: Option<Vec<u8>>,
+        stdout: Capture,
+        stderr: LogPipe,
+    ) -> wasmtime::Result<WasiCtxBuilder> {
         let mut b = WasiCtxBuilder::new();
         if let Some(input) = stdin {
             b.stdin(MemoryInputPipe::new(input));
@@ -136,7 +136,13 @@ impl Runner {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        b
+        if !self.caps.env.is_empty() {
+            b.envs(&self.caps.env);
+        }
+        if let Some(dir) = &self.caps.bundled_dir {
+            b.preopened_dir(dir, "/", FsPerms::ReadOnly)?;
+        }
+        Ok(b)
     }
 
     fn comp_state(&self, b: &mut WasiCtxBuilder) -> CompState {
@@ -144,7 +150,9 @@ impl Runner {
             wasi: b.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: OutboundHooks,
+            hooks: OutboundHooks {
+                caps: self.caps.clone(),
+            },
             limiter: MemoryLimiter::new(self.memory_limit),
         }
     }
@@ -188,9 +196,14 @@ impl Runner {
         let cap = self.inner.config.max_result_bytes;
         let out = ResultPipe::new(cap);
         let err = logs.pipe("stderr");
-        let wasi = self
-            .wasi_builder(Some(Self::params_json(req)), Capture::Result(out.clone()), err.clone())
-            .build_p1();
+        let wasi = match self.wasi_builder(
+            Some(Self::params_json(req)),
+            Capture::Result(out.clone()),
+            err.clone(),
+        ) {
+            Ok(mut b) => b.build_p1(),
+            Err(e) => return setup_error(&e),
+        };
         let mut store = Store::new(
             &self.inner.engine,
             P1State {
@@ -199,8 +212,7 @@ impl Runner {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.ticks(req.timeout));
-        store.epoch_deadline_trap();
+        arm_deadline(&mut store, req.timeout);
 
         let fut = async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -233,12 +245,17 @@ impl Runner {
         let cap = self.inner.config.max_result_bytes;
         let out = ResultPipe::new(cap);
         let err = logs.pipe("stderr");
-        let mut b =
-            self.wasi_builder(Some(Self::params_json(req)), Capture::Result(out.clone()), err.clone());
+        let mut b = match self.wasi_builder(
+            Some(Self::params_json(req)),
+            Capture::Result(out.clone()),
+            err.clone(),
+        ) {
+            Ok(b) => b,
+            Err(e) => return setup_error(&e),
+        };
         let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.ticks(req.timeout));
-        store.epoch_deadline_trap();
+        arm_deadline(&mut store, req.timeout);
 
         let fut = async {
             let command = pre.instantiate_async(&mut store).await?;
@@ -251,9 +268,9 @@ impl Runner {
             Err(_) => Ending::Failed(RunResult::Timeout),
             Ok(Ok(Ok(()))) => Ending::Done,
             Ok(Ok(Err(()))) if mem => Ending::Failed(RunResult::MemoryExceeded),
-            Ok(Ok(Err(()))) => Ending::Failed(developer_error(
-                "The function exited with an error status.",
-            )),
+            Ok(Ok(Err(()))) => {
+                Ending::Failed(developer_error("The function exited with an error status."))
+            }
             Ok(Err(e)) => classify_error(&e, mem),
         };
         match ending {
@@ -274,11 +291,13 @@ impl Runner {
         let cap = self.inner.config.max_result_bytes;
         let out = logs.pipe("stdout");
         let err = logs.pipe("stderr");
-        let mut b = self.wasi_builder(None, Capture::Log(out.clone()), err.clone());
+        let mut b = match self.wasi_builder(None, Capture::Log(out.clone()), err.clone()) {
+            Ok(b) => b,
+            Err(e) => return setup_error(&e),
+        };
         let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.ticks(req.timeout));
-        store.epoch_deadline_trap();
+        arm_deadline(&mut store, req.timeout);
 
         // TODO(web actions): pass the raw HTTP request through instead of this POST.
         let request = match http::Request::builder()
@@ -366,9 +385,7 @@ impl Runner {
                     (Ok(Err(e)), Ending::Done) => developer_error(format!(
                         "The function's response body could not be read (limit {cap} bytes): {e}"
                     )),
-                    (Ok(Ok(collected)), Ending::Done) => {
-                        http_result(status, &collected.to_bytes())
-                    }
+                    (Ok(Ok(collected)), Ending::Done) => http_result(status, &collected.to_bytes()),
                 }
             }
         };
@@ -406,11 +423,26 @@ mod tests {
 
     #[test]
     fn parses_results() {
-        assert_eq!(parse_result(b"{\"a\":1}\n", false, 100), RunResult::Ok(json!({"a": 1})));
-        assert!(matches!(parse_result(b"", false, 100), RunResult::DeveloperError(_)));
-        assert!(matches!(parse_result(b"hello", false, 100), RunResult::DeveloperError(_)));
-        assert!(matches!(parse_result(b"42", false, 100), RunResult::DeveloperError(_)));
-        assert!(matches!(parse_result(b"{}", true, 100), RunResult::DeveloperError(_)));
+        assert_eq!(
+            parse_result(b"{\"a\":1}\n", false, 100),
+            RunResult::Ok(json!({"a": 1}))
+        );
+        assert!(matches!(
+            parse_result(b"", false, 100),
+            RunResult::DeveloperError(_)
+        ));
+        assert!(matches!(
+            parse_result(b"hello", false, 100),
+            RunResult::DeveloperError(_)
+        ));
+        assert!(matches!(
+            parse_result(b"42", false, 100),
+            RunResult::DeveloperError(_)
+        ));
+        assert!(matches!(
+            parse_result(b"{}", true, 100),
+            RunResult::DeveloperError(_)
+        ));
     }
 
     #[test]

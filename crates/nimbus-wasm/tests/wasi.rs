@@ -91,7 +91,9 @@ fn runtime(dir: &std::path::Path, concurrent: usize) -> WasmRuntime {
 fn spec(bytes: &[u8], memory_mb: u64, concurrency: u64) -> InstanceSpec {
     InstanceSpec {
         kind: "wasm:wasi".into(),
-        code: base64::engine::general_purpose::STANDARD.encode(bytes).into(),
+        code: base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into(),
         binary: true,
         main: "main".into(),
         action_name: "/guest/test".into(),
@@ -131,7 +133,11 @@ async fn echo_json_in_json_out_with_logs() {
     let out = inst.run(req(params.clone(), T)).await;
     assert_eq!(out.result, RunResult::Ok(params));
     assert_eq!(out.logs.len(), 1, "{:?}", out.logs);
-    assert!(out.logs[0].ends_with("stderr: echo: starting"), "{:?}", out.logs);
+    assert!(
+        out.logs[0].ends_with("stderr: echo: starting"),
+        "{:?}",
+        out.logs
+    );
     assert!(out.reusable);
     inst.shutdown().await;
 }
@@ -146,7 +152,11 @@ async fn log_limit_truncates() {
     let out = inst.run(r).await;
     assert_eq!(out.result, RunResult::Ok(json!({"a": 1})));
     assert_eq!(out.logs.len(), 1);
-    assert!(out.logs[0].contains("Logs were truncated"), "{:?}", out.logs);
+    assert!(
+        out.logs[0].contains("Logs were truncated"),
+        "{:?}",
+        out.logs
+    );
 }
 
 #[tokio::test]
@@ -203,7 +213,10 @@ async fn thousand_concurrent_runs_complete() {
     let dir = tempfile::tempdir().unwrap();
     // Fewer slots than runs: the rest queue.
     let rt = runtime(dir.path(), 64);
-    let inst = rt.start(&spec(&wasm(COUNTER_WAT), 64, 1000), T).await.unwrap();
+    let inst = rt
+        .start(&spec(&wasm(COUNTER_WAT), 64, 1000), T)
+        .await
+        .unwrap();
     let runner = inst.concurrent().expect("a concurrent runner");
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..1000 {
@@ -248,8 +261,14 @@ async fn corrupt_or_wrong_uploads_are_clear_prepare_errors() {
     let rt = runtime(dir.path(), 8);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"print('hello')".to_vec(), "not a WebAssembly binary"),
-        (b"\0asm\x01\0\0\0\x01\xff\xff".to_vec(), "invalid WebAssembly module"),
-        (b"\0asm\x09\0\0\0".to_vec(), "unsupported WebAssembly binary version"),
+        (
+            b"\0asm\x01\0\0\0\x01\xff\xff".to_vec(),
+            "invalid WebAssembly module",
+        ),
+        (
+            b"\0asm\x09\0\0\0".to_vec(),
+            "unsupported WebAssembly binary version",
+        ),
     ];
     for (bytes, want) in cases {
         match rt.prepare(bytes).await {
@@ -266,11 +285,15 @@ async fn corrupt_or_wrong_uploads_are_clear_prepare_errors() {
         other => panic!("{other:?}"),
     }
     match rt.validate("wasm:http", wasm(ECHO_WAT)).await {
-        Err(RuntimeError::Init { message, .. }) => assert!(message.contains("component"), "{message}"),
+        Err(RuntimeError::Init { message, .. }) => {
+            assert!(message.contains("component"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     // Unknown imports are refused at deploy, not at invoke.
-    let net = wasm(r#"(module (import "env" "socket" (func)) (memory (export "memory") 1) (func (export "_start")))"#);
+    let net = wasm(
+        r#"(module (import "env" "socket" (func)) (memory (export "memory") 1) (func (export "_start")))"#,
+    );
     match rt.validate("wasm:wasi", net).await {
         Err(RuntimeError::Init { message, .. }) => assert!(message.contains("link"), "{message}"),
         other => panic!("{other:?}"),
@@ -278,7 +301,10 @@ async fn corrupt_or_wrong_uploads_are_clear_prepare_errors() {
     // Not base64 through start().
     let mut s = spec(b"", 64, 1);
     s.code = "%%%".into();
-    assert!(matches!(rt.start(&s, T).await, Err(RuntimeError::Init { .. })));
+    assert!(matches!(
+        rt.start(&s, T).await,
+        Err(RuntimeError::Init { .. })
+    ));
     assert!(!rt.supports("nodejs:20"));
     assert!(rt.supports("wasm:wasi") && rt.supports("wasm:http"));
 }
@@ -348,4 +374,32 @@ async fn host_files_env_and_sockets_are_unreachable() {
     let mut inst = rt.start(&s, T).await.unwrap();
     let out = inst.run(req(json!({}), T)).await;
     assert_eq!(out.result, RunResult::Ok(json!({"open": 1, "envs": 0})));
+}
+
+/// On a single-threaded executor a spinning guest yields at every epoch tick, so another
+/// activation completes long before the spinner's deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn spinning_guest_does_not_starve_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), 8);
+    let inst = rt.start(&spec(&wasm(ECHO_WAT), 64, 4), T).await.unwrap();
+    let runner = inst.concurrent().expect("a concurrent runner");
+    let spinner = {
+        let runner = Arc::clone(&runner);
+        tokio::spawn(async move {
+            runner
+                .run(req(json!({"loop": true}), Duration::from_millis(1500)))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let t0 = Instant::now();
+    let out = runner.run(req(json!({"quick": 1}), T)).await;
+    assert_eq!(out.result, RunResult::Ok(json!({"quick": 1})));
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(spinner.await.unwrap().result, RunResult::Timeout);
 }

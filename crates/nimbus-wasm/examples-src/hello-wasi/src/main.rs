@@ -24,5 +24,17 @@ fn main() {
         "envVars": env_vars,
         "canReadHostFiles": can_read_host,
     });
+    let mut out = out;
+    // Capabilities, when granted: a file of the bundled directory and an environment variable.
+    if let Some(path) = params.get("readFile").and_then(Value::as_str) {
+        out["file"] = match std::fs::read_to_string(path) {
+            Ok(text) => json!(text),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        out["canWrite"] = json!(std::fs::write(path, "x").is_ok());
+    }
+    if let Some(name) = params.get("env").and_then(Value::as_str) {
+        out["envValue"] = json!(std::env::var(name).ok());
+    }
     let _ = std::io::stdout().write_all(out.to_string().as_bytes());
 }
