@@ -54,7 +54,8 @@ pub struct EntityQuery {
     pub limit: Option<u64>,
 }
 
-/// Filters for activation lists. Lists are newest first (by `start`).
+/// Filters for activation lists. Lists are newest first (by `start`; activations that started in
+/// the same millisecond, the one recorded last first).
 #[derive(Debug, Clone, Default)]
 pub struct ActivationQuery {
     /// `action` or `pkg/action`: matches the record's name, or the tail of its `path` annotation.

@@ -642,7 +642,7 @@ impl ActivationStore for SqliteStore {
         self.read(op, move |c| {
             let sql = format!(
                 "SELECT activation_id, record FROM activations WHERE {filter}
-                 ORDER BY start_ms DESC, activation_id ASC LIMIT ? OFFSET ?"
+                 ORDER BY start_ms DESC, rowid DESC LIMIT ? OFFSET ?"
             );
             let rows: Vec<(String, String)> = c
                 .prepare_cached(&sql)

@@ -357,7 +357,7 @@ async fn activation_filters_order_and_isolation() {
         activation("guest", 1, "a", Some("guest/a"), 100),
         activation("guest", 2, "a", Some("guest/pkg/a"), 200),
         activation("guest", 3, "b", Some("guest/b"), 300),
-        activation("guest", 4, "a", None, 300), // ties with 3 on start
+        activation("guest", 4, "a", None, 300), // ties with 3 on start: recorded later, listed first
         activation("guest", 5, "t", None, 400),
         activation("other", 6, "a", Some("other/a"), 500),
     ];
@@ -380,7 +380,7 @@ async fn activation_filters_order_and_isolation() {
         .list_activations("guest", &ActivationQuery::default())
         .await
         .unwrap();
-    assert_eq!(ids(&all), [id(5), id(3), id(4), id(2), id(1)]);
+    assert_eq!(ids(&all), [id(5), id(4), id(3), id(2), id(1)]);
     assert_eq!(all[3], records[1], "full record round-trips");
     assert_eq!(
         s.count_activations("guest", &ActivationQuery::default())
@@ -409,7 +409,7 @@ async fn activation_filters_order_and_isolation() {
     // since/upto are inclusive.
     assert_eq!(
         list(q(None, Some(200), Some(300), 0, None)).await,
-        [id(3), id(4), id(2)]
+        [id(4), id(3), id(2)]
     );
     assert_eq!(list(q(None, Some(301), None, 0, None)).await, [id(5)]);
     assert_eq!(list(q(None, None, Some(100), 0, None)).await, [id(1)]);
@@ -420,7 +420,7 @@ async fn activation_filters_order_and_isolation() {
         3
     );
 
-    assert_eq!(list(q(None, None, None, 1, Some(2))).await, [id(3), id(4)]);
+    assert_eq!(list(q(None, None, None, 1, Some(2))).await, [id(4), id(3)]);
     assert_eq!(
         list(q(Some("a"), Some(150), None, 1, Some(10))).await,
         [id(2)]
