@@ -184,6 +184,10 @@ pub struct ProcessRuntime {
     launcher_py: PathBuf,
     cgroups: Option<Arc<dyn CgroupManager>>,
     sandbox: Option<Arc<Sandbox>>,
+    /// Held while an outbound sandbox is created and its network attached: bwrap's loopback
+    /// setup fails intermittently (`RTM_NEWADDR: No child processes`) when it overlaps another
+    /// sandbox's slirp4netns attach, so those steps run one at a time.
+    outbound_setup: tokio::sync::Mutex<()>,
     launchers_dir: PathBuf,
     /// Interpreter installations outside the system directories (e.g. a pyenv Python under
     /// `/root`), bound read-only into the sandbox at their own paths.
@@ -278,6 +282,7 @@ impl ProcessRuntime {
             launcher_py,
             cgroups,
             sandbox: cfg.sandbox,
+            outbound_setup: tokio::sync::Mutex::new(()),
             launchers_dir: launchers,
             interpreter_dirs,
         })
@@ -1340,17 +1345,37 @@ impl Runtime for ProcessRuntime {
         let lang = Lang::from_kind(&spec.kind)
             .ok_or_else(|| RuntimeError::UnsupportedKind(spec.kind.clone()))?;
         let deadline = Instant::now() + timeout;
-        let mut inst = self
-            .launch(lang, Mode::Normal(spec), spec.limits.memory)
-            .await?;
-        tracing::debug!(instance = %inst.id, kind = %spec.kind, action = %spec.action_name, pid = ?inst.pgid, "instance started");
-        let mut sink = LogSink::new(log_limit(spec));
-        match await_ack(&mut inst, None, deadline, timeout, &mut sink).await {
-            Ok(_) => Ok(into_instance(inst, lang, spec)),
-            Err(f) => Err(RuntimeError::Init {
-                message: f.message,
-                logs: sink.lines,
-            }),
+        let mut attempt = 0;
+        loop {
+            let mut inst = self
+                .launch(lang, Mode::Normal(spec), spec.limits.memory)
+                .await?;
+            tracing::debug!(instance = %inst.id, kind = %spec.kind, action = %spec.action_name, pid = ?inst.pgid, "instance started");
+            let mut sink = LogSink::new(log_limit(spec));
+            match await_ack(&mut inst, None, deadline, timeout, &mut sink).await {
+                Ok(_) => return Ok(into_instance(inst, lang, spec)),
+                // bubblewrap 0.8 intermittently fails to bring up the loopback interface of a
+                // sandbox with outbound network ("loopback: Failed RTM_NEWADDR"); the sandbox
+                // never ran the function, so it is started again (bounded).
+                Err(_)
+                    if attempt < 3
+                        && spec.outbound_network
+                        && sink
+                            .lines
+                            .iter()
+                            .any(|l| l.contains("bwrap: loopback: Failed RTM_NEWADDR")) =>
+                {
+                    tracing::warn!(action = %spec.action_name, "bubblewrap could not set up the sandbox's loopback; starting it again");
+                    attempt += 1;
+                    inst.stop().await;
+                }
+                Err(f) => {
+                    return Err(RuntimeError::Init {
+                        message: f.message,
+                        logs: sink.lines,
+                    });
+                }
+            }
         }
     }
 
@@ -1546,6 +1571,12 @@ impl ProcessRuntime {
         procs_file: Option<fs::File>,
         sandboxed: Option<(&SandboxSpec, Option<&CgroupHandle>)>,
     ) -> Result<(Child, Pipes, Option<NetHandle>), RuntimeError> {
+        let outbound = sandboxed.is_some_and(|(sp, _)| sp.network == Network::Outbound);
+        let _serial = if outbound {
+            Some(self.outbound_setup.lock().await)
+        } else {
+            None
+        };
         let mut attempt = 0;
         loop {
             let (out_r, out_w) = pipe_pair()?;
@@ -1630,11 +1661,22 @@ impl ProcessRuntime {
                     // Outbound network: slirp4netns joins the sandbox's namespace before the
                     // program is let go.
                     let net = match (&self.sandbox, network) {
-                        (Some(sb), Some(pending)) => Some(
-                            sb.attach_network(pending)
-                                .await
-                                .map_err(|e| platform("cannot connect the sandbox's network", e))?,
-                        ),
+                        (Some(sb), Some(pending)) => match sb.attach_network(pending).await {
+                            Ok(n) => Some(n),
+                            // Seen rarely under heavy parallel load: the held sandbox is gone
+                            // by the time it is released (EPIPE). Not the function's fault:
+                            // start the sandbox again, a bounded number of times.
+                            Err(e) if attempt < 3 => {
+                                tracing::warn!(error = %e, "connecting the sandbox's network failed; starting it again");
+                                attempt += 1;
+                                let _ = child.start_kill();
+                                let _ = child.wait().await;
+                                continue;
+                            }
+                            Err(e) => {
+                                return Err(platform("cannot connect the sandbox's network", e));
+                            }
+                        },
                         _ => None,
                     };
                     let pipes = Pipes {
