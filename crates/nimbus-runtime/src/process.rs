@@ -184,10 +184,6 @@ pub struct ProcessRuntime {
     launcher_py: PathBuf,
     cgroups: Option<Arc<dyn CgroupManager>>,
     sandbox: Option<Arc<Sandbox>>,
-    /// Held while an outbound sandbox is created and its network attached: bwrap's loopback
-    /// setup fails intermittently (`RTM_NEWADDR: No child processes`) when it overlaps another
-    /// sandbox's slirp4netns attach, so those steps run one at a time.
-    outbound_setup: tokio::sync::Mutex<()>,
     launchers_dir: PathBuf,
     /// Interpreter installations outside the system directories (e.g. a pyenv Python under
     /// `/root`), bound read-only into the sandbox at their own paths.
@@ -282,7 +278,6 @@ impl ProcessRuntime {
             launcher_py,
             cgroups,
             sandbox: cfg.sandbox,
-            outbound_setup: tokio::sync::Mutex::new(()),
             launchers_dir: launchers,
             interpreter_dirs,
         })
@@ -1571,12 +1566,6 @@ impl ProcessRuntime {
         procs_file: Option<fs::File>,
         sandboxed: Option<(&SandboxSpec, Option<&CgroupHandle>)>,
     ) -> Result<(Child, Pipes, Option<NetHandle>), RuntimeError> {
-        let outbound = sandboxed.is_some_and(|(sp, _)| sp.network == Network::Outbound);
-        let _serial = if outbound {
-            Some(self.outbound_setup.lock().await)
-        } else {
-            None
-        };
         let mut attempt = 0;
         loop {
             let (out_r, out_w) = pipe_pair()?;
@@ -1663,9 +1652,9 @@ impl ProcessRuntime {
                     let net = match (&self.sandbox, network) {
                         (Some(sb), Some(pending)) => match sb.attach_network(pending).await {
                             Ok(n) => Some(n),
-                            // Seen rarely under heavy parallel load: the held sandbox is gone
-                            // by the time it is released (EPIPE). Not the function's fault:
-                            // start the sandbox again, a bounded number of times.
+                            // bubblewrap 0.8 sometimes fails to set up an outbound sandbox's
+                            // loopback and exits (see `start`); releasing it then fails with
+                            // EPIPE. Not the function's fault: start the sandbox again (bounded).
                             Err(e) if attempt < 3 => {
                                 tracing::warn!(error = %e, "connecting the sandbox's network failed; starting it again");
                                 attempt += 1;
