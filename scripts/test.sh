@@ -41,6 +41,12 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# --- wasm examples: build examples/wasm (Rust, Python, JavaScript) for the nimbus-wasm and
+# server tests; installs the rustup wasm targets, componentize-py (venv) and componentize-js
+# (npm) under the target dir. A no-op when the sources are unchanged (about a second).
+log "wasm examples"
+scripts/build-wasm-examples.sh
+
 log "cargo test"
 cargo test --workspace --locked
 

@@ -1,5 +1,10 @@
-//! The Rust examples under `examples-src/`, built with cargo for `wasm32-wasip1`/`wasm32-wasip2`
-//! (needs `rustup target add wasm32-wasip1 wasm32-wasip2`), deployed and invoked.
+//! The examples under `examples/wasm` (Rust, Python and JavaScript, both kinds), built by
+//! `scripts/build-wasm-examples.sh`, prepared and invoked through [`WasmRuntime`].
+//!
+//! The examples are read from `$NIMBUS_WASM_EXAMPLES` when it is set (used as is), else from
+//! `<target dir>/wasm-examples`, which the first test brings up to date by running the build
+//! script (a no-op when the sources are unchanged; a cold build installs componentize-py and
+//! componentize-js and takes a few minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine as _;
@@ -10,42 +15,46 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-static BUILD: Mutex<()> = Mutex::new(());
+/// The directory holding the built examples (see the module docs).
+fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("NIMBUS_WASM_EXAMPLES") {
+            return PathBuf::from(dir);
+        }
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target dir")
+            .to_path_buf();
+        let dir = target.join("wasm-examples");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-wasm-examples.sh");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("run scripts/build-wasm-examples.sh");
+        assert!(
+            status.success(),
+            "scripts/build-wasm-examples.sh {} failed (see its output above)",
+            dir.display()
+        );
+        dir
+    })
+}
 
-/// Builds `examples-src/<name>` for `target` and returns the `.wasm`.
-fn build_example(name: &str, target: &str) -> Vec<u8> {
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples-src")
-        .join(name)
-        .join("Cargo.toml");
-    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasm-examples");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--target",
-            target,
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("RUSTFLAGS")
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "building {name} for {target} failed (is the target installed? rustup target add {target})"
-    );
-    let file = target_dir
-        .join(target)
-        .join("release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+/// One built example, e.g. `rust-wasi.wasm`.
+fn example(file: &str) -> Vec<u8> {
+    let path = examples_dir().join(file);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (build the examples with scripts/build-wasm-examples.sh)",
+            path.display()
+        )
+    })
 }
 
 fn spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
@@ -114,7 +123,7 @@ async fn check_wasi(rt: &WasmRuntime, bytes: Vec<u8>) {
 
 #[tokio::test]
 async fn rust_wasip2_command_component() {
-    let bytes = build_example("hello-wasi", "wasm32-wasip2");
+    let bytes = example("rust-wasi.wasm");
     assert_eq!(nimbus_wasm::detect_component(&bytes), Some(true));
     let dir = tempfile::tempdir().unwrap();
     check_wasi(&runtime(dir.path()), bytes).await;
@@ -122,7 +131,7 @@ async fn rust_wasip2_command_component() {
 
 #[tokio::test]
 async fn rust_wasip1_command_module() {
-    let bytes = build_example("hello-wasi", "wasm32-wasip1");
+    let bytes = example("rust-wasi-p1.wasm");
     assert_eq!(nimbus_wasm::detect_component(&bytes), Some(false));
     let dir = tempfile::tempdir().unwrap();
     check_wasi(&runtime(dir.path()), bytes).await;
@@ -130,7 +139,7 @@ async fn rust_wasip1_command_module() {
 
 #[tokio::test]
 async fn rust_wasi_http_component() {
-    let bytes = build_example("hello-http", "wasm32-wasip2");
+    let bytes = example("rust-http.wasm");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
     let prepared = rt.validate("wasm:http", bytes.clone()).await.unwrap();
@@ -160,13 +169,13 @@ async fn rust_wasi_http_component() {
     );
     // A core module is not a wasm:http function. (This component, a Rust binary, also exports
     // wasi:cli/run, so it would link as wasm:wasi too.)
-    let module = build_example("hello-wasi", "wasm32-wasip1");
+    let module = example("rust-wasi-p1.wasm");
     assert!(rt.validate("wasm:http", module).await.is_err());
 }
 
 #[tokio::test]
 async fn http_component_timeout_and_memory_limit() {
-    let bytes = build_example("hello-http", "wasm32-wasip2");
+    let bytes = example("rust-http.wasm");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
     let mut inst = rt
@@ -192,41 +201,61 @@ async fn http_component_timeout_and_memory_limit() {
     );
 }
 
-/// Not a timed test: prints in-process latency of a fresh instance per run (build with
-/// `--release` for meaningful numbers): `cargo test --release --test examples latency -- --ignored --nocapture`.
+/// Every example: (file, kind, parameters of an ordinary run).
+const ALL: [(&str, &str); 7] = [
+    ("rust-wasi-p1.wasm", "wasm:wasi"),
+    ("rust-wasi.wasm", "wasm:wasi"),
+    ("rust-http.wasm", "wasm:http"),
+    ("python-wasi.wasm", "wasm:wasi"),
+    ("python-http.wasm", "wasm:http"),
+    ("js-wasi.wasm", "wasm:wasi"),
+    ("js-http.wasm", "wasm:http"),
+];
+
+/// Not a timed test: prints, for every example, its size, the first compile (Cranelift, at
+/// deploy), the load of the cached artifact after a restart, and the in-process latency of a
+/// fresh instance per run. Build with `--release` for meaningful numbers:
+/// `cargo test --release -p nimbus-wasm --test examples latency -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn latency_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime(dir.path());
-    for (kind, name, target) in [
-        ("wasm:wasi", "hello-wasi", "wasm32-wasip1"),
-        ("wasm:wasi", "hello-wasi", "wasm32-wasip2"),
-        ("wasm:http", "hello-http", "wasm32-wasip2"),
-    ] {
-        let bytes = build_example(name, target);
+    for (file, kind) in ALL {
+        let bytes = example(file);
+        let dir = tempfile::tempdir().unwrap();
         let spec = spec(kind, &bytes);
-        let t0 = std::time::Instant::now();
-        let mut inst = rt.start(&spec, Duration::from_secs(10)).await.unwrap();
-        let start = t0.elapsed();
-        let mut times = Vec::new();
-        for _ in 0..2000 {
+        let (compile, start, times) = {
+            let rt = runtime(dir.path());
+            let t0 = std::time::Instant::now();
+            rt.prepare(bytes.clone()).await.unwrap();
+            let compile = t0.elapsed();
             let t = std::time::Instant::now();
-            let out = inst.run(req(json!({"name": "Ada"}))).await;
-            times.push(t.elapsed());
-            assert!(matches!(out.result, RunResult::Ok(_)));
-        }
-        times.sort();
-        // A start after deploy (artifact and InstancePre cached) plus its first run.
+            let mut inst = rt.start(&spec, Duration::from_secs(10)).await.unwrap();
+            let start = t.elapsed();
+            let runs = if file.starts_with("rust") { 2000 } else { 200 };
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let t = std::time::Instant::now();
+                let out = inst.run(req(json!({"name": "Ada"}))).await;
+                times.push(t.elapsed());
+                assert!(matches!(out.result, RunResult::Ok(_)), "{:?}", out.result);
+            }
+            times.sort();
+            (compile, start, times)
+        };
+        // A restart: a new runtime on the same cache loads the .cwasm instead of compiling.
+        let rt = runtime(dir.path());
         let t = std::time::Instant::now();
-        let mut again = rt.start(&spec, Duration::from_secs(10)).await.unwrap();
+        let mut inst = rt.start(&spec, Duration::from_secs(10)).await.unwrap();
         let restart = t.elapsed();
-        let out = again.run(req(json!({"name": "Ada"}))).await;
-        let first_run = t.elapsed();
+        let out = inst.run(req(json!({"name": "Ada"}))).await;
+        let restart_run = t.elapsed();
         assert!(matches!(out.result, RunResult::Ok(_)));
+        assert_eq!(rt.stats().compilations, 0, "a restart must not recompile");
         eprintln!(
-            "{kind} {name} ({target}): start {start:?} (compiling), start after deploy {restart:?}, \
-             start + first run {first_run:?}, run p50 {:?} p99 {:?} (pooling: {})",
+            "{file:18} {kind:9} {:>6} KB: compile {compile:>10.1?}, start after deploy {start:>8.1?}, \
+             after restart: start {restart:>8.1?}, start + first run {restart_run:>8.1?}; \
+             run p50 {:>8.1?} p99 {:>8.1?} (pooling: {})",
+            bytes.len() / 1024,
             times[times.len() / 2],
             times[times.len() * 99 / 100],
             rt.stats().pooling
@@ -240,8 +269,8 @@ async fn granted_bundled_dir_and_env() {
     let bundle = tempfile::tempdir().unwrap();
     std::fs::write(bundle.path().join("data.txt"), "hello bundle").unwrap();
     let rt = runtime(dir.path());
-    for target in ["wasm32-wasip2", "wasm32-wasip1"] {
-        let bytes = build_example("hello-wasi", target);
+    for target in ["rust-wasi.wasm", "rust-wasi-p1.wasm"] {
+        let bytes = example(target);
         let caps = Capabilities {
             bundled_dir: Some(bundle.path().to_path_buf()),
             env: vec![("GREETING".into(), "hi".into())],
@@ -303,7 +332,7 @@ async fn hello_server() -> (u16, Arc<AtomicUsize>) {
 async fn outbound_http_only_to_allowed_hosts() {
     let (port, connections) = hello_server().await;
     let url = format!("http://127.0.0.1:{port}/");
-    let bytes = build_example("hello-http", "wasm32-wasip2");
+    let bytes = example("rust-http.wasm");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
 
@@ -344,5 +373,263 @@ async fn outbound_http_only_to_allowed_hosts() {
             assert!(v["fetchError"].is_string(), "{v}");
             assert_eq!(connections.load(Ordering::SeqCst), 0);
         }
+    }
+}
+
+// --- Python and JavaScript (componentize-py, componentize-js) ---------------------------------
+
+/// A runtime for the large interpreter components: componentize-py/componentize-js embed
+/// CPython/SpiderMonkey (12–19 MB components with more core instances, memories and tables
+/// than the Rust ones), so the pool's per-component caps are raised here.
+fn big_runtime(dir: &Path) -> WasmRuntime {
+    let mut cfg = WasmConfig::new(dir);
+    cfg.max_concurrent_instances = 8;
+    cfg.pool_instances = 8;
+    cfg.max_core_instance_size = 64 << 20;
+    cfg.max_component_instance_size = 64 << 20;
+    WasmRuntime::new(cfg).unwrap()
+}
+
+fn big_spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
+    let mut spec = spec(kind, bytes);
+    spec.limits.memory = 256;
+    spec
+}
+
+/// An interpreter `wasm:wasi` command: JSON in on stdin, JSON out on stdout, stderr as logs, a
+/// failed run as a developer error, no environment, and not a `wasm:http` function.
+async fn check_interpreted_wasi(file: &str, language: &str) {
+    let bytes = example(file);
+    assert_eq!(nimbus_wasm::detect_component(&bytes), Some(true));
+    let dir = tempfile::tempdir().unwrap();
+    let rt = big_runtime(dir.path());
+    let prepared = rt.validate("wasm:wasi", bytes.clone()).await.unwrap();
+    assert_eq!(rt.infer_kind(&prepared), "wasm:wasi");
+    let err = rt.validate("wasm:http", bytes.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("incoming-handler"), "{err}");
+    let mut inst = rt
+        .start(&big_spec("wasm:wasi", &bytes), Duration::from_secs(30))
+        .await
+        .unwrap();
+    for name in ["Ada", "Grace"] {
+        let out = inst.run(req(json!({"name": name}))).await;
+        let RunResult::Ok(v) = &out.result else {
+            panic!("{:?} {:?}", out.result, out.logs)
+        };
+        assert_eq!(v["greeting"], json!(format!("Hello, {name}!")), "{v}");
+        assert_eq!(v["language"], json!(language), "{v}");
+        // The default sandbox: no environment at all (not even the action's __OW_* variables).
+        assert_eq!(v["envVars"], json!(0), "{v}");
+        let expected = format!("stderr: greeting {name}");
+        assert!(
+            out.logs.iter().any(|l| l.ends_with(&expected)),
+            "{:?}",
+            out.logs
+        );
+    }
+    let out = inst.run(req(json!({"name": "Bo", "fail": true}))).await;
+    match &out.result {
+        RunResult::DeveloperError(m) => assert!(m.contains("exited"), "{m}"),
+        other => panic!("{other:?} {:?}", out.logs),
+    }
+    assert!(
+        out.logs
+            .iter()
+            .any(|l| l.ends_with("stderr: failing on request")),
+        "{:?}",
+        out.logs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_wasi_command_component() {
+    check_interpreted_wasi("python-wasi.wasm", "python").await;
+    // Nothing of the host's filesystem is visible.
+    let bytes = example("python-wasi.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = big_runtime(dir.path());
+    let mut inst = rt
+        .start(&big_spec("wasm:wasi", &bytes), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let out = inst.run(req(json!({"name": "Ada"}))).await;
+    let RunResult::Ok(v) = &out.result else {
+        panic!("{:?}", out.result)
+    };
+    assert_eq!(v["canReadHostFiles"], json!(false), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_wasi_command_component() {
+    check_interpreted_wasi("js-wasi.wasm", "javascript").await;
+    let bytes = example("js-wasi.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = big_runtime(dir.path());
+    let mut inst = rt
+        .start(&big_spec("wasm:wasi", &bytes), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let out = inst.run(req(json!({"name": "Ada"}))).await;
+    let RunResult::Ok(v) = &out.result else {
+        panic!("{:?}", out.result)
+    };
+    assert_eq!(v["preopenedDirs"], json!(0), "{v}");
+}
+
+/// Granted capabilities reach interpreted functions too: an environment variable, and (Python)
+/// a file of the bundled read-only directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_js_commands_see_granted_capabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::write(bundle.path().join("data.txt"), "hello bundle").unwrap();
+    let rt = big_runtime(dir.path());
+    for file in ["python-wasi.wasm", "js-wasi.wasm"] {
+        let bytes = example(file);
+        let caps = Capabilities {
+            bundled_dir: Some(bundle.path().to_path_buf()),
+            env: vec![("GREETING".into(), "hi".into())],
+            ..Capabilities::default()
+        };
+        let mut inst = rt
+            .start_with_capabilities(&big_spec("wasm:wasi", &bytes), caps)
+            .await
+            .unwrap();
+        let out = inst
+            .run(req(
+                json!({"name": "Ada", "readFile": "/data.txt", "env": "GREETING"}),
+            ))
+            .await;
+        let RunResult::Ok(v) = &out.result else {
+            panic!("{file}: {:?} {:?}", out.result, out.logs)
+        };
+        assert_eq!(v["envVars"], json!(1), "{file}: {v}");
+        assert_eq!(v["envValue"], json!("hi"), "{file}: {v}");
+        if file.starts_with("python") {
+            assert_eq!(v["file"], json!("hello bundle"), "{file}: {v}");
+        } else {
+            assert_eq!(v["preopenedDirs"], json!(1), "{file}: {v}");
+        }
+    }
+}
+
+/// An interpreter `wasm:http` component invoked with parameters: a POST of the JSON to `/`,
+/// the JSON response body as the result, a 404 as an application error, stderr as logs, and
+/// a fresh instance every run.
+async fn check_interpreted_http(file: &str, language: &str) {
+    let bytes = example(file);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = big_runtime(dir.path());
+    let prepared = rt.validate("wasm:http", bytes.clone()).await.unwrap();
+    assert_eq!(rt.infer_kind(&prepared), "wasm:http");
+    let err = rt.validate("wasm:wasi", bytes.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("run"), "{err}");
+    let mut inst = rt
+        .start(&big_spec("wasm:http", &bytes), Duration::from_secs(30))
+        .await
+        .unwrap();
+    for name in ["Ada", "Grace", "Ada"] {
+        let params = json!({"name": name});
+        let out = inst.run(req(params.clone())).await;
+        let body_len = serde_json::to_vec(&params).unwrap().len();
+        assert_eq!(
+            out.result,
+            RunResult::Ok(json!({
+                "greeting": format!("Hello, {name}!"),
+                "language": language,
+                "method": "POST",
+                "path": "/",
+                "query": {},
+                "bodyBytes": body_len,
+                "userAgent": null,
+            })),
+            "{:?}",
+            out.logs
+        );
+        let expected = format!("stderr: POST / for {name}");
+        assert!(
+            out.logs.iter().any(|l| l.ends_with(&expected)),
+            "{:?}",
+            out.logs
+        );
+    }
+    let out = inst.run(req(json!({"notFound": true}))).await;
+    assert_eq!(
+        out.result,
+        RunResult::Ok(json!({"error": "no such thing", "statusCode": 404}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_component() {
+    check_interpreted_http("python-http.wasm", "python").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_http_component() {
+    check_interpreted_http("js-http.wasm", "javascript").await;
+}
+
+/// A restart (a new runtime on the same cache directory) loads the compiled Python component
+/// instead of compiling it again, and it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interpreted_components_are_compiled_once_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["python-http.wasm", "js-wasi.wasm"] {
+        let kind = if file.ends_with("http.wasm") {
+            "wasm:http"
+        } else {
+            "wasm:wasi"
+        };
+        let bytes = example(file);
+        {
+            let rt = big_runtime(dir.path());
+            rt.validate(kind, bytes.clone()).await.unwrap();
+            assert_eq!(rt.stats().compilations, 1);
+        }
+        let rt = big_runtime(dir.path());
+        let mut inst = rt
+            .start(&big_spec(kind, &bytes), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let out = inst.run(req(json!({"name": "Ada"}))).await;
+        let RunResult::Ok(v) = &out.result else {
+            panic!("{file}: {:?}", out.result)
+        };
+        assert_eq!(v["greeting"], json!("Hello, Ada!"));
+        assert_eq!(rt.stats().compilations, 0, "{file}");
+        assert_eq!(rt.stats().cache_loads, 1, "{file}");
+    }
+}
+
+/// An interpreter's busy loop stops at the deadline and a large allocation hits the memory
+/// limit with the clear outcome; the function keeps working after both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_js_timeout_and_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = big_runtime(dir.path());
+    for file in ["python-wasi.wasm", "js-wasi.wasm"] {
+        let bytes = example(file);
+        let mut inst = rt
+            .start(&big_spec("wasm:wasi", &bytes), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut r = req(json!({"spin": true}));
+        r.timeout = Duration::from_millis(500);
+        let t0 = std::time::Instant::now();
+        let out = inst.run(r).await;
+        let took = t0.elapsed();
+        assert_eq!(out.result, RunResult::Timeout, "{file}");
+        assert!(took < Duration::from_millis(600), "{file}: stopped after {took:?}");
+        // Within the 256 MB limit, then over it.
+        let out = inst.run(req(json!({"allocMb": 32}))).await;
+        assert_eq!(out.result, RunResult::Ok(json!({"allocated": 32 << 20})), "{file}");
+        let out = inst.run(req(json!({"allocMb": 400}))).await;
+        assert_eq!(out.result, RunResult::MemoryExceeded, "{file}: {:?}", out.logs);
+        let out = inst.run(req(json!({"name": "Bo"}))).await;
+        let RunResult::Ok(v) = &out.result else {
+            panic!("{file}: {:?}", out.result)
+        };
+        assert_eq!(v["greeting"], json!("Hello, Bo!"), "{file}");
     }
 }

@@ -49,6 +49,14 @@ class Run(exports.Run):
         except ValueError as e:
             print(f"parameters are not JSON: {e}", file=sys.stderr)
             raise Err(None)
+        # Misbehaviours for the platform's tests: a busy loop and a large allocation.
+        if params.get("spin"):
+            while True:
+                pass
+        if "allocMb" in params:
+            block = bytearray(params["allocMb"] << 20)
+            json.dump({"allocated": len(block)}, sys.stdout)
+            return
         if params.get("fail"):
             # A failed run (exit status 1): the platform reports a developer error.
             print("failing on request", file=sys.stderr)
