@@ -45,6 +45,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # server tests; installs the rustup wasm targets, componentize-py (venv) and componentize-js
 # (npm) under the target dir. A no-op when the sources are unchanged (about a second).
 log "wasm examples"
+if ! python3 -c 'import ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
 scripts/build-wasm-examples.sh
 
 log "cargo test"
