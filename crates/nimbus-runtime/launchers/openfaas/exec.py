@@ -11,6 +11,14 @@ import subprocess
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
+# Environment of the deployment (envVars / stack.yml `environment`), written by the gateway.
+_ENV_FILE = os.path.join(_HERE, "openfaas.env.json")
+if os.path.isfile(_ENV_FILE):
+    import json as _json
+
+    with open(_ENV_FILE) as _f:
+        os.environ.update({str(k): str(v) for k, v in _json.load(_f).items()})
+
 
 def _command():
     fp = os.environ.get("fprocess", "").split()
@@ -32,5 +40,5 @@ def main(params):
     p = subprocess.run(_command(), input=body, capture_output=True, cwd=os.path.join(_HERE, "function"), env=env)
     if p.returncode != 0:
         msg = b"exit status %d\n" % p.returncode + p.stderr
-        return {"statusCode": 500, "headers": {}, "body": base64.b64encode(msg).decode("ascii")}
-    return {"statusCode": 200, "headers": {}, "body": base64.b64encode(p.stdout).decode("ascii")}
+        return {"statusCode": 500, "headers": {}, "isBase64Encoded": True, "body": base64.b64encode(msg).decode("ascii")}
+    return {"statusCode": 200, "headers": {}, "isBase64Encoded": True, "body": base64.b64encode(p.stdout).decode("ascii")}

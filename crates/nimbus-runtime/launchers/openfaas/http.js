@@ -12,6 +12,12 @@
 // request body is parsed; other bodies are text, or a Buffer when RAW_BODY=true.
 
 const path = require('path');
+const fs = require('fs');
+
+// Environment of the deployment (envVars / stack.yml `environment`), written by the gateway.
+const envFile = path.join(__dirname, 'openfaas.env.json');
+if (fs.existsSync(envFile)) Object.assign(process.env, JSON.parse(fs.readFileSync(envFile, 'utf8')));
+
 const handler = require(path.join(__dirname, 'function', 'handler.js'));
 
 function parseBody(raw, headers) {
@@ -72,10 +78,10 @@ async function main(params) {
   if (err) {
     const status = ctx.statusCode === 200 ? 500 : ctx.statusCode;
     const msg = err instanceof Error ? err.toString() : (typeof err === 'string' ? err : JSON.stringify(err));
-    return { statusCode: status, headers: outHeaders, body: Buffer.from(msg).toString('base64') };
+    return { statusCode: status, headers: outHeaders, isBase64Encoded: true, body: Buffer.from(msg).toString('base64') };
   }
   const data = encode(value, outHeaders);
-  return { statusCode: ctx.statusCode, headers: outHeaders, body: data.toString('base64') };
+  return { statusCode: ctx.statusCode, headers: outHeaders, isBase64Encoded: true, body: data.toString('base64') };
 }
 
 exports.main = main;

@@ -19,6 +19,14 @@ import socket
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Environment of the deployment (envVars / stack.yml `environment`), written by the gateway.
+_ENV_FILE = os.path.join(_HERE, "openfaas.env.json")
+if os.path.isfile(_ENV_FILE):
+    import json as _json
+
+    with open(_ENV_FILE) as _f:
+        os.environ.update({str(k): str(v) for k, v in _json.load(_f).items()})
 for _d in (os.path.join(_HERE, "packages"), _HERE):
     if os.path.isdir(_d) and _d not in sys.path:
         sys.path.insert(0, _d)
@@ -71,4 +79,4 @@ def main(params):
         headers = {str(k): str(v) for k, v in (res.get("headers") or {}).items()}
         body = res.get("body")
     data = _encode(body, headers)
-    return {"statusCode": status, "headers": headers, "body": base64.b64encode(data).decode("ascii")}
+    return {"statusCode": status, "headers": headers, "isBase64Encoded": True, "body": base64.b64encode(data).decode("ascii")}
