@@ -134,10 +134,10 @@ impl Controller {
         let Some(root) = &self.cfg.function_mounts else {
             return Vec::new();
         };
-        if a.path.to_path().contains('/') {
+        if a.path.package.is_some() {
             return Vec::new();
         }
-        let dir = root.join(&a.namespace).join(a.path.to_path());
+        let dir = root.join(&a.namespace).join(&a.path.name);
         if dir.is_dir() {
             vec![(dir, std::path::PathBuf::from("/var/openfaas/secrets"))]
         } else {

@@ -532,7 +532,7 @@ impl Gateway {
         let ns = self.nimbus_ns(ns);
         let label = format!("{name}.{}", self.openfaas_ns(&ns));
         let who = self.identity(&ns).await?;
-        let action = FullyQualifiedName::parse(&format!("/{ns}/{name}"))
+        let action = FullyQualifiedName::parse(&format!("/{ns}/{name}"), &ns)
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         let started = Instant::now();
         self.metrics.started(&label);
@@ -609,7 +609,7 @@ impl Gateway {
         let ns = self.nimbus_ns(ns);
         let label = format!("{name}.{}", self.openfaas_ns(&ns));
         let who = self.identity(&ns).await?;
-        let action = FullyQualifiedName::parse(&format!("/{ns}/{name}"))
+        let action = FullyQualifiedName::parse(&format!("/{ns}/{name}"), &ns)
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         // The queue-worker always POSTs.
         req.method = "POST".into();

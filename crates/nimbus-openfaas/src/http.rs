@@ -262,7 +262,7 @@ async fn logs(State(gw): State<S>, Query(q): Query<LogsQuery>) -> Result<Respons
     tokio::spawn(async move {
         let mut seen: std::collections::HashSet<String> = Default::default();
         let mut newest = since.unwrap_or(0);
-        let mut send = |batch: Vec<(i64, String, crate::gateway::LogLine)>, seen: &mut std::collections::HashSet<String>, newest: &mut i64| {
+        let send = |batch: Vec<(i64, String, crate::gateway::LogLine)>, seen: &mut std::collections::HashSet<String>, newest: &mut i64| {
             let mut out = Vec::new();
             let mut ids = Vec::new();
             for (start, id, l) in batch {

@@ -26,8 +26,8 @@ pub struct GatewayOpts {
     /// The server's data directory (to read the generated admin password).
     #[arg(long, env = "NIMBUS_DATA_DIR", default_value = ".nimbus")]
     pub data_dir: PathBuf,
-    /// OpenFaaS namespace.
-    #[arg(short = 'n', long)]
+    /// OpenFaaS namespace (default openfaas-fn).
+    #[arg(short = 'n', long = "openfaas-namespace", value_name = "NS")]
     pub namespace: Option<String>,
 }
 
@@ -313,6 +313,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .await?
         .map_err(|e| anyhow::anyhow!("building {name}: {e}"))?;
         bar.set_message("deploying");
+        let mut annotations = strings(&f.annotations);
+        if let Some(image) = &f.image {
+            // The stack's registry image has no meaning here; kept for reference.
+            annotations.insert("com.nimbus.stack.image".into(), image.clone());
+        }
         let mut env = strings(&f.environment);
         if let Some(fp) = &f.fprocess {
             env.insert("fprocess".into(), fp.clone());
@@ -328,7 +333,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             "envVars": env,
             "secrets": f.secrets,
             "labels": strings(&f.labels),
-            "annotations": strings(&f.annotations),
+            "annotations": annotations,
             "limits": res(&f.limits),
             "requests": res(&f.requests),
         });
