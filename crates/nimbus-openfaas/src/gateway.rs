@@ -389,7 +389,7 @@ impl Gateway {
                 &who,
                 &ns,
                 EntityKind::Action,
-                nimbus_controller::Paging { skip: 0, limit: 0 },
+                nimbus_controller::Paging { skip: 0, limit: 200 },
                 false,
             )
             .await?;
