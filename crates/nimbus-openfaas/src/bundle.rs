@@ -110,7 +110,13 @@ pub fn image_dir_name(image: &str) -> String {
     };
     image
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -185,10 +191,12 @@ pub fn package(bundle: &Path, env: &BTreeMap<String, String>) -> Result<ActionCo
         w.write_all(text.as_bytes()).map_err(werr)?;
     }
     let env_json = serde_json::to_vec(env).map_err(|e| GatewayError::io("environment", e))?;
-    w.start_file("openfaas.env.json", opts(0o644)).map_err(zerr)?;
+    w.start_file("openfaas.env.json", opts(0o644))
+        .map_err(zerr)?;
     w.write_all(&env_json).map_err(werr)?;
     if kind.starts_with("python") && !function.join("__init__.py").exists() {
-        w.start_file("function/__init__.py", opts(0o644)).map_err(zerr)?;
+        w.start_file("function/__init__.py", opts(0o644))
+            .map_err(zerr)?;
     }
     let mut total = 0usize;
     for top in ["function", "packages"] {
@@ -322,11 +330,22 @@ pub fn build(
     let req = out.join("function").join("requirements.txt");
     if lang.starts_with("python")
         && std::fs::metadata(&req).is_ok_and(|m| m.len() > 0)
-        && std::fs::read_to_string(&req).is_ok_and(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        && std::fs::read_to_string(&req).is_ok_and(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
     {
         progress.step("pip install -r requirements.txt");
         run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "-r",
+            ])
             .arg(&req)
             .arg("--target")
             .arg(out.join("packages")))?;
@@ -335,7 +354,13 @@ pub fn build(
     if lang == "node20" && pkg.is_file() {
         progress.step("npm install");
         run(Command::new("npm")
-            .args(["install", "--omit=dev", "--no-audit", "--no-fund", "--silent"])
+            .args([
+                "install",
+                "--omit=dev",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+            ])
             .current_dir(out.join("function")))?;
     }
     if lang == "exec" {

@@ -299,7 +299,9 @@ impl Gateway {
         }
         if let Some(m) = d.limits.as_ref().and_then(|l| l.memory.as_deref()) {
             let mb = memory_mb(m).ok_or_else(|| {
-                GatewayError::BadRequest(format!("limits.memory '{m}' is not a quantity like 128Mi"))
+                GatewayError::BadRequest(format!(
+                    "limits.memory '{m}' is not a quantity like 128Mi"
+                ))
             })?;
             limits.insert("memory".into(), json!(mb));
         }
@@ -389,7 +391,10 @@ impl Gateway {
                 &who,
                 &ns,
                 EntityKind::Action,
-                nimbus_controller::Paging { skip: 0, limit: 200 },
+                nimbus_controller::Paging {
+                    skip: 0,
+                    limit: 200,
+                },
                 false,
             )
             .await?;
@@ -558,7 +563,11 @@ impl Gateway {
         let res = match out {
             Ok(InvokeResponse::Done(a)) => {
                 let mut r = response_of(&a, duration);
-                if !r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                if !r
+                    .headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                {
                     r.headers.push((
                         "Content-Type".into(),
                         request_ct.unwrap_or_else(|| "text/plain".into()),
@@ -652,7 +661,10 @@ impl Gateway {
                 url,
             };
             let data = serde_json::to_string(&p).map_err(|e| GatewayError::io("callback", e))?;
-            write_secret_file(&self.cfg.dir.join("callbacks").join(format!("{id}.json")), &data)?;
+            write_secret_file(
+                &self.cfg.dir.join("callbacks").join(format!("{id}.json")),
+                &data,
+            )?;
             self.callbacks.notify_one();
         }
         Ok(id)
@@ -692,8 +704,8 @@ impl Gateway {
                     Err(e) => tracing::warn!(error = %e, "callback: cannot read the activation"),
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.callbacks.notified())
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), self.callbacks.notified()).await;
         }
     }
 
@@ -709,7 +721,9 @@ impl Gateway {
             .header("X-Duration-Seconds", format!("{:.6}", r.duration))
             .body(r.body);
         match req.send().await {
-            Ok(resp) => tracing::info!(call_id = %p.call_id, status = %resp.status(), "callback delivered"),
+            Ok(resp) => {
+                tracing::info!(call_id = %p.call_id, status = %resp.status(), "callback delivered")
+            }
             // As in OpenFaaS, the callback's own result is only logged.
             Err(e) => tracing::warn!(call_id = %p.call_id, error = %e, "callback failed"),
         }
@@ -719,7 +733,12 @@ impl Gateway {
 
     /// Log lines of a function's activations since `since_ms`, oldest first, and the newest
     /// activation start seen.
-    pub async fn logs(&self, name: &str, ns: Option<&str>, since_ms: Option<i64>) -> Result<Vec<(i64, String, LogLine)>> {
+    pub async fn logs(
+        &self,
+        name: &str,
+        ns: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<(i64, String, LogLine)>> {
         let nns = self.nimbus_ns(ns);
         let who = self.identity(&nns).await?;
         if self.stored(&who, name).await?.is_none() {
@@ -797,7 +816,14 @@ fn response_of(a: &Activation, duration: f64) -> FunctionResponse {
                 .as_object()
                 .map(|h| {
                     h.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| v.to_string()),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -819,9 +845,16 @@ fn response_of(a: &Activation, duration: f64) -> FunctionResponse {
     }
     let msg = result
         .get("error")
-        .map(|e| e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()))
+        .map(|e| {
+            e.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.to_string())
+        })
         .unwrap_or_else(|| a.response.status.clone());
-    let timed_out = a.annotations.get("timeout").is_some_and(|v| v == &json!(true));
+    let timed_out = a
+        .annotations
+        .get("timeout")
+        .is_some_and(|v| v == &json!(true));
     FunctionResponse {
         status: if timed_out { 504 } else { 500 },
         headers: vec![

@@ -24,11 +24,17 @@ const MAX_BODY: usize = 50 * 1024 * 1024;
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(error = %self, "openfaas gateway error");
         }
-        (status, [(header::CONTENT_TYPE, "text/plain")], format!("{self}\n")).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("{self}\n"),
+        )
+            .into_response()
     }
 }
 
@@ -73,9 +79,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 /// Prometheus metrics should instead serve `own + gateway.metrics.render()` on one route (after
 /// `Gateway::refresh_service_count`).
 pub fn metrics_router(gw: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(gw)
+    Router::new().route("/metrics", get(metrics)).with_state(gw)
 }
 
 async fn metrics(State(gw): State<S>) -> Response {
@@ -107,7 +111,8 @@ async fn basic_auth(State(gw): State<S>, req: Request, next: Next) -> Response {
         .is_some_and(|s| {
             let (u, p) = s.split_once(':').unwrap_or((&s, ""));
             let (au, ap) = gw.admin_credentials();
-            constant_time_eq(u.as_bytes(), au.as_bytes()) & constant_time_eq(p.as_bytes(), ap.as_bytes())
+            constant_time_eq(u.as_bytes(), au.as_bytes())
+                & constant_time_eq(p.as_bytes(), ap.as_bytes())
         });
     if ok {
         next.run(req).await
@@ -131,10 +136,14 @@ struct NsQuery {
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, GatewayError> {
-    serde_json::from_slice(body).map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn list_functions(State(gw): State<S>, Query(q): Query<NsQuery>) -> Result<Response, GatewayError> {
+async fn list_functions(
+    State(gw): State<S>,
+    Query(q): Query<NsQuery>,
+) -> Result<Response, GatewayError> {
     Ok(axum::Json(gw.list(q.namespace.as_deref()).await?).into_response())
 }
 
@@ -228,9 +237,8 @@ struct LogsQuery {
 }
 
 async fn logs(State(gw): State<S>, Query(q): Query<LogsQuery>) -> Result<Response, GatewayError> {
-    let unprocessable = |m: String| {
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, format!("{m}\n")).into_response())
-    };
+    let unprocessable =
+        |m: String| Ok((StatusCode::UNPROCESSABLE_ENTITY, format!("{m}\n")).into_response());
     let Some(name) = q.name.filter(|n| !n.is_empty()) else {
         return unprocessable("name is required".into());
     };
@@ -262,7 +270,9 @@ async fn logs(State(gw): State<S>, Query(q): Query<LogsQuery>) -> Result<Respons
     tokio::spawn(async move {
         let mut seen: std::collections::HashSet<String> = Default::default();
         let mut newest = since.unwrap_or(0);
-        let send = |batch: Vec<(i64, String, crate::gateway::LogLine)>, seen: &mut std::collections::HashSet<String>, newest: &mut i64| {
+        let send = |batch: Vec<(i64, String, crate::gateway::LogLine)>,
+                    seen: &mut std::collections::HashSet<String>,
+                    newest: &mut i64| {
             let mut out = Vec::new();
             let mut ids = Vec::new();
             for (start, id, l) in batch {
@@ -305,7 +315,9 @@ async fn logs(State(gw): State<S>, Query(q): Query<LogsQuery>) -> Result<Respons
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
     });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -331,7 +343,13 @@ fn function_headers(h: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-fn function_request(method: &Method, path: String, uri: &axum::http::Uri, headers: &HeaderMap, body: Bytes) -> FunctionRequest {
+fn function_request(
+    method: &Method,
+    path: String,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> FunctionRequest {
     FunctionRequest {
         method: method.as_str().to_string(),
         path,
@@ -374,7 +392,13 @@ async fn call(
 ) -> Response {
     if !matches!(
         method,
-        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::OPTIONS | Method::HEAD
+        Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::HEAD
     ) {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
@@ -389,7 +413,8 @@ async fn call(
     let req = function_request(&method, path, &uri, &headers, body);
     match gw.invoke(&name, req, given_call_id).await {
         Ok(r) => {
-            let mut resp = Response::builder().status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
+            let mut resp = Response::builder()
+                .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
             for (k, v) in &r.headers {
                 if let (Ok(k), Ok(v)) = (
                     axum::http::HeaderName::from_bytes(k.as_bytes()),
@@ -429,7 +454,14 @@ async fn async_path(
     queue(gw, name, format!("/{path}"), uri, headers, body).await
 }
 
-async fn queue(gw: S, name: String, path: String, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn queue(
+    gw: S,
+    name: String,
+    path: String,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let callback = headers
         .get("x-callback-url")
         .map(|v| v.to_str().map(str::to_string).unwrap_or_default());
@@ -459,7 +491,11 @@ async fn build(State(gw): State<S>, headers: HeaderMap, body: Bytes) -> Response
             .unwrap_or(false)
     });
     if !valid {
-        return (StatusCode::UNAUTHORIZED, "invalid or missing X-Build-Signature\n").into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing X-Build-Signature\n",
+        )
+            .into_response();
     }
     let gw2 = gw.clone();
     let result = tokio::task::spawn_blocking(move || build_blocking(&gw2, &body)).await;
@@ -485,8 +521,12 @@ async fn build(State(gw): State<S>, headers: HeaderMap, body: Bytes) -> Response
         .into_response()
 }
 
-fn build_blocking(gw: &Gateway, body: &[u8]) -> Result<(String, Vec<String>), (String, GatewayError)> {
-    let tmp = tempfile::tempdir().map_err(|e| (String::new(), GatewayError::io("temporary dir", e)))?;
+fn build_blocking(
+    gw: &Gateway,
+    body: &[u8],
+) -> Result<(String, Vec<String>), (String, GatewayError)> {
+    let tmp =
+        tempfile::tempdir().map_err(|e| (String::new(), GatewayError::io("temporary dir", e)))?;
     crate::bundle::unpack_tar(body, tmp.path()).map_err(|e| (String::new(), e))?;
     let config: serde_json::Value = std::fs::read(tmp.path().join("com.openfaas.docker.config"))
         .ok()
@@ -494,9 +534,16 @@ fn build_blocking(gw: &Gateway, body: &[u8]) -> Result<(String, Vec<String>), (S
         .unwrap_or_default();
     let image = config["image"].as_str().unwrap_or_default().to_string();
     if image.is_empty() {
-        return Err((image, GatewayError::BadRequest("com.openfaas.docker.config names no image".into())));
+        return Err((
+            image,
+            GatewayError::BadRequest("com.openfaas.docker.config names no image".into()),
+        ));
     }
-    let out = gw.cfg.dir.join("bundles").join(crate::bundle::image_dir_name(&image));
+    let out = gw
+        .cfg
+        .dir
+        .join("bundles")
+        .join(crate::bundle::image_dir_name(&image));
     let mut log = Vec::new();
     let mut progress = |m: &str| log.push(m.to_string());
     let lang = crate::bundle::build_from_context(&tmp.path().join("context"), &out, &mut progress)

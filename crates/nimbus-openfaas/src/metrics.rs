@@ -1,6 +1,6 @@
 //! The OpenFaaS gateway's Prometheus metrics, under their OpenFaaS names so that existing
 //! dashboards and alert rules work: `gateway_function_invocation_total{function_name,code}`,
-//! `gateway_functions_seconds{function_name,code}` (histogram), 
+//! `gateway_functions_seconds{function_name,code}` (histogram),
 //! `gateway_function_invocation_started{function_name}` and `gateway_service_count{function_name}`.
 //! [`GatewayMetrics::render`] returns the text exposition, so the server can serve it alone or
 //! appended to Nimbus's own metrics on one `/metrics`.
@@ -10,7 +10,9 @@ use std::fmt::Write;
 use std::sync::Mutex;
 
 /// Prometheus' default histogram buckets (seconds), as the OpenFaaS gateway uses.
-const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -33,7 +35,9 @@ pub struct GatewayMetrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl GatewayMetrics {
@@ -79,7 +83,10 @@ impl GatewayMetrics {
     pub fn render(&self) -> String {
         let st = self.lock();
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP gateway_function_invocation_total Function metrics");
+        let _ = writeln!(
+            o,
+            "# HELP gateway_function_invocation_total Function metrics"
+        );
         let _ = writeln!(o, "# TYPE gateway_function_invocation_total counter");
         for ((f, code), n) in &st.total {
             let _ = writeln!(
@@ -115,7 +122,10 @@ impl GatewayMetrics {
                 h.count
             );
         }
-        let _ = writeln!(o, "# HELP gateway_function_invocation_started The total number of function HTTP requests started.");
+        let _ = writeln!(
+            o,
+            "# HELP gateway_function_invocation_started The total number of function HTTP requests started."
+        );
         let _ = writeln!(o, "# TYPE gateway_function_invocation_started counter");
         for (f, n) in &st.started {
             let _ = writeln!(
@@ -124,7 +134,10 @@ impl GatewayMetrics {
                 escape(f)
             );
         }
-        let _ = writeln!(o, "# HELP gateway_service_count Current count of replicas for function");
+        let _ = writeln!(
+            o,
+            "# HELP gateway_service_count Current count of replicas for function"
+        );
         let _ = writeln!(o, "# TYPE gateway_service_count gauge");
         for (f, n) in &st.services {
             let _ = writeln!(
@@ -148,10 +161,14 @@ mod tests {
         m.completed("f.openfaas-fn", 200, 0.02);
         m.completed("f.openfaas-fn", 500, 3.0);
         let t = m.render();
-        assert!(t.contains("gateway_function_invocation_total{code=\"200\",function_name=\"f.openfaas-fn\"} 1"));
+        assert!(t.contains(
+            "gateway_function_invocation_total{code=\"200\",function_name=\"f.openfaas-fn\"} 1"
+        ));
         assert!(t.contains("gateway_functions_seconds_bucket{code=\"200\",function_name=\"f.openfaas-fn\",le=\"0.025\"} 1"));
         assert!(t.contains("gateway_functions_seconds_bucket{code=\"200\",function_name=\"f.openfaas-fn\",le=\"0.01\"} 0"));
-        assert!(t.contains("gateway_function_invocation_started{function_name=\"f.openfaas-fn\"} 1"));
+        assert!(
+            t.contains("gateway_function_invocation_started{function_name=\"f.openfaas-fn\"} 1")
+        );
         assert_eq!(m.invocations("f.openfaas-fn"), 2);
     }
 }

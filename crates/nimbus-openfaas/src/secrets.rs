@@ -17,9 +17,9 @@ pub struct SecretStore {
 pub fn validate_secret_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        })
         && !name.starts_with('.');
     if ok {
         Ok(())
@@ -32,7 +32,9 @@ pub fn validate_secret_name(name: &str) -> Result<()> {
 
 fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().ok_or_else(|| GatewayError::Internal("bad secret path".into()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| GatewayError::Internal("bad secret path".into()))?;
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -87,7 +89,9 @@ impl SecretStore {
         validate_secret_name(name)?;
         let exists = self.exists(ns, name);
         if create && exists {
-            return Err(GatewayError::Conflict(format!("secret {name} already exists")));
+            return Err(GatewayError::Conflict(format!(
+                "secret {name} already exists"
+            )));
         }
         if !create && !exists {
             return Err(GatewayError::NotFound(format!("secret {name} not found")));
@@ -147,7 +151,8 @@ impl SecretStore {
         let dir = self.mounts.join(ns).join(func);
         if names.is_empty() {
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| GatewayError::io("removing mounts", e))?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| GatewayError::io("removing mounts", e))?;
             }
             return Ok(());
         }

@@ -71,7 +71,12 @@ async fn time_posts(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Re
 }
 
 /// Requests per second with `workers` concurrent clients for `dur`.
-async fn throughput(client: &reqwest::Client, url: &str, workers: usize, dur: Duration) -> anyhow::Result<f64> {
+async fn throughput(
+    client: &reqwest::Client,
+    url: &str,
+    workers: usize,
+    dur: Duration,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -97,7 +102,9 @@ async fn throughput(client: &reqwest::Client, url: &str, workers: usize, dur: Du
 }
 
 pub(super) async fn run(warm_n: usize) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
     let server = Server::start(
         &client,
         &[
@@ -120,12 +127,18 @@ pub(super) async fn run(warm_n: usize) -> anyhow::Result<String> {
     let r = client
         .post(format!("{api}/system/functions"))
         .basic_auth("admin", Some("nimbus-dev"))
-        .json(&json!({"service": "noop", "image": format!("file://{}", bundle.display()),
-                      "labels": {"com.openfaas.scale.min": "4"}}))
+        .json(
+            &json!({"service": "noop", "image": format!("file://{}", bundle.display()),
+                      "labels": {"com.openfaas.scale.min": "4"}}),
+        )
         .send()
         .await?;
     if !r.status().is_success() {
-        bail!("deploy failed: {} {}", r.status(), r.text().await.unwrap_or_default());
+        bail!(
+            "deploy failed: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
     }
     let fn_url = format!("{api}/function/noop");
 
@@ -164,7 +177,9 @@ pub(super) async fn run(warm_n: usize) -> anyhow::Result<String> {
     let _ = py.kill().await;
 
     let mut md = String::new();
-    md.push_str("| path | p50 (ms) | p99 (ms) | throughput, 8 clients (req/s) |\n|---|---|---|---|\n");
+    md.push_str(
+        "| path | p50 (ms) | p99 (ms) | throughput, 8 clients (req/s) |\n|---|---|---|---|\n",
+    );
     md.push_str(&format!(
         "| `/function/noop` (python3-http, 4 warm instances) | {:.3} | {:.3} | {:.0} |\n",
         w.p50, w.p99, rps_fn

@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Clone, Debug)]
 pub struct GatewayOpts {
     /// Gateway URL (the Nimbus server).
-    #[arg(short = 'g', long, env = "OPENFAAS_URL", default_value = "http://127.0.0.1:3233")]
+    #[arg(
+        short = 'g',
+        long,
+        env = "OPENFAAS_URL",
+        default_value = "http://127.0.0.1:3233"
+    )]
     pub gateway: String,
     /// Admin user of /system/*.
     #[arg(long, env = "OPENFAAS_USER", default_value = "admin")]
@@ -141,7 +146,10 @@ fn scalar(v: &serde_yaml_ng::Value) -> String {
         serde_yaml_ng::Value::Number(n) => n.to_string(),
         serde_yaml_ng::Value::Bool(b) => b.to_string(),
         serde_yaml_ng::Value::Null => String::new(),
-        other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml_ng::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -169,13 +177,18 @@ fn envsubst(s: &str) -> String {
 }
 
 pub fn load_stack(path: &Path) -> anyhow::Result<Stack> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml_ng::from_str(&envsubst(&text)).with_context(|| format!("parsing {}", path.display()))
 }
 
 pub fn new(a: NewArgs) -> anyhow::Result<()> {
     let Some(files) = templates::files(&a.lang) else {
-        bail!("unknown template '{}'; available: {}", a.lang, templates::LANGS.join(", "));
+        bail!(
+            "unknown template '{}'; available: {}",
+            a.lang,
+            templates::LANGS.join(", ")
+        );
     };
     nimbus_model_name_check(&a.name)?;
     let dir = PathBuf::from(&a.name);
@@ -217,7 +230,9 @@ pub fn new(a: NewArgs) -> anyhow::Result<()> {
         a.file.display()
     );
     if a.lang == "rust-wasm" {
-        println!("Note: rust-wasm needs the WebAssembly kinds (wasm:http); `nimbus up` reports whether this server has them.");
+        println!(
+            "Note: rust-wasm needs the WebAssembly kinds (wasm:http); `nimbus up` reports whether this server has them."
+        );
     }
     Ok(())
 }
@@ -225,8 +240,13 @@ pub fn new(a: NewArgs) -> anyhow::Result<()> {
 fn nimbus_model_name_check(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 256
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         bail!("invalid function name '{name}': use letters, digits, '-' and '_'");
     }
@@ -276,7 +296,9 @@ async fn check(r: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Resp
     }
     let text = r.text().await.unwrap_or_default();
     if s == 401 {
-        bail!("{what}: unauthorized (401): pass --password or OPENFAAS_PASSWORD, or --data-dir of the server");
+        bail!(
+            "{what}: unauthorized (401): pass --password or OPENFAAS_PASSWORD, or --data-dir of the server"
+        );
     }
     bail!("{what}: {s}: {}", text.trim())
 }
@@ -290,7 +312,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
     let base_dir = std::fs::canonicalize(&base_dir)?;
-    let gw = Gw::new(&a.gw, stack.provider.as_ref().and_then(|p| p.gateway.as_deref()));
+    let gw = Gw::new(
+        &a.gw,
+        stack.provider.as_ref().and_then(|p| p.gateway.as_deref()),
+    );
     for (name, f) in &stack.functions {
         if a.filter.as_deref().is_some_and(|x| x != name) {
             continue;
@@ -323,7 +348,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             env.insert("fprocess".into(), fp.clone());
         }
         let res = |m: &Option<BTreeMap<String, serde_yaml_ng::Value>>| {
-            m.as_ref().map(|m| serde_json::to_value(strings(m)).unwrap_or_default())
+            m.as_ref()
+                .map(|m| serde_json::to_value(strings(m)).unwrap_or_default())
         };
         let body = serde_json::json!({
             "service": name,
@@ -362,9 +388,16 @@ pub async fn list(a: ListArgs) -> anyhow::Result<()> {
     if let Some(ns) = &gw.ns {
         path.push_str(&format!("?namespace={ns}"));
     }
-    let r = check(gw.system(reqwest::Method::GET, &path).send().await?, "listing").await?;
+    let r = check(
+        gw.system(reqwest::Method::GET, &path).send().await?,
+        "listing",
+    )
+    .await?;
     let list: Vec<serde_json::Value> = r.json().await?;
-    println!("{:<30} {:>12} {:>9}  Image", "Function", "Invocations", "Replicas");
+    println!(
+        "{:<30} {:>12} {:>9}  Image",
+        "Function", "Invocations", "Replicas"
+    );
     for f in list {
         println!(
             "{:<30} {:>12} {:>9}  {}",
@@ -380,7 +413,11 @@ pub async fn list(a: ListArgs) -> anyhow::Result<()> {
 pub async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
     let gw = Gw::new(&a.gw, None);
     let ns = gw.ns.clone().unwrap_or_else(|| "openfaas-fn".into());
-    let prefix = if a.is_async { "async-function" } else { "function" };
+    let prefix = if a.is_async {
+        "async-function"
+    } else {
+        "function"
+    };
     let mut body = Vec::new();
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         std::io::stdin().read_to_end(&mut body)?;
@@ -392,14 +429,22 @@ pub async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         .header("Content-Type", &a.content_type)
         .body(body);
     for h in &a.headers {
-        let (k, v) = h.split_once('=').or_else(|| h.split_once(':')).context("header must be Name=Value")?;
+        let (k, v) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .context("header must be Name=Value")?;
         req = req.header(k.trim(), v.trim());
     }
     let r = req.send().await?;
     let status = r.status();
     if a.is_async {
         if status == 202 {
-            let id = r.headers().get("x-call-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let id = r
+                .headers()
+                .get("x-call-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             eprintln!("Function submitted asynchronously (call id {id}).");
             return Ok(());
         }
@@ -422,7 +467,10 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
         q.push(("namespace", ns.clone()));
     }
     let mut r = check(
-        gw.system(reqwest::Method::GET, "/system/logs").query(&q).send().await?,
+        gw.system(reqwest::Method::GET, "/system/logs")
+            .query(&q)
+            .send()
+            .await?,
         "logs",
     )
     .await?;
