@@ -39,6 +39,7 @@ impl Controller {
             // `network: outbound` (annotation) opens outbound connections; none by default.
             outbound_network: a.annotations.get("network").and_then(|v| v.as_str())
                 == Some("outbound"),
+            ro_binds: self.function_binds(a),
         };
         let f = FunctionRef {
             // A new version or any update never reuses instances of the old code.
@@ -123,4 +124,24 @@ fn pool_json(s: &PoolStats) -> Value {
         "memoryBudgetMB": s.memory_budget_mb,
         "waiting": s.waiting,
     })
+}
+
+impl Controller {
+    /// Read-only binds of an action: its OpenFaaS secrets directory, when the gateway made one
+    /// (`<function_mounts>/<namespace>/<action>`, see nimbus-openfaas). The path is derived from
+    /// the action's own name only, so no request can bind an arbitrary host path.
+    fn function_binds(&self, a: &Action) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+        let Some(root) = &self.cfg.function_mounts else {
+            return Vec::new();
+        };
+        if a.path.package.is_some() {
+            return Vec::new();
+        }
+        let dir = root.join(&a.namespace).join(&a.path.name);
+        if dir.is_dir() {
+            vec![(dir, std::path::PathBuf::from("/var/openfaas/secrets"))]
+        } else {
+            Vec::new()
+        }
+    }
 }

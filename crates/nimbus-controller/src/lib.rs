@@ -52,6 +52,9 @@ pub struct ControllerConfig {
     pub dispatch_concurrency: usize,
     /// On shutdown, how long in-flight activations may take before they are recorded as interrupted.
     pub shutdown_grace: Duration,
+    /// Root of per-function read-only mounts (OpenFaaS secrets): `<root>/<ns>/<action>` is bound
+    /// at `/var/openfaas/secrets` when it exists. `None`: no mounts.
+    pub function_mounts: Option<std::path::PathBuf>,
 }
 
 impl Default for ControllerConfig {
@@ -64,6 +67,7 @@ impl Default for ControllerConfig {
             max_result_bytes: 1024 * 1024,
             dispatch_concurrency: 32,
             shutdown_grace: Duration::from_secs(30),
+            function_mounts: None,
         }
     }
 }

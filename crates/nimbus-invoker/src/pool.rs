@@ -495,8 +495,9 @@ impl Pool {
             let mut st = inner.lock();
             let q = st.cold_starts.entry(spec.kind.clone()).or_default();
             q.push_back(started);
-            // Stem cells start without network; functions with outbound access start afresh.
-            if spec.outbound_network {
+            // Stem cells start without network or extra binds; functions with outbound access
+            // or mounted secrets start afresh.
+            if spec.outbound_network || !spec.ro_binds.is_empty() {
                 None
             } else {
                 st.stems.get_mut(&spec.kind).and_then(Vec::pop)
@@ -964,6 +965,7 @@ mod tests {
             env: Default::default(),
             limits: ActionLimits::default(),
             outbound_network: false,
+            ro_binds: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! knows how to start, run and stop one instance. Process runtimes (Node.js, Python, exec) speak
 //! the ActionLoop protocol over pipes; a wasm runtime will sit beside them behind the same traits.
 
+pub mod openfaas;
 pub mod process;
 
 use async_trait::async_trait;
@@ -34,6 +35,9 @@ pub struct InstanceSpec {
     pub limits: ActionLimits,
     /// Outbound network access (the host's loopback stays unreachable); none by default.
     pub outbound_network: bool,
+    /// Host directories bound read-only inside the sandbox (host, inside), e.g. an OpenFaaS
+    /// function's secrets at `/var/openfaas/secrets`. Ignored without the sandbox.
+    pub ro_binds: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// One activation handed to an instance.

@@ -1492,6 +1492,9 @@ impl ProcessRuntime {
                 Mode::Normal(spec) if spec.outbound_network => Network::Outbound,
                 _ => Network::None,
             };
+            if let Mode::Normal(spec) = mode {
+                sp.ro_binds = spec.ro_binds.clone();
+            }
             sp
         });
         // cgroup first, so the child can move itself in before exec.

@@ -79,6 +79,9 @@ pub struct SandboxSpec {
     /// More host paths bound read-only at the same path (interpreter installations outside
     /// `/usr`, e.g. `/root/.pyenv/versions/3.11.7`). They must exist.
     pub extra_ro: Vec<PathBuf>,
+    /// Host directories bound read-only at another path inside (host, inside), e.g. an
+    /// OpenFaaS function's secrets at `/var/openfaas/secrets`. They must exist.
+    pub ro_binds: Vec<(PathBuf, PathBuf)>,
     /// Size of the private `/tmp`, MB.
     pub tmp_mb: u64,
     pub network: Network,
@@ -103,6 +106,7 @@ impl SandboxSpec {
             code_dir: code_dir.into(),
             launcher_dir: None,
             extra_ro: Vec::new(),
+            ro_binds: Vec::new(),
             tmp_mb: 64,
             network: Network::None,
             uid: 65534,
@@ -483,7 +487,10 @@ impl Sandbox {
                 return Err(SandboxError::MissingPath(p.clone()));
             }
         }
-        for p in std::iter::once(&spec.code_dir).chain(spec.launcher_dir.iter()) {
+        for p in std::iter::once(&spec.code_dir)
+            .chain(spec.launcher_dir.iter())
+            .chain(spec.ro_binds.iter().map(|(h, _)| h))
+        {
             if self.ops.entry(p) != Entry::Dir {
                 return Err(SandboxError::MissingPath(p.clone()));
             }
@@ -502,7 +509,8 @@ impl Sandbox {
             .iter()
             .map(|(p, _)| p.as_path())
             .chain([Path::new("/etc/passwd")])
-            .chain(spec.extra_ro.iter().map(PathBuf::as_path));
+            .chain(spec.extra_ro.iter().map(PathBuf::as_path))
+            .chain(spec.ro_binds.iter().map(|(_, inside)| inside.as_path()));
         for dir in self.parent_dirs(dests) {
             a.s("--perms").s("0755").s("--dir").p(&dir);
         }
@@ -546,6 +554,9 @@ impl Sandbox {
             a.s("--ro-bind").p(p).p(p);
         }
         a.s("--ro-bind").p(&spec.code_dir).s(CODE_DIR);
+        for (host, inside) in &spec.ro_binds {
+            a.s("--ro-bind").p(host).p(inside);
+        }
         if let Some(l) = &spec.launcher_dir {
             a.s("--ro-bind").p(l).s(LAUNCHER_DIR);
         }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod faas;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,18 @@ enum Cmd {
     /// Benchmarks: warm/cold invocation latency against a baseline HTTP server (core), and cold
     /// starts with/without stem cells, bursts and idle memory (pool).
     Bench(bench::BenchArgs),
+    /// Create a function from an OpenFaaS-style template and add it to a stack file.
+    New(faas::NewArgs),
+    /// Build every function of an OpenFaaS stack file into a bundle and deploy it.
+    Up(faas::UpArgs),
+    /// List the functions of the OpenFaaS gateway.
+    List(faas::ListArgs),
+    /// Call a function through the OpenFaaS gateway (body from stdin).
+    Invoke(faas::InvokeArgs),
+    /// Show (or --follow) a function's logs through the OpenFaaS gateway.
+    Logs(faas::LogsArgs),
+    /// Remove a function through the OpenFaaS gateway.
+    Remove(faas::RemoveArgs),
     #[command(flatten)]
     Client(nimbus_cli::ClientCommand),
 }
@@ -50,6 +63,12 @@ fn main() {
             Cmd::Serve(a) => report(serve::run(a).await),
             Cmd::Admin(a) => report(admin::run(a).await),
             Cmd::Bench(a) => report(bench::run(a).await),
+            Cmd::New(a) => report(faas::new(a)),
+            Cmd::Up(a) => report(faas::up(a).await),
+            Cmd::List(a) => report(faas::list(a).await),
+            Cmd::Invoke(a) => report(faas::invoke(a).await),
+            Cmd::Logs(a) => report(faas::logs(a).await),
+            Cmd::Remove(a) => report(faas::remove(a).await),
             Cmd::Client(c) => nimbus_cli::run(cli.global, c).await,
         }
     });

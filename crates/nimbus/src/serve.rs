@@ -181,6 +181,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             limits,
             api_host,
             shutdown_grace: Duration::from_secs(a.shutdown_grace),
+            function_mounts: Some(a.data_dir.join("openfaas").join("mounts")),
             ..Default::default()
         },
     );
@@ -240,6 +241,26 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             isolation,
         },
     );
+    // --- OpenFaaS gateway (issue 6): same listener, same controller; see docs/openfaas.md ---
+    let gateway = nimbus_openfaas::Gateway::new(
+        controller.clone(),
+        nimbus_openfaas::GatewayConfig {
+            dir: a.data_dir.join("openfaas"),
+            mounts: a.data_dir.join("openfaas").join("mounts"),
+            default_namespace: "guest".into(),
+            dev: a.dev,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !a.dev {
+        let (user, pass) = gateway.credential_files();
+        tracing::info!(user = %user.display(), password = %pass.display(), "OpenFaaS gateway admin credential");
+    }
+    tokio::spawn(gateway.clone().run_callbacks());
+    // /metrics: the OpenFaaS gateway metrics; to be combined with Nimbus's own at merge.
+    let app = app
+        .merge(nimbus_openfaas::http::router(gateway.clone()))
+        .merge(nimbus_openfaas::http::metrics_router(gateway));
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;

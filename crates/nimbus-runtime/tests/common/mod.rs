@@ -31,6 +31,7 @@ pub fn spec(kind: &str, code: &str) -> InstanceSpec {
         binary: false,
         main: "main".into(),
         action_name: "/guest/test".into(),
+        ro_binds: Vec::new(),
         env: BTreeMap::from([
             ("__OW_ACTION_NAME".to_string(), "/guest/test".to_string()),
             ("__OW_NAMESPACE".to_string(), "guest".to_string()),

@@ -6,6 +6,7 @@
 //! - `pool` (issue 4): cold starts with and without a stem cell, bursts of concurrent one-second
 //!   invocations, idle memory per instance, and process-start baselines.
 
+mod openfaas;
 mod overhead;
 mod pool;
 
@@ -52,6 +53,8 @@ enum Suite {
     Pool,
     /// Both.
     All,
+    /// OpenFaaS gateway: /function/NAME warm latency and throughput vs a proxied bare Python server (issue 6).
+    Openfaas,
 }
 
 const DEV_GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
@@ -60,6 +63,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let md = match a.suite {
         Suite::Core => overhead::run(a.warm, a.cold).await?,
         Suite::Pool => pool::run(&pool_opts(&a)).await?,
+        Suite::Openfaas => openfaas::run(a.warm).await?,
         Suite::All => {
             let c = overhead::run(a.warm, a.cold).await?;
             let p = pool::run(&pool_opts(&a)).await?;
