@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const BARE_SERVER: &str = r#"
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def _answer(self):
@@ -23,7 +23,7 @@ class H(BaseHTTPRequestHandler):
     do_GET = do_POST = _answer
     def log_message(self, *a):
         pass
-s = HTTPServer(("127.0.0.1", 0), H)
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
@@ -168,7 +168,7 @@ pub(super) async fn run(warm_n: usize) -> anyhow::Result<String> {
         base.extend(time_posts(&client, &base_url, batch).await?);
         warm.extend(time_posts(&client, &fn_url, batch).await?);
     }
-    let dur = Duration::from_secs(5);
+    let dur = Duration::from_secs(3);
     let rps_fn = throughput(&client, &fn_url, 8, dur).await?;
     let rps_base = throughput(&client, &base_url, 8, dur).await?;
     let (w, b) = (stats(warm), stats(base));
@@ -189,7 +189,7 @@ pub(super) async fn run(warm_n: usize) -> anyhow::Result<String> {
         b.p50, b.p99, rps_base
     ));
     md.push_str(&format!(
-        "\noverhead p50 = {:.3} ms (target ≤ 0.5 ms), ratio p50 {:.2}×; warm n = {warm_n}, throughput over 5 s each; load average at the end: {}\n",
+        "\noverhead p50 = {:.3} ms (target ≤ 0.5 ms), ratio p50 {:.2}×; warm n = {warm_n}, throughput over 3 s each; load average at the end: {}\n",
         w.p50 - b.p50,
         w.p50 / b.p50,
         load_average()
