@@ -30,7 +30,8 @@ fn examples_dir() -> &'static Path {
             .expect("target dir")
             .to_path_buf();
         let dir = target.join("wasm-examples");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-wasm-examples.sh");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-wasm-examples.sh");
         let status = std::process::Command::new("bash")
             .arg(&script)
             .arg(&dir)
@@ -621,12 +622,24 @@ async fn python_and_js_timeout_and_memory_limit() {
         let out = inst.run(r).await;
         let took = t0.elapsed();
         assert_eq!(out.result, RunResult::Timeout, "{file}");
-        assert!(took < Duration::from_millis(600), "{file}: stopped after {took:?}");
+        assert!(
+            took < Duration::from_millis(600),
+            "{file}: stopped after {took:?}"
+        );
         // Within the 256 MB limit, then over it.
         let out = inst.run(req(json!({"allocMb": 32}))).await;
-        assert_eq!(out.result, RunResult::Ok(json!({"allocated": 32 << 20})), "{file}");
+        assert_eq!(
+            out.result,
+            RunResult::Ok(json!({"allocated": 32 << 20})),
+            "{file}"
+        );
         let out = inst.run(req(json!({"allocMb": 400}))).await;
-        assert_eq!(out.result, RunResult::MemoryExceeded, "{file}: {:?}", out.logs);
+        assert_eq!(
+            out.result,
+            RunResult::MemoryExceeded,
+            "{file}: {:?}",
+            out.logs
+        );
         let out = inst.run(req(json!({"name": "Bo"}))).await;
         let RunResult::Ok(v) = &out.result else {
             panic!("{file}: {:?}", out.result)
