@@ -202,7 +202,7 @@ async fn http_component_timeout_and_memory_limit() {
     );
 }
 
-/// Every example: (file, kind, parameters of an ordinary run).
+/// Every example: (built file, kind).
 const ALL: [(&str, &str); 7] = [
     ("rust-wasi-p1.wasm", "wasm:wasi"),
     ("rust-wasi.wasm", "wasm:wasi"),
