@@ -30,7 +30,8 @@ fn examples_dir() -> &'static Path {
             .expect("target dir")
             .to_path_buf();
         let dir = target.join("wasm-examples");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-wasm-examples.sh");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-wasm-examples.sh");
         let status = std::process::Command::new("bash")
             .arg(&script)
             .arg(&dir)
@@ -201,7 +202,7 @@ async fn http_component_timeout_and_memory_limit() {
     );
 }
 
-/// Every example: (file, kind, parameters of an ordinary run).
+/// Every example: (built file, kind).
 const ALL: [(&str, &str); 7] = [
     ("rust-wasi-p1.wasm", "wasm:wasi"),
     ("rust-wasi.wasm", "wasm:wasi"),
@@ -390,6 +391,13 @@ fn big_runtime(dir: &Path) -> WasmRuntime {
     WasmRuntime::new(cfg).unwrap()
 }
 
+/// A compile cache shared by the tests and kept between runs (artifacts are keyed by engine
+/// and content hash): compiling the Python and JavaScript components takes tens of seconds in a
+/// debug build, so each is compiled once rather than once per test.
+fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("nimbus-wasm-examples-cache")
+}
+
 fn big_spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
     let mut spec = spec(kind, bytes);
     spec.limits.memory = 256;
@@ -401,8 +409,7 @@ fn big_spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
 async fn check_interpreted_wasi(file: &str, language: &str) {
     let bytes = example(file);
     assert_eq!(nimbus_wasm::detect_component(&bytes), Some(true));
-    let dir = tempfile::tempdir().unwrap();
-    let rt = big_runtime(dir.path());
+    let rt = big_runtime(&shared_cache());
     let prepared = rt.validate("wasm:wasi", bytes.clone()).await.unwrap();
     assert_eq!(rt.infer_kind(&prepared), "wasm:wasi");
     let err = rt.validate("wasm:http", bytes.clone()).await.unwrap_err();
@@ -446,8 +453,7 @@ async fn python_wasi_command_component() {
     check_interpreted_wasi("python-wasi.wasm", "python").await;
     // Nothing of the host's filesystem is visible.
     let bytes = example("python-wasi.wasm");
-    let dir = tempfile::tempdir().unwrap();
-    let rt = big_runtime(dir.path());
+    let rt = big_runtime(&shared_cache());
     let mut inst = rt
         .start(&big_spec("wasm:wasi", &bytes), Duration::from_secs(30))
         .await
@@ -463,8 +469,7 @@ async fn python_wasi_command_component() {
 async fn js_wasi_command_component() {
     check_interpreted_wasi("js-wasi.wasm", "javascript").await;
     let bytes = example("js-wasi.wasm");
-    let dir = tempfile::tempdir().unwrap();
-    let rt = big_runtime(dir.path());
+    let rt = big_runtime(&shared_cache());
     let mut inst = rt
         .start(&big_spec("wasm:wasi", &bytes), Duration::from_secs(30))
         .await
@@ -480,10 +485,9 @@ async fn js_wasi_command_component() {
 /// a file of the bundled read-only directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_js_commands_see_granted_capabilities() {
-    let dir = tempfile::tempdir().unwrap();
     let bundle = tempfile::tempdir().unwrap();
     std::fs::write(bundle.path().join("data.txt"), "hello bundle").unwrap();
-    let rt = big_runtime(dir.path());
+    let rt = big_runtime(&shared_cache());
     for file in ["python-wasi.wasm", "js-wasi.wasm"] {
         let bytes = example(file);
         let caps = Capabilities {
@@ -518,8 +522,7 @@ async fn python_and_js_commands_see_granted_capabilities() {
 /// a fresh instance every run.
 async fn check_interpreted_http(file: &str, language: &str) {
     let bytes = example(file);
-    let dir = tempfile::tempdir().unwrap();
-    let rt = big_runtime(dir.path());
+    let rt = big_runtime(&shared_cache());
     let prepared = rt.validate("wasm:http", bytes.clone()).await.unwrap();
     assert_eq!(rt.infer_kind(&prepared), "wasm:http");
     let err = rt.validate("wasm:wasi", bytes.clone()).await.unwrap_err();
@@ -606,8 +609,7 @@ async fn interpreted_components_are_compiled_once_and_cached() {
 /// limit with the clear outcome; the function keeps working after both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_js_timeout_and_memory_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = big_runtime(dir.path());
+    let rt = big_runtime(&shared_cache());
     for file in ["python-wasi.wasm", "js-wasi.wasm"] {
         let bytes = example(file);
         let mut inst = rt
@@ -620,12 +622,24 @@ async fn python_and_js_timeout_and_memory_limit() {
         let out = inst.run(r).await;
         let took = t0.elapsed();
         assert_eq!(out.result, RunResult::Timeout, "{file}");
-        assert!(took < Duration::from_millis(600), "{file}: stopped after {took:?}");
+        assert!(
+            took < Duration::from_millis(600),
+            "{file}: stopped after {took:?}"
+        );
         // Within the 256 MB limit, then over it.
         let out = inst.run(req(json!({"allocMb": 32}))).await;
-        assert_eq!(out.result, RunResult::Ok(json!({"allocated": 32 << 20})), "{file}");
+        assert_eq!(
+            out.result,
+            RunResult::Ok(json!({"allocated": 32 << 20})),
+            "{file}"
+        );
         let out = inst.run(req(json!({"allocMb": 400}))).await;
-        assert_eq!(out.result, RunResult::MemoryExceeded, "{file}: {:?}", out.logs);
+        assert_eq!(
+            out.result,
+            RunResult::MemoryExceeded,
+            "{file}: {:?}",
+            out.logs
+        );
         let out = inst.run(req(json!({"name": "Bo"}))).await;
         let RunResult::Ok(v) = &out.result else {
             panic!("{file}: {:?}", out.result)
