@@ -308,7 +308,7 @@ impl DeadLetterStore for SqliteStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::InvocationQueue;
+    use crate::{ActivationStore, InvocationQueue};
     use nimbus_model::{ActivationResponse, KeyValues, Version};
     use serde_json::json;
 
