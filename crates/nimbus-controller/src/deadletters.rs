@@ -103,7 +103,9 @@ impl Controller {
         self.store
             .get_dead_letter(&who.namespace, id)
             .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("The dead letter '{id}' does not exist.")))
+            .ok_or_else(|| {
+                ControllerError::NotFound(format!("The dead letter '{id}' does not exist."))
+            })
     }
 
     /// Deletes one entry.

@@ -13,10 +13,12 @@
 //! with its activation record, by the next attempt with a not-before time; the dispatcher only
 //! claims it when it is due, so a restart neither loses nor repeats a retry.
 
+use crate::invoke::QueuedPayload;
 use crate::{Controller, ControllerError, Identity, Result};
 use nimbus_model::entity::Rule;
-use crate::invoke::QueuedPayload;
-use nimbus_model::{Activation, ActivationId, EntityKind, FullyQualifiedName, KeyValues, now_millis};
+use nimbus_model::{
+    Activation, ActivationId, EntityKind, FullyQualifiedName, KeyValues, now_millis,
+};
 use nimbus_store::{DeadLetter, QueuedInvocation, Schedule};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -155,7 +157,10 @@ fn compile_filter(src: &str) -> std::result::Result<cel::Program, String> {
 
 /// Evaluates `program` over `event`: every top-level field of the event is a variable, and
 /// `event` is the whole event (for fields that are not identifiers, or `has(event.x)`).
-fn evaluate(program: &cel::Program, event: &Map<String, Value>) -> std::result::Result<bool, String> {
+fn evaluate(
+    program: &cel::Program,
+    event: &Map<String, Value>,
+) -> std::result::Result<bool, String> {
     let mut ctx = cel::Context::default();
     for (k, v) in event {
         let v = cel::to_value(v).map_err(|e| format!("field '{k}' cannot be used: {e}"))?;
@@ -202,10 +207,13 @@ fn validate_ordering_key(v: &Value) -> std::result::Result<(), String> {
 pub(crate) fn validate_rule_annotations(a: &KeyValues) -> Result<()> {
     if let Some(f) = a.get(FILTER) {
         let src = f.as_str().ok_or_else(|| {
-            ControllerError::BadRequest("The rule's filter must be a string (a CEL expression).".into())
+            ControllerError::BadRequest(
+                "The rule's filter must be a string (a CEL expression).".into(),
+            )
         })?;
-        compile_filter(src)
-            .map_err(|e| ControllerError::BadRequest(format!("The rule's filter is not valid CEL: {e}")))?;
+        compile_filter(src).map_err(|e| {
+            ControllerError::BadRequest(format!("The rule's filter is not valid CEL: {e}"))
+        })?;
     }
     if a.get(RETRY).is_some() {
         policy_of_annotations(a)?;
@@ -344,10 +352,17 @@ impl Controller {
                 Some((r, _)) => r,
                 None => {
                     // The rule is gone: run the action it failed on, with the default policy.
-                    let action = details.get("action").and_then(Value::as_str).unwrap_or_default();
+                    let action = details
+                        .get("action")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     Rule {
                         namespace: who.namespace.clone(),
-                        name: if rule_name.is_empty() { "unknown".into() } else { rule_name },
+                        name: if rule_name.is_empty() {
+                            "unknown".into()
+                        } else {
+                            rule_name
+                        },
                         version: Default::default(),
                         publish: false,
                         annotations: KeyValues::new(),

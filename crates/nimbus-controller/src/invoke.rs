@@ -475,7 +475,9 @@ impl Controller {
                 // Sleep until woken, the next scheduled retry is due, or 1 s.
                 let idle = match self.store.next_due().await {
                     Ok(Some(due)) => Duration::from_millis(
-                        u64::try_from(due - now_millis()).unwrap_or(0).clamp(1, 1000),
+                        u64::try_from(due - now_millis())
+                            .unwrap_or(0)
+                            .clamp(1, 1000),
                     ),
                     _ => Duration::from_secs(1),
                 };

@@ -35,10 +35,10 @@ pub use activations::ActivationListQuery;
 pub use auth::{BootstrapKey, Identity, generate_key};
 pub use deadletters::NewDeadLetter;
 pub use delivery::RetryPolicy;
-pub use nimbus_store::DeadLetter;
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
+pub use nimbus_store::DeadLetter;
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.

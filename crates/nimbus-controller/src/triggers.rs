@@ -71,7 +71,13 @@ impl Controller {
                             json!({"statusCode": 4, "success": false, "error": format!("The rule's filter could not be evaluated, the rule did not fire: {e}"), "rule": rule_name, "action": action_path})
                         }
                         Ok(Some(_)) => match self
-                            .enqueue_rule(who, rule, &action, params.clone(), Some(trigger_id.clone()))
+                            .enqueue_rule(
+                                who,
+                                rule,
+                                &action,
+                                params.clone(),
+                                Some(trigger_id.clone()),
+                            )
                             .await
                         {
                             Ok(id) => {

@@ -110,11 +110,19 @@ async fn rule_filters_match_skip_and_report_errors() {
     assert_eq!(annotation(&rule, "filter"), Some(&json!(filter)));
 
     // Matches: the action runs with the event.
-    let logs = fire(&s, "t", json!({"topic": "sensors/a", "payload": {"temp": 72.5}})).await;
+    let logs = fire(
+        &s,
+        "t",
+        json!({"topic": "sensors/a", "payload": {"temp": 72.5}}),
+    )
+    .await;
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0]["success"], true, "{}", logs[0]);
     let run = s
-        .wait_activation(logs[0]["activationId"].as_str().unwrap(), Duration::from_secs(30))
+        .wait_activation(
+            logs[0]["activationId"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
         .await;
     assert_eq!(run["response"]["result"]["payload"]["temp"], 72.5);
 
@@ -154,7 +162,10 @@ async fn rule_filters_match_skip_and_report_errors() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("not valid CEL"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("not valid CEL"),
+        "{v}"
+    );
     let (st, _) = s.get("rules/bad").await;
     assert_eq!(st, 404, "nothing stored");
     let (st, v) = s
@@ -162,7 +173,11 @@ async fn rule_filters_match_skip_and_report_errors() {
         .await;
     assert_eq!(st, 400, "{v}");
     let (_, rule) = s.get("rules/hot").await;
-    assert_eq!(annotation(&rule, "filter"), Some(&json!(filter)), "unchanged");
+    assert_eq!(
+        annotation(&rule, "filter"),
+        Some(&json!(filter)),
+        "unchanged"
+    );
     // The annotation route works too, and an empty filter removes it.
     let (st, v) = s
         .put(
@@ -171,7 +186,9 @@ async fn rule_filters_match_skip_and_report_errors() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    let (st, rule) = s.put("rules/hot?overwrite=true", json!({"filter": ""})).await;
+    let (st, rule) = s
+        .put("rules/hot?overwrite=true", json!({"filter": ""}))
+        .await;
     assert_eq!(st, 200, "{rule}");
     assert_eq!(annotation(&rule, "filter"), None);
     let logs = fire(&s, "t", json!({"anything": 1})).await;
@@ -196,7 +213,10 @@ async fn failing_actions_are_retried_with_backoff_dead_lettered_and_redriven() {
     )
     .await;
     let (st, v) = s
-        .put("rules/r2", json!({"trigger": "/_/t", "action": "/_/flaky", "retry": {"maxAttempts": 0}}))
+        .put(
+            "rules/r2",
+            json!({"trigger": "/_/t", "action": "/_/flaky", "retry": {"maxAttempts": 0}}),
+        )
         .await;
     assert_eq!(st, 400, "{v}");
 
@@ -209,7 +229,10 @@ async fn failing_actions_are_retried_with_backoff_dead_lettered_and_redriven() {
     assert_eq!(dl["attempts"], 3);
     assert_eq!(dl["event"]["device"], "d7");
     assert_eq!(dl["event"]["temp"], 3);
-    assert!(dl["reason"].as_str().unwrap().contains("d7 not ready"), "{dl}");
+    assert!(
+        dl["reason"].as_str().unwrap().contains("d7 not ready"),
+        "{dl}"
+    );
     assert_eq!(dl["details"]["rule"], "guest/r");
 
     // Three attempts, each its own activation, spaced by at least the (jittered) backoff.
@@ -231,7 +254,11 @@ async fn failing_actions_are_retried_with_backoff_dead_lettered_and_redriven() {
         let next = annotation(&runs[i], "retry").unwrap()["nextActivationId"].clone();
         assert_eq!(next, runs[i + 1]["activationId"]);
         let gap = runs[i + 1]["start"].as_i64().unwrap() - runs[i]["end"].as_i64().unwrap();
-        assert!(gap >= delays[i], "attempt {} started {gap} ms after the failure", i + 2);
+        assert!(
+            gap >= delays[i],
+            "attempt {} started {gap} ms after the failure",
+            i + 2
+        );
     }
     assert_eq!(annotation(&runs[2], "deadLetter"), Some(&dl["id"]));
     assert_eq!(dl["details"]["lastActivationId"], runs[2]["activationId"]);
@@ -244,7 +271,9 @@ async fn failing_actions_are_retried_with_backoff_dead_lettered_and_redriven() {
 
     // Fix the action, redrive: it runs with the original event and the entry is gone.
     action(&s, "flaky", "function main(p) { return {ok: p.device}; }").await;
-    let (st, v) = s.post(&format!("deadletters/{id}/redrive"), json!({})).await;
+    let (st, v) = s
+        .post(&format!("deadletters/{id}/redrive"), json!({}))
+        .await;
     assert_eq!(st, 202, "{v}");
     let run = s
         .wait_activation(v["activationId"].as_str().unwrap(), Duration::from_secs(30))
@@ -253,14 +282,21 @@ async fn failing_actions_are_retried_with_backoff_dead_lettered_and_redriven() {
     assert_eq!(run["response"]["result"]["ok"], "d7");
     let (st, _) = s.get(&format!("deadletters/{id}")).await;
     assert_eq!(st, 404);
-    let (st, _) = s.post(&format!("deadletters/{id}/redrive"), json!({})).await;
+    let (st, _) = s
+        .post(&format!("deadletters/{id}/redrive"), json!({}))
+        .await;
     assert_eq!(st, 404);
 }
 
 #[tokio::test]
 async fn dead_letters_purge_and_namespace_isolation() {
     let s = Server::start(&["--dev"]).await;
-    action(&s, "fail", "function main(p) { throw new Error('boom ' + p.n); }").await;
+    action(
+        &s,
+        "fail",
+        "function main(p) { throw new Error('boom ' + p.n); }",
+    )
+    .await;
     trigger_and_rule(&s, "t", "r", "fail", json!({"retry": {"maxAttempts": 1}})).await;
     for n in 0..3 {
         fire(&s, "t", json!({"n": n})).await;
@@ -294,14 +330,25 @@ async fn dead_letters_purge_and_namespace_isolation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(dead_letters(&s, GUEST, 3, Duration::from_secs(1)).await.len(), 3);
+    assert_eq!(
+        dead_letters(&s, GUEST, 3, Duration::from_secs(1))
+            .await
+            .len(),
+        3
+    );
 
     // Purge one, then all.
-    let (st, v) = s.req(Method::DELETE, &format!("deadletters/{id}"), GUEST, None).await;
+    let (st, v) = s
+        .req(Method::DELETE, &format!("deadletters/{id}"), GUEST, None)
+        .await;
     assert_eq!((st, v), (200, json!({"purged": 1})));
-    let (st, _) = s.req(Method::DELETE, &format!("deadletters/{id}"), GUEST, None).await;
+    let (st, _) = s
+        .req(Method::DELETE, &format!("deadletters/{id}"), GUEST, None)
+        .await;
     assert_eq!(st, 404);
-    let (st, _) = s.req(Method::GET, "deadletters/not-an-id", GUEST, None).await;
+    let (st, _) = s
+        .req(Method::GET, "deadletters/not-an-id", GUEST, None)
+        .await;
     assert_eq!(st, 404);
     let (st, v) = s.req(Method::DELETE, "deadletters", GUEST, None).await;
     assert_eq!((st, v), (200, json!({"purged": 2})));
@@ -328,8 +375,13 @@ async fn scheduled_retries_survive_a_restart() {
     // The retry is due at least 2 s after the first failure; stop the server hard before that.
     s.kill9();
     let killed_at = chrono_now();
-    let delay = annotation(&runs[0], "retry").unwrap()["delayMs"].as_i64().unwrap();
-    assert!(runs[0]["end"].as_i64().unwrap() + delay > killed_at, "killed too late to tell");
+    let delay = annotation(&runs[0], "retry").unwrap()["delayMs"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        runs[0]["end"].as_i64().unwrap() + delay > killed_at,
+        "killed too late to tell"
+    );
     let port = s.port;
     drop(s);
     let s = Server::start_in(&dir, &["--dev"], Some(port)).await;

@@ -23,7 +23,11 @@ fn psql(sql: &str) -> String {
         .args([PG, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
         .output()
         .unwrap();
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -36,14 +40,29 @@ struct DropSchema(String);
 impl Drop for DropSchema {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args([PG, "-qc", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0)])
+            .args([
+                PG,
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
+            ])
             .output();
     }
 }
 
 fn mosquitto_pub(topic: &str, msg: &str) {
     let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", topic, "-m", msg])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            msg,
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -58,7 +77,10 @@ async fn iot_pipeline_end_to_end() {
     // The functions reach PostgreSQL and the API on the host's loopback, which a sandboxed
     // function cannot (its own network namespace): see examples/iot/README.md.
     let s = Server::start(&["--dev", "--no-sandbox"]).await;
-    let tag = format!("{:x}", std::process::id() ^ (Instant::now().elapsed().as_nanos() as u32));
+    let tag = format!(
+        "{:x}",
+        std::process::id() ^ (Instant::now().elapsed().as_nanos() as u32)
+    );
     let schema = format!("iot_test_{tag}");
     let prefix = format!("nimbus-iot-{tag}");
     let _cleanup = DropSchema(schema.clone());
@@ -89,7 +111,10 @@ async fn iot_pipeline_end_to_end() {
         if v.as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "the MQTT feed never fired");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the MQTT feed never fired"
+        );
     }
 
     let out = Command::new("python3")
@@ -97,7 +122,11 @@ async fn iot_pipeline_end_to_end() {
         .args(["--topic-prefix", &prefix, "--readings", "20"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let stored = summary["stored"].as_i64().unwrap();
     let alerts = summary["alerts"].as_i64().unwrap();
@@ -110,7 +139,9 @@ async fn iot_pipeline_end_to_end() {
         let got = (
             count(&format!("SELECT count(*) FROM {schema}.readings")),
             count(&format!("SELECT count(*) FROM {schema}.alerts")),
-            count(&format!("SELECT coalesce(sum(readings), 0) FROM {schema}.stats")),
+            count(&format!(
+                "SELECT coalesce(sum(readings), 0) FROM {schema}.stats"
+            )),
         );
         if got == (stored, alerts, stored) {
             break;
@@ -123,29 +154,39 @@ async fn iot_pipeline_end_to_end() {
     }
     for (dev, n) in summary["perDevice"].as_object().unwrap() {
         assert_eq!(
-            count(&format!("SELECT readings FROM {schema}.stats WHERE device = '{dev}'")),
+            count(&format!(
+                "SELECT readings FROM {schema}.stats WHERE device = '{dev}'"
+            )),
             n.as_i64().unwrap(),
             "{dev}"
         );
     }
     assert_eq!(
-        count(&format!("SELECT count(*) FROM {schema}.alerts WHERE temp_c <= 50")),
+        count(&format!(
+            "SELECT count(*) FROM {schema}.alerts WHERE temp_c <= 50"
+        )),
         0
     );
     // Fahrenheit readings were converted (all stored values are plausible Celsius).
     assert_eq!(
-        count(&format!("SELECT count(*) FROM {schema}.readings WHERE temp_c < 5 OR temp_c > 95")),
+        count(&format!(
+            "SELECT count(*) FROM {schema}.readings WHERE temp_c < 5 OR temp_c > 95"
+        )),
         0
     );
 
     // Messages that are not JSON became dead letters of the namespace, not crashes.
-    let (st, dls) = s.req(Method::GET, "deadletters?limit=200", GUEST, None).await;
+    let (st, dls) = s
+        .req(Method::GET, "deadletters?limit=200", GUEST, None)
+        .await;
     assert_eq!(st, 200);
     let from_feed = dls
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["event"].to_string().contains(&prefix) || d["source"].to_string().contains("mqtt"))
+        .filter(|d| {
+            d["event"].to_string().contains(&prefix) || d["source"].to_string().contains("mqtt")
+        })
         .count() as i64;
     assert_eq!(from_feed, malformed, "{dls}");
     // No rule activation ended in a dead letter.

@@ -91,7 +91,10 @@ pub async fn run(ctx: &Ctx, cmd: DeadletterCommand) -> CliResult<()> {
         DeadletterCommand::Get(args) => {
             let dl = ctx
                 .client
-                .get(&["namespaces", ns.as_str(), "deadletters", args.id.as_str()], &[])
+                .get(
+                    &["namespaces", ns.as_str(), "deadletters", args.id.as_str()],
+                    &[],
+                )
                 .await
                 .map_err(|e| e.context(&format!("dead letter {}", args.id)))?;
             if ctx.json {
@@ -107,7 +110,13 @@ pub async fn run(ctx: &Ctx, cmd: DeadletterCommand) -> CliResult<()> {
                 .client
                 .call(
                     Method::POST,
-                    &["namespaces", ns.as_str(), "deadletters", args.id.as_str(), "redrive"],
+                    &[
+                        "namespaces",
+                        ns.as_str(),
+                        "deadletters",
+                        args.id.as_str(),
+                        "redrive",
+                    ],
                     &[],
                     None,
                 )

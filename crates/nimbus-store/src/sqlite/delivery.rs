@@ -4,8 +4,7 @@ use super::{
     Durability, SqliteStore, db_err, decode, encode, now_millis, paging, to_u64, upsert_activation,
 };
 use crate::{
-    DeadLetter, DeadLetterStore, DeliveryQueue, QueuedInvocation, Schedule, StoreError,
-    StoreResult,
+    DeadLetter, DeadLetterStore, DeliveryQueue, QueuedInvocation, Schedule, StoreError, StoreResult,
 };
 use async_trait::async_trait;
 use nimbus_model::{Activation, ActivationId};
@@ -231,8 +230,9 @@ impl DeadLetterStore for SqliteStore {
         let op = "get_dead_letter";
         let (ns, id) = (ns.to_string(), id.to_string());
         self.read(op, move |c| {
-            let sql =
-                format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ?1 AND id = ?2");
+            let sql = format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ?1 AND id = ?2"
+            );
             c.prepare_cached(&sql)
                 .and_then(|mut st| st.query_row(params![ns, id], read_dead_letter).optional())
                 .map_err(db_err(op))?
