@@ -5,6 +5,7 @@
 
 mod context;
 mod cors;
+mod deadletters;
 mod error;
 mod info;
 mod parse;
@@ -37,6 +38,7 @@ pub fn router(controller: Arc<Controller>, info: ServerInfo) -> Router {
     routes::routes()
         .merge(web::routes())
         .merge(info::routes())
+        .merge(deadletters::routes())
         .layer(axum::middleware::from_fn(cors::cors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -851,6 +851,15 @@ impl Controller {
                 (old, Some(rev))
             }
         };
+        let mut rule = rule;
+        crate::delivery::apply_rule_settings(
+            &mut rule.annotations,
+            [
+                (crate::delivery::FILTER, body.filter),
+                (crate::delivery::RETRY, body.retry),
+                (crate::delivery::ORDERING_KEY, body.ordering_key),
+            ],
+        )?;
         self.save(&ns, EntityKind::Rule, name, &rule, now, rev)
             .await?;
         Ok(rule.api_json())

@@ -42,15 +42,18 @@ pub enum InvokeResponse {
 
 /// What the durable queue holds for one accepted non-blocking invocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct QueuedPayload {
+pub(crate) struct QueuedPayload {
     /// Credential of the caller (the key itself is not stored in the queue).
-    uuid: String,
-    namespace: String,
-    action: String,
-    params: Map<String, Value>,
+    pub(crate) uuid: String,
+    pub(crate) namespace: String,
+    pub(crate) action: String,
+    pub(crate) params: Map<String, Value>,
     #[serde(default)]
-    cause: Option<ActivationId>,
-    accepted_at: i64,
+    pub(crate) cause: Option<ActivationId>,
+    pub(crate) accepted_at: i64,
+    /// Rule-fired entries: retry policy, attempt and ordering (see `delivery.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) delivery: Option<crate::delivery::DeliveryInfo>,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -121,6 +124,7 @@ impl Controller {
                 params: req.params,
                 cause: req.cause,
                 accepted_at,
+                delivery: None,
             };
             self.enqueue(&id, &who.namespace, &payload).await?;
             drop(slot);
@@ -171,7 +175,12 @@ impl Controller {
         }
     }
 
-    async fn enqueue(&self, id: &ActivationId, ns: &str, payload: &QueuedPayload) -> Result<()> {
+    pub(crate) async fn enqueue(
+        &self,
+        id: &ActivationId,
+        ns: &str,
+        payload: &QueuedPayload,
+    ) -> Result<()> {
         let item = QueuedInvocation {
             activation_id: id.clone(),
             namespace: ns.to_string(),
@@ -185,7 +194,9 @@ impl Controller {
         Ok(())
     }
 
-    /// Queues an invocation on behalf of `who` without throttling (rule-fired activations).
+    /// Queues an invocation on behalf of `who` without throttling (rules now go through
+    /// `enqueue_rule`, which adds their delivery policy).
+    #[allow(dead_code)]
     pub(crate) async fn enqueue_for(
         &self,
         who: &Identity,
@@ -201,6 +212,7 @@ impl Controller {
             params,
             cause,
             accepted_at: now_millis(),
+            delivery: None,
         };
         self.enqueue(&id, &who.namespace, &payload).await?;
         Ok(id)
@@ -460,9 +472,18 @@ impl Controller {
                 }
             };
             if items.is_empty() {
+                // Sleep until woken, the next scheduled retry is due, or 1 s.
+                let idle = match self.store.next_due().await {
+                    Ok(Some(due)) => Duration::from_millis(
+                        u64::try_from(due - now_millis())
+                            .unwrap_or(0)
+                            .clamp(1, 1000),
+                    ),
+                    _ => Duration::from_secs(1),
+                };
                 tokio::select! {
                     _ = self.queue_wakeup.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(idle) => {}
                 }
                 continue;
             }
@@ -481,14 +502,25 @@ impl Controller {
 
     async fn run_queued(&self, item: QueuedInvocation) {
         let id = item.activation_id.clone();
+        let mut delivered = None;
         let record = match serde_json::from_value::<QueuedPayload>(item.payload.clone()) {
-            Ok(p) => self.run_queued_payload(&id, p).await,
+            Ok(p) => {
+                if p.delivery.is_some() {
+                    delivered = Some(p.clone());
+                }
+                self.run_queued_payload(&id, p).await
+            }
             Err(e) => {
                 tracing::error!(error = %e, activation = %id, "unreadable queue entry");
                 None
             }
         };
         let Some(record) = record else { return };
+        if let Some(p) = delivered {
+            // Rule-fired: retried, dead-lettered or completed by its delivery policy.
+            self.finish_delivery(&item, p, record).await;
+            return;
+        }
         if let Err(e) = self.store.complete(&id, &record).await {
             tracing::error!(error = %e, activation = %id, "could not record a queued activation; it stays queued");
             let _ = self.store.release(&id).await;

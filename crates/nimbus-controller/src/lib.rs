@@ -11,6 +11,8 @@ mod action_cache;
 mod activations;
 mod auth;
 mod catalog;
+mod deadletters;
+mod delivery;
 mod entities;
 mod error;
 mod inflight;
@@ -31,9 +33,12 @@ use tokio::sync::Notify;
 pub use access::WebTarget;
 pub use activations::ActivationListQuery;
 pub use auth::{BootstrapKey, Identity, generate_key};
+pub use deadletters::NewDeadLetter;
+pub use delivery::RetryPolicy;
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
+pub use nimbus_store::DeadLetter;
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.
@@ -82,6 +87,7 @@ pub struct Controller {
     inflight: inflight::Inflight,
     queue_wakeup: Notify,
     shutting_down: AtomicBool,
+    filters: delivery::FilterCache,
 }
 
 impl Controller {
@@ -100,6 +106,7 @@ impl Controller {
             inflight: Default::default(),
             queue_wakeup: Notify::new(),
             shutting_down: AtomicBool::new(false),
+            filters: Default::default(),
         })
     }
 

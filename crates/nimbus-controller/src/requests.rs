@@ -91,6 +91,12 @@ pub struct RulePut {
     pub trigger: Option<Value>,
     pub action: Option<Value>,
     pub status: Option<String>,
+    /// Delivery settings, stored as the rule's annotations of the same names (see
+    /// `delivery.rs`); an empty string or `null`-like empty value removes one.
+    pub filter: Option<Value>,
+    pub retry: Option<Value>,
+    #[serde(rename = "orderingKey")]
+    pub ordering_key: Option<Value>,
     #[serde(flatten)]
     pub common: CommonPut,
 }

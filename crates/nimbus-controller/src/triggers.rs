@@ -1,5 +1,7 @@
-//! Firing a trigger: one trigger activation record, and one queued activation per active rule.
+//! Firing a trigger: one trigger activation record, and one queued activation per active rule
+//! whose filter (if any) passes. The record's logs say, per rule, what happened.
 
+use crate::delivery::FilterOutcome;
 use crate::{Controller, ControllerError, Identity, Result};
 use nimbus_model::entity::{RuleStatus, Trigger};
 use nimbus_model::{
@@ -52,10 +54,30 @@ impl Controller {
             let entry = match rule.action_fqn() {
                 Ok(action) => {
                     let action_path = action.to_string().trim_start_matches('/').to_string();
-                    let checked = self.resolve_action(who, &action).await;
+                    let checked = match self.rule_filter(rule, &params) {
+                        FilterOutcome::Pass => self
+                            .resolve_action(who, &action)
+                            .await
+                            .map(Some)
+                            .map_err(Ok),
+                        FilterOutcome::Skip => Ok(None),
+                        FilterOutcome::Error(e) => Err(Err(e)),
+                    };
                     match checked {
-                        Ok(_) => match self
-                            .enqueue_for(who, &action, params.clone(), Some(trigger_id.clone()))
+                        Ok(None) => {
+                            json!({"statusCode": 0, "success": true, "filtered": true, "rule": rule_name, "action": action_path})
+                        }
+                        Err(Err(e)) => {
+                            json!({"statusCode": 4, "success": false, "error": format!("The rule's filter could not be evaluated, the rule did not fire: {e}"), "rule": rule_name, "action": action_path})
+                        }
+                        Ok(Some(_)) => match self
+                            .enqueue_rule(
+                                who,
+                                rule,
+                                &action,
+                                params.clone(),
+                                Some(trigger_id.clone()),
+                            )
                             .await
                         {
                             Ok(id) => {
@@ -65,7 +87,7 @@ impl Controller {
                                 json!({"statusCode": 3, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path})
                             }
                         },
-                        Err(e) => {
+                        Err(Ok(e)) => {
                             json!({"statusCode": 1, "success": false, "error": e.to_string(), "rule": rule_name, "action": action_path})
                         }
                     }

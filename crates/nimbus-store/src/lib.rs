@@ -5,6 +5,7 @@
 //! invocation queue, and namespace credentials. The controller only sees `Arc<dyn Store>`, so a
 //! PostgreSQL implementation can be added beside [`sqlite::SqliteStore`] without touching it.
 
+pub mod delivery;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+pub use delivery::{DeadLetter, DeadLetterStore, DeliveryQueue, Schedule};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]
@@ -165,6 +167,13 @@ pub trait AuthStore: Send + Sync {
 }
 
 /// Everything the controller needs from storage.
-pub trait Store: EntityStore + ActivationStore + InvocationQueue + AuthStore {}
+pub trait Store:
+    EntityStore + ActivationStore + InvocationQueue + AuthStore + DeliveryQueue + DeadLetterStore
+{
+}
 
-impl<T: EntityStore + ActivationStore + InvocationQueue + AuthStore> Store for T {}
+impl<
+    T: EntityStore + ActivationStore + InvocationQueue + AuthStore + DeliveryQueue + DeadLetterStore,
+> Store for T
+{
+}

@@ -47,7 +47,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 /// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_delivery.sql"),
+];
 
 /// Number of reader connections.
 const READERS: usize = 3;
@@ -672,6 +675,8 @@ impl ActivationStore for SqliteStore {
 ///   (0 on first delivery), and stores the incremented count.
 /// * `complete` of an id that is no longer queued still stores the record (idempotent).
 /// * `release` of an id that is not claimed is a no-op.
+/// * `claim` skips rows scheduled for later (`not_before`) and keyed rows that are not the first
+///   of their ordering key (see [`crate::DeliveryQueue`]).
 /// * All queue writes run with `synchronous=FULL`.
 #[async_trait]
 impl InvocationQueue for SqliteStore {
@@ -717,11 +722,14 @@ impl InvocationQueue for SqliteStore {
             let rows: Vec<(String, String, String, i64, i64)> = tx
                 .prepare_cached(
                     "SELECT activation_id, namespace, payload, enqueued_at, attempts
-                     FROM invocation_queue WHERE state = 'pending'
+                     FROM invocation_queue q WHERE state = 'pending' AND not_before <= ?2
+                       AND (order_key IS NULL OR NOT EXISTS (
+                           SELECT 1 FROM invocation_queue o
+                           WHERE o.order_key = q.order_key AND o.seq < q.seq))
                      ORDER BY enqueued_at ASC, activation_id ASC LIMIT ?1",
                 )
                 .and_then(|mut st| {
-                    st.query_map(params![limit], |r| {
+                    st.query_map(params![limit, now_millis()], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                     })?
                     .collect()
@@ -893,6 +901,8 @@ impl AuthStore for SqliteStore {
         .await
     }
 }
+
+mod delivery;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod activation;
+pub mod deadletter;
 pub mod instances;
 pub mod namespace;
 pub mod package;
@@ -47,6 +48,9 @@ pub enum ClientCommand {
     Property(property::PropertyCommand),
     /// List the live instances (starting, idle, busy) of the namespace's actions, and the node's pool
     Instances(instances::InstancesArgs),
+    /// List, inspect, redrive and purge the namespace's dead letters (undelivered events)
+    #[command(subcommand)]
+    Deadletter(deadletter::DeadletterCommand),
 }
 
 /// An entity name argument.
@@ -189,5 +193,6 @@ pub async fn dispatch(global: GlobalOpts, command: ClientCommand) -> CliResult<(
         ClientCommand::Namespace(cmd) => namespace::run(&ctx, cmd).await,
         ClientCommand::Instances(args) => instances::run(&ctx, &args).await,
         ClientCommand::Property(cmd) => property::run(&global, cmd),
+        ClientCommand::Deadletter(cmd) => deadletter::run(&ctx, cmd).await,
     }
 }

@@ -36,6 +36,65 @@ pub struct RulePutArgs {
     pub trigger: String,
     /// Action name (NAME, PACKAGE/NAME or /NAMESPACE/[PACKAGE/]NAME)
     pub action: String,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+/// A rule's delivery settings (see docs/delivery.md); on update, each given one replaces the
+/// stored one, and an empty value removes it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DeliveryArgs {
+    /// Fire only when this CEL expression over the event is true, e.g.
+    /// 'payload.temp > 50 && topic.startsWith("sensors/")'
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// Run events with the same value of this event field (dotted path) one at a time, in order
+    #[arg(long, value_name = "PATH")]
+    pub ordering_key: Option<String>,
+    /// Attempts in all when the action fails, the first included (default 3; 1 = no retry)
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Give up retrying this long after the event (default 3600)
+    #[arg(long, value_name = "SECONDS")]
+    pub max_age: Option<u64>,
+    /// Wait before the first retry, doubled each time (default 1000)
+    #[arg(long, value_name = "MS")]
+    pub initial_delay: Option<u64>,
+    /// Longest wait between retries (default 60000)
+    #[arg(long, value_name = "MS")]
+    pub max_delay: Option<u64>,
+    /// Factor between consecutive waits (default 2)
+    #[arg(long, value_name = "FACTOR")]
+    pub backoff_rate: Option<f64>,
+}
+
+impl DeliveryArgs {
+    /// Adds the given settings to a rule PUT body.
+    pub fn apply(&self, body: &mut Value) {
+        let Some(obj) = body.as_object_mut() else {
+            return;
+        };
+        if let Some(f) = &self.filter {
+            obj.insert("filter".into(), json!(f));
+        }
+        if let Some(k) = &self.ordering_key {
+            obj.insert("orderingKey".into(), json!(k));
+        }
+        let mut retry = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                retry.insert(k.into(), v);
+            }
+        };
+        put("maxAttempts", self.max_attempts.map(|v| json!(v)));
+        put("maxAgeSeconds", self.max_age.map(|v| json!(v)));
+        put("initialDelayMs", self.initial_delay.map(|v| json!(v)));
+        put("maxDelayMs", self.max_delay.map(|v| json!(v)));
+        put("backoffRate", self.backoff_rate.map(|v| json!(v)));
+        if !retry.is_empty() {
+            obj.insert("retry".into(), Value::Object(retry));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -65,7 +124,8 @@ pub fn build_rule_body(trigger: &str, action: &str, namespace: &str) -> CliResul
 
 async fn put(ctx: &Ctx, args: &RulePutArgs, overwrite: bool) -> CliResult<()> {
     let name = ctx.entity_name(&args.name, "rule")?;
-    let body = build_rule_body(&args.trigger, &args.action, &ctx.namespace)?;
+    let mut body = build_rule_body(&args.trigger, &args.action, &ctx.namespace)?;
+    args.delivery.apply(&mut body);
     let reply = ctx
         .put_entity("rule", "rules", &name, &body, overwrite)
         .await?;
