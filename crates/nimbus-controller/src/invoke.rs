@@ -51,6 +51,9 @@ struct QueuedPayload {
     #[serde(default)]
     cause: Option<ActivationId>,
     accepted_at: i64,
+    /// The API request that caused it (annotated as `requestId` on the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -110,7 +113,17 @@ impl Controller {
         let resolved = self.resolve_action(who, &req.action).await?;
         // Check `final` before accepting anything.
         self.merge_params(&resolved, &req.params)?;
-        let slot = self.throttles.admit_invoke(&who.namespace)?;
+        let slot = self
+            .throttles
+            .admit_invoke(&who.namespace)
+            .inspect_err(|e| {
+                let reason = if e.to_string().contains("concurrent") {
+                    "concurrency"
+                } else {
+                    "invocations"
+                };
+                self.throttled(&who.namespace, reason);
+            })?;
         let id = ActivationId::generate();
         let accepted_at = now_millis();
         if !req.blocking {
@@ -121,6 +134,7 @@ impl Controller {
                 params: req.params,
                 cause: req.cause,
                 accepted_at,
+                request_id: crate::current_request_id(),
             };
             self.enqueue(&id, &who.namespace, &payload).await?;
             drop(slot);
@@ -134,7 +148,8 @@ impl Controller {
         let this = self.clone();
         let who = who.clone();
         let run_id = id.clone();
-        tokio::spawn(async move {
+        let request_id = crate::current_request_id();
+        tokio::spawn(crate::observe::maybe_with_request_id(request_id, async move {
             let _slot = slot;
             let _guard = this.inflight.enter(
                 &run_id,
@@ -160,8 +175,9 @@ impl Controller {
             if let Err(e) = this.store.put_activation(&record).await {
                 tracing::error!(error = %e, "could not store activation record");
             }
+            this.finished(&record);
             let _ = tx.send(record);
-        });
+        }));
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(record)) => Ok(InvokeResponse::Done(Box::new(record))),
             Ok(Err(_)) => Err(ControllerError::Internal(
@@ -201,6 +217,7 @@ impl Controller {
             params,
             cause,
             accepted_at: now_millis(),
+            request_id: crate::current_request_id(),
         };
         self.enqueue(&id, &who.namespace, &payload).await?;
         Ok(id)
@@ -330,6 +347,9 @@ impl Controller {
         for kv in extra {
             annotations.set(kv.key, kv.value);
         }
+        if let Some(rid) = crate::current_request_id() {
+            annotations.set("requestId", json!(rid));
+        }
         Activation {
             namespace: who.namespace.clone(),
             name: r.action.path.name.clone(),
@@ -395,6 +415,7 @@ impl Controller {
             if let Err(e) = self.store.put_activation(&child).await {
                 tracing::error!(error = %e, "could not store component activation");
             }
+            self.finished(&child);
             ids.push(child_id.to_string());
             last = child.response.clone();
             if !last.success {
@@ -431,6 +452,9 @@ impl Controller {
                 "re-queued activations accepted before the last stop"
             );
         }
+        // The time-series sampler runs alongside the dispatcher (both are the server's
+        // background work, started once).
+        self.start_sampler();
         let this = self.clone();
         Ok(tokio::spawn(async move { this.dispatch_loop().await }))
     }
@@ -482,7 +506,10 @@ impl Controller {
     async fn run_queued(&self, item: QueuedInvocation) {
         let id = item.activation_id.clone();
         let record = match serde_json::from_value::<QueuedPayload>(item.payload.clone()) {
-            Ok(p) => self.run_queued_payload(&id, p).await,
+            Ok(p) => {
+                let rid = p.request_id.clone();
+                crate::observe::maybe_with_request_id(rid, self.run_queued_payload(&id, p)).await
+            }
             Err(e) => {
                 tracing::error!(error = %e, activation = %id, "unreadable queue entry");
                 None
@@ -492,7 +519,9 @@ impl Controller {
         if let Err(e) = self.store.complete(&id, &record).await {
             tracing::error!(error = %e, activation = %id, "could not record a queued activation; it stays queued");
             let _ = self.store.release(&id).await;
+            return;
         }
+        self.finished(&record);
     }
 
     async fn run_queued_payload(&self, id: &ActivationId, p: QueuedPayload) -> Option<Activation> {
@@ -560,6 +589,9 @@ impl Controller {
         let name = p.action.rsplit('/').next().unwrap_or(&p.action).to_string();
         let mut annotations = KeyValues::new();
         annotations.set("path", json!(p.action.trim_start_matches('/')));
+        if let Some(rid) = &p.request_id {
+            annotations.set("requestId", json!(rid));
+        }
         Activation {
             namespace: who.namespace.clone(),
             name,
@@ -618,6 +650,7 @@ impl Controller {
             if let Err(err) = self.store.put_activation(&rec).await {
                 tracing::error!(error = %err, "could not record interrupted activation");
             }
+            self.finished(&rec);
         }
         self.invoker.shutdown().await;
     }

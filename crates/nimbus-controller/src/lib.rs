@@ -16,6 +16,7 @@ mod error;
 mod inflight;
 mod instances;
 mod invoke;
+mod observe;
 mod requests;
 mod throttle;
 mod triggers;
@@ -34,6 +35,7 @@ pub use auth::{BootstrapKey, Identity, generate_key};
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
+pub use observe::{current_request_id, function_of, with_request_id};
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.
@@ -78,6 +80,7 @@ pub struct Controller {
     inflight: inflight::Inflight,
     queue_wakeup: Notify,
     shutting_down: AtomicBool,
+    monitor: observe::Monitor,
 }
 
 impl Controller {
@@ -96,6 +99,7 @@ impl Controller {
             inflight: Default::default(),
             queue_wakeup: Notify::new(),
             shutting_down: AtomicBool::new(false),
+            monitor: Default::default(),
         })
     }
 
