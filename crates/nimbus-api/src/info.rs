@@ -24,7 +24,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/", get(api_v1))
 }
 
-async fn root(State(s): State<AppState>, headers: axum::http::HeaderMap) -> axum::response::Response {
+async fn root(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     // Browsers get the web console; API clients the OpenWhisk description.
     if crate::console::wants_html(&headers) {

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 pub use console::ConsoleOptions;
 pub use error::ApiError;
-pub use nimbus_metrics::MetricsSource;
 pub use info::ServerInfo;
+pub use nimbus_metrics::MetricsSource;
 
 /// Largest request body (OpenWhisk: 50 MB; code itself is capped at 48 MB by the model).
 pub const MAX_BODY_BYTES: usize = 50 * 1024 * 1024;
@@ -39,7 +39,11 @@ pub fn router(controller: Arc<Controller>, info: ServerInfo) -> Router {
 }
 
 /// The whole router, with the console's and `/metrics`' options.
-pub fn router_with(controller: Arc<Controller>, info: ServerInfo, console: ConsoleOptions) -> Router {
+pub fn router_with(
+    controller: Arc<Controller>,
+    info: ServerInfo,
+    console: ConsoleOptions,
+) -> Router {
     let state = AppState {
         controller,
         info: Arc::new(info),

@@ -149,35 +149,38 @@ impl Controller {
         let who = who.clone();
         let run_id = id.clone();
         let request_id = crate::current_request_id();
-        tokio::spawn(crate::observe::maybe_with_request_id(request_id, async move {
-            let _slot = slot;
-            let _guard = this.inflight.enter(
-                &run_id,
-                InflightEntry {
-                    namespace: who.namespace.clone(),
-                    name: resolved.action.path.name.clone(),
-                    path: resolved.path(),
-                    start: accepted_at,
-                    queued: false,
-                },
-            );
-            let record = this
-                .run_resolved(
-                    &who,
-                    resolved,
-                    req.params,
-                    run_id,
-                    req.cause,
-                    accepted_at,
-                    true,
-                )
-                .await;
-            if let Err(e) = this.store.put_activation(&record).await {
-                tracing::error!(error = %e, "could not store activation record");
-            }
-            this.finished(&record);
-            let _ = tx.send(record);
-        }));
+        tokio::spawn(crate::observe::maybe_with_request_id(
+            request_id,
+            async move {
+                let _slot = slot;
+                let _guard = this.inflight.enter(
+                    &run_id,
+                    InflightEntry {
+                        namespace: who.namespace.clone(),
+                        name: resolved.action.path.name.clone(),
+                        path: resolved.path(),
+                        start: accepted_at,
+                        queued: false,
+                    },
+                );
+                let record = this
+                    .run_resolved(
+                        &who,
+                        resolved,
+                        req.params,
+                        run_id,
+                        req.cause,
+                        accepted_at,
+                        true,
+                    )
+                    .await;
+                if let Err(e) = this.store.put_activation(&record).await {
+                    tracing::error!(error = %e, "could not store activation record");
+                }
+                this.finished(&record);
+                let _ = tx.send(record);
+            },
+        ));
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(record)) => Ok(InvokeResponse::Done(Box::new(record))),
             Ok(Err(_)) => Err(ControllerError::Internal(

@@ -145,11 +145,7 @@ impl Controller {
             "gauge",
             "Live function instances of this node by state.",
         );
-        for (state, n) in [
-            ("starting", s.starting),
-            ("idle", s.idle),
-            ("busy", s.busy),
-        ] {
+        for (state, n) in [("starting", s.starting), ("idle", s.idle), ("busy", s.busy)] {
             sample(out, "nimbus_pool_instances", &[("state", state)], n as f64);
         }
         family(
@@ -236,12 +232,11 @@ impl Controller {
         name: Option<&str>,
     ) -> Result<Vec<FunctionSeries>> {
         self.ensure_own(who, ns)?;
-        Ok(self.monitor.metrics.series().query(
-            &who.namespace,
-            name,
-            now_millis(),
-            name.is_some(),
-        ))
+        Ok(self
+            .monitor
+            .metrics
+            .series()
+            .query(&who.namespace, name, now_millis(), name.is_some()))
     }
 
     /// Samples the live instances of every function into the time series, once per bucket.

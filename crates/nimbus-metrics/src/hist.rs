@@ -62,8 +62,8 @@ impl Histogram {
 
 /// Upper bounds (ms) of the time-series latency buckets (about 1.5× apart).
 pub const MS_BOUNDS: &[i64] = &[
-    0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000,
-    3000, 5000, 7000, 10000, 15000, 20000, 30000, 60000, 120000, 300000,
+    0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000,
+    5000, 7000, 10000, 15000, 20000, 30000, 60000, 120000, 300000,
 ];
 
 /// Index of the bucket for a duration (the last one takes everything above).
@@ -88,7 +88,11 @@ pub fn quantile(counts: &[u32], q: f64) -> Option<f64> {
         if c > 0.0 && acc + c >= rank {
             let hi = MS_BOUNDS[i] as f64;
             // Durations are whole milliseconds, so bucket `i` holds (prev, hi] = [prev + 1, hi].
-            let lo = if i == 0 { 0.0 } else { (MS_BOUNDS[i - 1] + 1) as f64 };
+            let lo = if i == 0 {
+                0.0
+            } else {
+                (MS_BOUNDS[i - 1] + 1) as f64
+            };
             return Some(lo + (hi - lo) * ((rank - acc) / c));
         }
         acc += c;

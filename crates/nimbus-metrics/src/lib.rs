@@ -249,9 +249,7 @@ mod tests {
             "nimbus_activations_total{namespace=\"guest\",action=\"hello\",status=\"success\"} 2\n"
         ));
         assert!(out.contains("nimbus_activations_total{namespace=\"guest\",action=\"hello\",status=\"application_error\"} 1\n"));
-        assert!(
-            out.contains("nimbus_cold_starts_total{namespace=\"guest\",action=\"hello\"} 1\n")
-        );
+        assert!(out.contains("nimbus_cold_starts_total{namespace=\"guest\",action=\"hello\"} 1\n"));
         assert!(out.contains(
             "nimbus_activation_duration_seconds_bucket{namespace=\"guest\",action=\"hello\",le=\"0.005\"} 2\n"
         ));
@@ -264,8 +262,8 @@ mod tests {
         assert!(out.contains(
             "nimbus_activation_init_seconds_count{namespace=\"guest\",action=\"hello\"} 1\n"
         ));
-        assert!(out.contains(
-            "nimbus_throttled_total{namespace=\"guest\",reason=\"invocations\"} 1\n"
-        ));
+        assert!(
+            out.contains("nimbus_throttled_total{namespace=\"guest\",reason=\"invocations\"} 1\n")
+        );
     }
 }

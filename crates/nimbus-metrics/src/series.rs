@@ -104,9 +104,7 @@ impl Series {
             .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ring = map
-            .entry((ns.to_string(), func.to_string()))
-            .or_default();
+        let ring = map.entry((ns.to_string(), func.to_string())).or_default();
         while ring.front().is_some_and(|b| b.t < oldest) {
             ring.pop_front();
         }

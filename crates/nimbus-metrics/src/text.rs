@@ -25,7 +25,11 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Formats a value the way Prometheus reads it (integers without a fraction).
 pub fn number(v: f64) -> String {
     if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {

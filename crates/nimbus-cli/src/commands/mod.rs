@@ -8,6 +8,7 @@ pub mod package;
 pub mod property;
 pub mod rule;
 pub mod trigger;
+pub mod usage;
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -47,6 +48,8 @@ pub enum ClientCommand {
     Property(property::PropertyCommand),
     /// List the live instances (starting, idle, busy) of the namespace's actions, and the node's pool
     Instances(instances::InstancesArgs),
+    /// Metered usage of the namespace: invocations, errors, duration and GB-seconds per function and day
+    Usage(usage::UsageArgs),
 }
 
 /// An entity name argument.
@@ -188,6 +191,7 @@ pub async fn dispatch(global: GlobalOpts, command: ClientCommand) -> CliResult<(
         ClientCommand::Package(cmd) => package::run(&ctx, cmd).await,
         ClientCommand::Namespace(cmd) => namespace::run(&ctx, cmd).await,
         ClientCommand::Instances(args) => instances::run(&ctx, &args).await,
+        ClientCommand::Usage(args) => usage::run(&ctx, &args).await,
         ClientCommand::Property(cmd) => property::run(&global, cmd),
     }
 }

@@ -803,12 +803,20 @@ async fn full_disk_is_an_error_and_writes_nothing() {
 
 /// A code-action record with a memory limit, duration and status, as the controller writes it.
 fn run(n: u32, path: &str, start: i64, ms: i64, memory: u64, code: u8, kind: &str) -> Activation {
-    let mut a = activation("guest", n, path.rsplit('/').next().unwrap(), Some(path), start);
+    let mut a = activation(
+        "guest",
+        n,
+        path.rsplit('/').next().unwrap(),
+        Some(path),
+        start,
+    );
     a.end = start + ms;
     a.duration = Some(ms);
     a.annotations.set("kind", json!(kind));
-    a.annotations
-        .set("limits", json!({"timeout": 60000, "memory": memory, "logs": 10, "concurrency": 1}));
+    a.annotations.set(
+        "limits",
+        json!({"timeout": 60000, "memory": memory, "logs": 10, "concurrency": 1}),
+    );
     a.response = ActivationResponse::new(nimbus_model::ResponseStatus::from_code(code), json!({}));
     a
 }
@@ -869,7 +877,10 @@ async fn usage_sums_mb_ms_per_function_and_day() {
         ]
     );
     assert_eq!(
-        u.days.iter().map(|d| (d.day, d.invocations, d.mb_ms)).collect::<Vec<_>>(),
+        u.days
+            .iter()
+            .map(|d| (d.day, d.invocations, d.mb_ms))
+            .collect::<Vec<_>>(),
         vec![(10, 2, 107 * 256), (11, 2, 1500 * 1024)]
     );
     let all = s.usage("guest", Some(12 * day), None).await.unwrap();
@@ -898,6 +909,9 @@ async fn usage_migration_backfills_existing_records() {
     let u = s.usage("guest", None, None).await.unwrap();
     assert_eq!(u.functions.len(), 1);
     let f = &u.functions[0];
-    assert_eq!((f.invocations, f.errors, f.duration_ms, f.mb_ms), (1, 1, 250, 250 * 512));
+    assert_eq!(
+        (f.invocations, f.errors, f.duration_ms, f.mb_ms),
+        (1, 1, 250, 250 * 512)
+    );
     assert_eq!(f.kind, "nodejs:20");
 }
