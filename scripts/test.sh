@@ -58,3 +58,12 @@ bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"
 export NIMBUS_BIN="$bin_dir/nimbus"
 (cd tests/compat && npm ci --no-audit --no-fund --loglevel=error)
 node --test --test-concurrency=1 crates/nimbus-controller/catalog/ tests/compat/
+
+# --- console: browser end-to-end tests of the web console (headless Debian chromium driven by
+# playwright-core from npm; no browser download). Screenshots: $CARGO_TARGET_DIR/console-e2e/.
+log "console e2e (chromium)"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+(cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" node --test --test-concurrency=1 tests/console/

@@ -24,7 +24,19 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/", get(api_v1))
 }
 
-async fn root(State(s): State<AppState>) -> Json<Value> {
+async fn root(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // Browsers get the web console; API clients the OpenWhisk description.
+    if crate::console::wants_html(&headers) {
+        return crate::console::index();
+    }
+    description(&s).into_response()
+}
+
+fn description(s: &AppState) -> Json<Value> {
     let l = s.controller.limits();
     let runtimes: Vec<Value> = nimbus_model::kinds::KINDS
         .iter()

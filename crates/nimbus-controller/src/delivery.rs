@@ -422,6 +422,7 @@ impl Controller {
             cause,
             accepted_at: now,
             delivery: Some(info),
+            request_id: crate::current_request_id(),
         };
         let item = QueuedInvocation {
             activation_id: id.clone(),

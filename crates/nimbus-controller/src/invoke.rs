@@ -54,6 +54,9 @@ pub(crate) struct QueuedPayload {
     /// Rule-fired entries: retry policy, attempt and ordering (see `delivery.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) delivery: Option<crate::delivery::DeliveryInfo>,
+    /// The API request that caused it (annotated as `requestId` on the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) request_id: Option<String>,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -113,7 +116,17 @@ impl Controller {
         let resolved = self.resolve_action(who, &req.action).await?;
         // Check `final` before accepting anything.
         self.merge_params(&resolved, &req.params)?;
-        let slot = self.throttles.admit_invoke(&who.namespace)?;
+        let slot = self
+            .throttles
+            .admit_invoke(&who.namespace)
+            .inspect_err(|e| {
+                let reason = if e.to_string().contains("concurrent") {
+                    "concurrency"
+                } else {
+                    "invocations"
+                };
+                self.throttled(&who.namespace, reason);
+            })?;
         let id = ActivationId::generate();
         let accepted_at = now_millis();
         if !req.blocking {
@@ -125,6 +138,7 @@ impl Controller {
                 cause: req.cause,
                 accepted_at,
                 delivery: None,
+                request_id: crate::current_request_id(),
             };
             self.enqueue(&id, &who.namespace, &payload).await?;
             drop(slot);
@@ -138,34 +152,39 @@ impl Controller {
         let this = self.clone();
         let who = who.clone();
         let run_id = id.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _guard = this.inflight.enter(
-                &run_id,
-                InflightEntry {
-                    namespace: who.namespace.clone(),
-                    name: resolved.action.path.name.clone(),
-                    path: resolved.path(),
-                    start: accepted_at,
-                    queued: false,
-                },
-            );
-            let record = this
-                .run_resolved(
-                    &who,
-                    resolved,
-                    req.params,
-                    run_id,
-                    req.cause,
-                    accepted_at,
-                    true,
-                )
-                .await;
-            if let Err(e) = this.store.put_activation(&record).await {
-                tracing::error!(error = %e, "could not store activation record");
-            }
-            let _ = tx.send(record);
-        });
+        let request_id = crate::current_request_id();
+        tokio::spawn(crate::observe::maybe_with_request_id(
+            request_id,
+            async move {
+                let _slot = slot;
+                let _guard = this.inflight.enter(
+                    &run_id,
+                    InflightEntry {
+                        namespace: who.namespace.clone(),
+                        name: resolved.action.path.name.clone(),
+                        path: resolved.path(),
+                        start: accepted_at,
+                        queued: false,
+                    },
+                );
+                let record = this
+                    .run_resolved(
+                        &who,
+                        resolved,
+                        req.params,
+                        run_id,
+                        req.cause,
+                        accepted_at,
+                        true,
+                    )
+                    .await;
+                if let Err(e) = this.store.put_activation(&record).await {
+                    tracing::error!(error = %e, "could not store activation record");
+                }
+                this.finished(&record);
+                let _ = tx.send(record);
+            },
+        ));
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(record)) => Ok(InvokeResponse::Done(Box::new(record))),
             Ok(Err(_)) => Err(ControllerError::Internal(
@@ -213,6 +232,7 @@ impl Controller {
             cause,
             accepted_at: now_millis(),
             delivery: None,
+            request_id: crate::current_request_id(),
         };
         self.enqueue(&id, &who.namespace, &payload).await?;
         Ok(id)
@@ -342,6 +362,9 @@ impl Controller {
         for kv in extra {
             annotations.set(kv.key, kv.value);
         }
+        if let Some(rid) = crate::current_request_id() {
+            annotations.set("requestId", json!(rid));
+        }
         Activation {
             namespace: who.namespace.clone(),
             name: r.action.path.name.clone(),
@@ -407,6 +430,7 @@ impl Controller {
             if let Err(e) = self.store.put_activation(&child).await {
                 tracing::error!(error = %e, "could not store component activation");
             }
+            self.finished(&child);
             ids.push(child_id.to_string());
             last = child.response.clone();
             if !last.success {
@@ -443,6 +467,9 @@ impl Controller {
                 "re-queued activations accepted before the last stop"
             );
         }
+        // The time-series sampler runs alongside the dispatcher (both are the server's
+        // background work, started once).
+        self.start_sampler();
         let this = self.clone();
         Ok(tokio::spawn(async move { this.dispatch_loop().await }))
     }
@@ -508,7 +535,8 @@ impl Controller {
                 if p.delivery.is_some() {
                     delivered = Some(p.clone());
                 }
-                self.run_queued_payload(&id, p).await
+                let rid = p.request_id.clone();
+                crate::observe::maybe_with_request_id(rid, self.run_queued_payload(&id, p)).await
             }
             Err(e) => {
                 tracing::error!(error = %e, activation = %id, "unreadable queue entry");
@@ -524,7 +552,9 @@ impl Controller {
         if let Err(e) = self.store.complete(&id, &record).await {
             tracing::error!(error = %e, activation = %id, "could not record a queued activation; it stays queued");
             let _ = self.store.release(&id).await;
+            return;
         }
+        self.finished(&record);
     }
 
     async fn run_queued_payload(&self, id: &ActivationId, p: QueuedPayload) -> Option<Activation> {
@@ -592,6 +622,9 @@ impl Controller {
         let name = p.action.rsplit('/').next().unwrap_or(&p.action).to_string();
         let mut annotations = KeyValues::new();
         annotations.set("path", json!(p.action.trim_start_matches('/')));
+        if let Some(rid) = &p.request_id {
+            annotations.set("requestId", json!(rid));
+        }
         Activation {
             namespace: who.namespace.clone(),
             name,
@@ -650,6 +683,7 @@ impl Controller {
             if let Err(err) = self.store.put_activation(&rec).await {
                 tracing::error!(error = %err, "could not record interrupted activation");
             }
+            self.finished(&rec);
         }
         self.invoker.shutdown().await;
     }

@@ -18,6 +18,7 @@ mod error;
 mod inflight;
 mod instances;
 mod invoke;
+mod observe;
 mod requests;
 mod throttle;
 mod triggers;
@@ -39,6 +40,7 @@ pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
 pub use nimbus_store::DeadLetter;
+pub use observe::{current_request_id, function_of, with_request_id};
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.
@@ -88,6 +90,7 @@ pub struct Controller {
     queue_wakeup: Notify,
     shutting_down: AtomicBool,
     filters: delivery::FilterCache,
+    monitor: observe::Monitor,
 }
 
 impl Controller {
@@ -107,6 +110,7 @@ impl Controller {
             queue_wakeup: Notify::new(),
             shutting_down: AtomicBool::new(false),
             filters: Default::default(),
+            monitor: Default::default(),
         })
     }
 

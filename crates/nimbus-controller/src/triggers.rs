@@ -41,7 +41,9 @@ impl Controller {
         if rules.is_empty() {
             return Ok(None);
         }
-        self.throttles.admit_fire(&who.namespace)?;
+        self.throttles
+            .admit_fire(&who.namespace)
+            .inspect_err(|_| self.throttled(&who.namespace, "fires"))?;
         let mut params = trigger.parameters.to_object();
         for (k, v) in payload {
             params.insert(k, v);
@@ -104,6 +106,9 @@ impl Controller {
             json!(format!("{}/{}", trigger.namespace, trigger.name)),
         );
         annotations.set("kind", json!("trigger"));
+        if let Some(rid) = crate::current_request_id() {
+            annotations.set("requestId", json!(rid));
+        }
         let record = Activation {
             namespace: who.namespace.clone(),
             name: trigger.name.clone(),
@@ -120,6 +125,7 @@ impl Controller {
             response: ActivationResponse::success(Value::Object(params)),
         };
         self.store.put_activation(&record).await?;
+        self.finished(&record);
         Ok(Some(trigger_id))
     }
 }

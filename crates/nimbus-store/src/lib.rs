@@ -139,6 +139,40 @@ pub trait ActivationStore: Send + Sync {
     async fn list_activations(&self, ns: &str, q: &ActivationQuery)
     -> StoreResult<Vec<Activation>>;
     async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64>;
+    /// Usage of a namespace's activations that started in `[since, upto]` (epoch ms, inclusive),
+    /// per function and per UTC day. Trigger records are not counted.
+    async fn usage(&self, ns: &str, since: Option<i64>, upto: Option<i64>) -> StoreResult<Usage>;
+}
+
+/// Usage of one function (`path_tail`: `name` or `pkg/name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    pub name: String,
+    pub kind: String,
+    pub invocations: u64,
+    /// Activations whose status was not success.
+    pub errors: u64,
+    pub duration_ms: u64,
+    /// Sum over runs of memory limit (MB) × duration (ms); sequences add none of their own.
+    pub mb_ms: u64,
+}
+
+/// Usage of one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageDay {
+    /// Days since the epoch (`start / 86_400_000`).
+    pub day: i64,
+    pub invocations: u64,
+    pub errors: u64,
+    pub duration_ms: u64,
+    pub mb_ms: u64,
+}
+
+/// A usage report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub functions: Vec<UsageRow>,
+    pub days: Vec<UsageDay>,
 }
 
 #[async_trait]

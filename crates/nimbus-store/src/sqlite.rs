@@ -34,7 +34,7 @@
 
 use crate::{
     ActivationQuery, ActivationStore, AuthStore, EntityQuery, EntityStore, InvocationQueue,
-    NamespaceAuth, QueuedInvocation, StoreError, StoreResult, StoredDoc,
+    NamespaceAuth, QueuedInvocation, StoreError, StoreResult, StoredDoc, Usage, UsageDay, UsageRow,
 };
 use async_trait::async_trait;
 use nimbus_model::{Activation, ActivationId, EntityKind};
@@ -50,6 +50,7 @@ use std::time::Duration;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_delivery.sql"),
+    include_str!("migrations/0003_usage.sql"),
 ];
 
 /// Number of reader connections.
@@ -396,13 +397,27 @@ fn upsert_activation(
     record: &str,
 ) -> StoreResult<()> {
     conn.prepare_cached(
-        "INSERT INTO activations (namespace, activation_id, name, path_tail, start_ms, end_ms, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO activations (namespace, activation_id, name, path_tail, start_ms, end_ms, record,
+                                  kind, status_code, duration_ms, memory_mb)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (namespace, activation_id) DO UPDATE SET
              name = excluded.name, path_tail = excluded.path_tail, start_ms = excluded.start_ms,
-             end_ms = excluded.end_ms, record = excluded.record",
+             end_ms = excluded.end_ms, record = excluded.record, kind = excluded.kind,
+             status_code = excluded.status_code, duration_ms = excluded.duration_ms,
+             memory_mb = excluded.memory_mb",
     )
     .and_then(|mut st| {
+        let kind = a
+            .annotations
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let memory = a
+            .annotations
+            .get("limits")
+            .and_then(|l| l.get("memory"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         st.execute(params![
             a.namespace,
             a.activation_id.as_str(),
@@ -410,7 +425,11 @@ fn upsert_activation(
             path_tail(a),
             a.start,
             a.end,
-            record
+            record,
+            kind,
+            a.response.status_code,
+            a.duration.unwrap_or(0),
+            memory
         ])
     })
     .map_err(db_err(op))?;
@@ -667,6 +686,66 @@ impl ActivationStore for SqliteStore {
         let (filter, args) = activation_filter(ns, q);
         self.count_where("count_activations", "activations", filter, args)
             .await
+    }
+
+    async fn usage(&self, ns: &str, since: Option<i64>, upto: Option<i64>) -> StoreResult<Usage> {
+        let op = "usage";
+        let (filter, args) = activation_filter(
+            ns,
+            &ActivationQuery {
+                since,
+                upto,
+                ..Default::default()
+            },
+        );
+        self.read(op, move |c| {
+            // Trigger records are not runs; sequences are counted as invocations but their
+            // components carry the memory time, so a sequence adds no MB·ms of its own.
+            let mb_ms = "SUM(CASE WHEN kind <> 'sequence' THEN duration_ms * memory_mb ELSE 0 END)";
+            let sql = format!(
+                "SELECT path_tail, MAX(kind), COUNT(*), SUM(status_code <> 0), SUM(duration_ms), {mb_ms}
+                 FROM activations WHERE {filter} AND kind <> 'trigger'
+                 GROUP BY path_tail ORDER BY path_tail"
+            );
+            let functions = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                        Ok(UsageRow {
+                            name: r.get(0)?,
+                            kind: r.get(1)?,
+                            invocations: to_u64(r.get(2)?),
+                            errors: to_u64(r.get(3)?),
+                            duration_ms: to_u64(r.get(4)?),
+                            mb_ms: to_u64(r.get(5)?),
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_err(op))?;
+            let sql = format!(
+                "SELECT start_ms / 86400000, COUNT(*), SUM(status_code <> 0), SUM(duration_ms), {mb_ms}
+                 FROM activations WHERE {filter} AND kind <> 'trigger'
+                 GROUP BY start_ms / 86400000 ORDER BY 1"
+            );
+            let days = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                        Ok(UsageDay {
+                            day: r.get(0)?,
+                            invocations: to_u64(r.get(1)?),
+                            errors: to_u64(r.get(2)?),
+                            duration_ms: to_u64(r.get(3)?),
+                            mb_ms: to_u64(r.get(4)?),
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_err(op))?;
+            Ok(Usage { functions, days })
+        })
+        .await
     }
 }
 

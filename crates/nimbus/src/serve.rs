@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// unprivileged uid). Only for debugging on a trusted machine.
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Bearer token for `/metrics`. Without it, `/metrics` is open only while the server
+    /// listens on loopback (see docs/metrics.md).
+    #[arg(long, env = "NIMBUS_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
 }
 
 fn init_tracing(format: &str) {
@@ -233,12 +237,18 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let app = nimbus_api::router(
+    let app = nimbus_api::router_with(
         controller.clone(),
         nimbus_api::ServerInfo {
             build: env!("CARGO_PKG_VERSION").to_string(),
             warnings,
             isolation,
+        },
+        nimbus_api::ConsoleOptions {
+            // Extra `/metrics` text sources (e.g. a gateway's) are registered here.
+            metrics_sources: Vec::new(),
+            metrics_token: a.metrics_token.clone().filter(|t| !t.is_empty()),
+            metrics_open: a.listen.ip().is_loopback(),
         },
     );
     // --- OpenFaaS gateway (issue 6): same listener, same controller; see docs/openfaas.md ---

@@ -9,6 +9,7 @@ pub mod package;
 pub mod property;
 pub mod rule;
 pub mod trigger;
+pub mod usage;
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -51,6 +52,8 @@ pub enum ClientCommand {
     /// List, inspect, redrive and purge the namespace's dead letters (undelivered events)
     #[command(subcommand)]
     Deadletter(deadletter::DeadletterCommand),
+    /// Metered usage of the namespace: invocations, errors, duration and GB-seconds per function and day
+    Usage(usage::UsageArgs),
 }
 
 /// An entity name argument.
@@ -192,6 +195,7 @@ pub async fn dispatch(global: GlobalOpts, command: ClientCommand) -> CliResult<(
         ClientCommand::Package(cmd) => package::run(&ctx, cmd).await,
         ClientCommand::Namespace(cmd) => namespace::run(&ctx, cmd).await,
         ClientCommand::Instances(args) => instances::run(&ctx, &args).await,
+        ClientCommand::Usage(args) => usage::run(&ctx, &args).await,
         ClientCommand::Property(cmd) => property::run(&global, cmd),
         ClientCommand::Deadletter(cmd) => deadletter::run(&ctx, cmd).await,
     }

@@ -800,3 +800,118 @@ async fn full_disk_is_an_error_and_writes_nothing() {
         1
     );
 }
+
+/// A code-action record with a memory limit, duration and status, as the controller writes it.
+fn run(n: u32, path: &str, start: i64, ms: i64, memory: u64, code: u8, kind: &str) -> Activation {
+    let mut a = activation(
+        "guest",
+        n,
+        path.rsplit('/').next().unwrap(),
+        Some(path),
+        start,
+    );
+    a.end = start + ms;
+    a.duration = Some(ms);
+    a.annotations.set("kind", json!(kind));
+    a.annotations.set(
+        "limits",
+        json!({"timeout": 60000, "memory": memory, "logs": 10, "concurrency": 1}),
+    );
+    a.response = ActivationResponse::new(nimbus_model::ResponseStatus::from_code(code), json!({}));
+    a
+}
+
+#[tokio::test]
+async fn usage_sums_mb_ms_per_function_and_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let day = 86_400_000;
+    let records = [
+        run(1, "guest/hello", 10 * day + 5, 100, 256, 0, "nodejs:20"),
+        run(2, "guest/hello", 10 * day + 9, 7, 256, 1, "nodejs:20"),
+        run(3, "guest/pkg/big", 11 * day, 1500, 1024, 2, "python:3"),
+        run(4, "guest/seq", 11 * day + 1, 1600, 256, 0, "sequence"),
+        run(5, "guest/hello", 12 * day, 1, 128, 0, "nodejs:20"),
+    ];
+    for r in &records {
+        s.put_activation(r).await.unwrap();
+    }
+    let mut trig = activation("guest", 6, "t", Some("guest/t"), 11 * day);
+    trig.annotations.set("kind", json!("trigger"));
+    trig.end = 0;
+    trig.duration = None;
+    s.put_activation(&trig).await.unwrap();
+    // Another namespace never shows up.
+    let mut other = run(7, "other/hello", 11 * day, 1000, 256, 0, "nodejs:20");
+    other.namespace = "other".into();
+    s.put_activation(&other).await.unwrap();
+
+    let u = s.usage("guest", None, Some(12 * day - 1)).await.unwrap();
+    assert_eq!(
+        u.functions,
+        vec![
+            UsageRow {
+                name: "hello".into(),
+                kind: "nodejs:20".into(),
+                invocations: 2,
+                errors: 1,
+                duration_ms: 107,
+                mb_ms: 107 * 256,
+            },
+            UsageRow {
+                name: "pkg/big".into(),
+                kind: "python:3".into(),
+                invocations: 1,
+                errors: 1,
+                duration_ms: 1500,
+                mb_ms: 1500 * 1024,
+            },
+            UsageRow {
+                name: "seq".into(),
+                kind: "sequence".into(),
+                invocations: 1,
+                errors: 0,
+                duration_ms: 1600,
+                mb_ms: 0,
+            },
+        ]
+    );
+    assert_eq!(
+        u.days
+            .iter()
+            .map(|d| (d.day, d.invocations, d.mb_ms))
+            .collect::<Vec<_>>(),
+        vec![(10, 2, 107 * 256), (11, 2, 1500 * 1024)]
+    );
+    let all = s.usage("guest", Some(12 * day), None).await.unwrap();
+    assert_eq!(all.functions.len(), 1);
+    assert_eq!(all.functions[0].mb_ms, 128);
+}
+
+#[tokio::test]
+async fn usage_migration_backfills_existing_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    let rec = run(1, "guest/hello", 1000, 250, 512, 2, "nodejs:20");
+    {
+        // A database at schema version 1 holding one record.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO activations (namespace, activation_id, name, path_tail, start_ms, end_ms, record)
+             VALUES ('guest', ?1, 'hello', 'hello', 1000, 1250, ?2)",
+            params![rec.activation_id.as_str(), serde_json::to_string(&rec).unwrap()],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let u = s.usage("guest", None, None).await.unwrap();
+    assert_eq!(u.functions.len(), 1);
+    let f = &u.functions[0];
+    assert_eq!(
+        (f.invocations, f.errors, f.duration_ms, f.mb_ms),
+        (1, 1, 250, 250 * 512)
+    );
+    assert_eq!(f.kind, "nodejs:20");
+}
