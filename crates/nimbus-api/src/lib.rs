@@ -6,6 +6,7 @@
 mod context;
 mod cors;
 mod error;
+mod hooks;
 mod info;
 mod parse;
 mod routes;
@@ -37,6 +38,7 @@ pub fn router(controller: Arc<Controller>, info: ServerInfo) -> Router {
     routes::routes()
         .merge(web::routes())
         .merge(info::routes())
+        .merge(hooks::routes())
         .layer(axum::middleware::from_fn(cors::cors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

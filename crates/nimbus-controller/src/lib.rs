@@ -16,6 +16,7 @@ mod error;
 mod inflight;
 mod instances;
 mod invoke;
+mod native;
 mod requests;
 mod throttle;
 mod triggers;
@@ -34,6 +35,7 @@ pub use auth::{BootstrapKey, Identity, generate_key};
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
+pub use native::{NativeActions, NativeOutcome};
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.
@@ -78,6 +80,8 @@ pub struct Controller {
     inflight: inflight::Inflight,
     queue_wakeup: Notify,
     shutting_down: AtomicBool,
+    /// Built-in actions served by the server itself (feed providers); see [`native`].
+    native: std::sync::OnceLock<Arc<dyn NativeActions>>,
 }
 
 impl Controller {
@@ -96,6 +100,7 @@ impl Controller {
             inflight: Default::default(),
             queue_wakeup: Notify::new(),
             shutting_down: AtomicBool::new(false),
+            native: std::sync::OnceLock::new(),
         })
     }
 

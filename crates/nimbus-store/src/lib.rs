@@ -5,6 +5,7 @@
 //! invocation queue, and namespace credentials. The controller only sees `Arc<dyn Store>`, so a
 //! PostgreSQL implementation can be added beside [`sqlite::SqliteStore`] without touching it.
 
+pub mod feeds;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+pub use feeds::{FeedRegistration, FeedStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]

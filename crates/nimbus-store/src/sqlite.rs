@@ -47,7 +47,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 /// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0003_feeds.sql"),
+];
 
 /// Number of reader connections.
 const READERS: usize = 3;
@@ -893,6 +896,8 @@ impl AuthStore for SqliteStore {
         .await
     }
 }
+
+mod feeds;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod feeds;
 mod serve;
 
 use clap::{Parser, Subcommand};

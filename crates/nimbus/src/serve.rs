@@ -106,6 +106,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let db = a.data_dir.join("nimbus.db");
     let store =
         SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+    // The feed providers keep their registrations in the same database (cheap clone).
+    let feed_store = store.clone();
     let mut warnings = Vec::new();
     let sandbox = if a.no_sandbox {
         warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
@@ -232,6 +234,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    let feeds = crate::feeds::start(&controller, feed_store).await?;
+
     let app = nimbus_api::router(
         controller.clone(),
         nimbus_api::ServerInfo {
@@ -239,7 +243,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             warnings,
             isolation,
         },
-    );
+    )
+    .layer(axum::Extension(feeds.clone()));
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
@@ -260,6 +265,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight activations");
     let _ = stop_tx.send(true);
+    feeds.stop_all();
     controller.shutdown().await;
     dispatcher.abort();
     // Give open HTTP exchanges a moment to deliver their answers, then stop regardless.
