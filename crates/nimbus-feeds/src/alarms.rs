@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use nimbus_model::EntityKind;
-use nimbus_store::{ActivationQuery, ActivationStore};
+use nimbus_store::ActivationQuery;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 

@@ -4,7 +4,7 @@ use crate::Inner;
 use async_trait::async_trait;
 use nimbus_controller::{ControllerError, Identity};
 use nimbus_model::ActivationId;
-use nimbus_store::{AuthStore, FeedRegistration};
+use nimbus_store::FeedRegistration;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -254,7 +254,7 @@ async fn jetstream(
         .get_stream(stream)
         .await
         .map_err(|e| format!("stream '{stream}': {e}"))?;
-    let consumer: pull::Consumer<pull::Config> = st
+    let consumer: async_nats::jetstream::consumer::PullConsumer = st
         .get_or_create_consumer(
             &durable,
             pull::Config {

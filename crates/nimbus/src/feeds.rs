@@ -5,7 +5,7 @@ use nimbus_feeds::{DeadLetterSink, Feeds};
 use nimbus_model::{
     Activation, ActivationId, ActivationResponse, KeyValues, ResponseStatus, now_millis,
 };
-use nimbus_store::{ActivationStore, SqliteStore, Store};
+use nimbus_store::{SqliteStore, Store};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
