@@ -881,7 +881,8 @@ async fn postgres_changes_feed_fires_on_insert_update_delete() {
     };
     let ins = got
         .iter()
-        .find(|e| e["operation"] == "insert" && e["row"]["id"] == 1)
+        // (the first inserts may precede the LISTEN: notifications without a listener are dropped)
+        .find(|e| e["operation"] == "insert")
         .unwrap();
     assert_eq!(ins["row"]["device"], "d1");
     assert_eq!(ins["table"], table.as_str());
