@@ -8,6 +8,7 @@ mod context;
 mod cors;
 mod deadletters;
 mod error;
+mod hooks;
 mod info;
 mod parse;
 mod request_id;
@@ -55,6 +56,7 @@ pub fn router_with(
         .merge(info::routes())
         .merge(deadletters::routes())
         .merge(console::routes())
+        .merge(hooks::routes())
         .layer(axum::middleware::from_fn(cors::cors))
         .layer(axum::middleware::from_fn(request_id::request_id))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -112,6 +112,9 @@ impl Controller {
                 "The server is shutting down; retry shortly.".into(),
             ));
         }
+        if let Some(native) = self.native_for(&req.action) {
+            return self.invoke_native(native, who, req).await;
+        }
         self.check_payload(&req.params)?;
         let resolved = self.resolve_action(who, &req.action).await?;
         // Check `final` before accepting anything.

@@ -19,6 +19,7 @@ mod inflight;
 mod instances;
 mod invoke;
 mod observe;
+mod native;
 mod requests;
 mod throttle;
 mod triggers;
@@ -41,6 +42,7 @@ pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
 pub use nimbus_store::DeadLetter;
 pub use observe::{current_request_id, function_of, with_request_id};
+pub use native::{NativeActions, NativeOutcome};
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.
@@ -91,6 +93,8 @@ pub struct Controller {
     shutting_down: AtomicBool,
     filters: delivery::FilterCache,
     monitor: observe::Monitor,
+    /// Built-in actions served by the server itself (feed providers); see [`native`].
+    native: std::sync::OnceLock<Arc<dyn NativeActions>>,
 }
 
 impl Controller {
@@ -111,6 +115,7 @@ impl Controller {
             shutting_down: AtomicBool::new(false),
             filters: Default::default(),
             monitor: Default::default(),
+            native: std::sync::OnceLock::new(),
         })
     }
 

@@ -6,6 +6,7 @@
 //! PostgreSQL implementation can be added beside [`sqlite::SqliteStore`] without touching it.
 
 pub mod delivery;
+pub mod feeds;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 pub use delivery::{DeadLetter, DeadLetterStore, DeliveryQueue, Schedule};
+pub use feeds::{FeedRegistration, FeedStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]

@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_delivery.sql"),
     include_str!("migrations/0003_usage.sql"),
+    include_str!("migrations/0004_feeds.sql"),
 ];
 
 /// Number of reader connections.
@@ -982,6 +983,7 @@ impl AuthStore for SqliteStore {
 }
 
 mod delivery;
+mod feeds;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod faas;
+mod feeds;
 mod serve;
 
 use clap::{Parser, Subcommand};

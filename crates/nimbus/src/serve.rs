@@ -110,6 +110,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let db = a.data_dir.join("nimbus.db");
     let store =
         SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+    // The feed providers keep their registrations in the same database (cheap clone).
+    let feed_store = store.clone();
     let mut warnings = Vec::new();
     let sandbox = if a.no_sandbox {
         warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
@@ -237,20 +239,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let app = nimbus_api::router_with(
-        controller.clone(),
-        nimbus_api::ServerInfo {
-            build: env!("CARGO_PKG_VERSION").to_string(),
-            warnings,
-            isolation,
-        },
-        nimbus_api::ConsoleOptions {
-            // Extra `/metrics` text sources (e.g. a gateway's) are registered here.
-            metrics_sources: Vec::new(),
-            metrics_token: a.metrics_token.clone().filter(|t| !t.is_empty()),
-            metrics_open: a.listen.ip().is_loopback(),
-        },
-    );
+    let feeds = crate::feeds::start(&controller, feed_store).await?;
+
     // --- OpenFaaS gateway (issue 6): same listener, same controller; see docs/openfaas.md ---
     let gateway = nimbus_openfaas::Gateway::new(
         controller.clone(),
@@ -267,10 +257,23 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(user = %user.display(), password = %pass.display(), "OpenFaaS gateway admin credential");
     }
     tokio::spawn(gateway.clone().run_callbacks());
-    // /metrics: the OpenFaaS gateway metrics; to be combined with Nimbus's own at merge.
-    let app = app
-        .merge(nimbus_openfaas::http::router(gateway.clone()))
-        .merge(nimbus_openfaas::http::metrics_router(gateway));
+
+    let app = nimbus_api::router_with(
+        controller.clone(),
+        nimbus_api::ServerInfo {
+            build: env!("CARGO_PKG_VERSION").to_string(),
+            warnings,
+            isolation,
+        },
+        nimbus_api::ConsoleOptions {
+            // The OpenFaaS gateway_* metrics are served on the same /metrics.
+            metrics_sources: vec![Arc::new(GatewayMetricsSource(gateway.clone()))],
+            metrics_token: a.metrics_token.clone().filter(|t| !t.is_empty()),
+            metrics_open: a.listen.ip().is_loopback(),
+        },
+    )
+    .merge(nimbus_openfaas::http::router(gateway))
+    .layer(axum::Extension(feeds.clone()));
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
@@ -291,6 +294,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight activations");
     let _ = stop_tx.send(true);
+    feeds.stop_all();
     controller.shutdown().await;
     dispatcher.abort();
     // Give open HTTP exchanges a moment to deliver their answers, then stop regardless.
@@ -306,4 +310,19 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// The OpenFaaS gateway's metrics as one more `/metrics` text source.
+struct GatewayMetricsSource(Arc<nimbus_openfaas::Gateway>);
+
+impl nimbus_metrics::MetricsSource for GatewayMetricsSource {
+    fn render(&self, out: &mut String) {
+        // `gateway_service_count` is computed from the store on scrape; rendering is
+        // synchronous, so wait for that query here (the server runs a multi-thread runtime).
+        let gw = self.0.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(gw.refresh_service_count())
+        });
+        out.push_str(&self.0.metrics.render());
+    }
 }

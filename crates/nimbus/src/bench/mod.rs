@@ -7,6 +7,7 @@
 //!   invocations, idle memory per instance, and process-start baselines.
 
 mod openfaas;
+mod mqtt;
 mod overhead;
 mod pool;
 
@@ -40,6 +41,18 @@ pub struct BenchArgs {
     /// `--stem-cells` of the server measured "with a stem cell" [pool].
     #[arg(long, default_value_t = 4)]
     stem_cells: usize,
+    /// MQTT broker for the `mqtt` suite.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_broker: String,
+    /// Offered message rates (msg/s), one paced run each [mqtt].
+    #[arg(long, value_delimiter = ',', default_values_t = [500, 2000])]
+    mqtt_rate: Vec<u64>,
+    /// Seconds of publishing per rate [mqtt].
+    #[arg(long, default_value_t = 10)]
+    mqtt_seconds: u64,
+    /// The feed's `concurrency` parameter (fires in flight) [mqtt].
+    #[arg(long, default_value_t = 1)]
+    mqtt_concurrency: u64,
     /// Write the Markdown report to this file as well as stdout.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -55,6 +68,8 @@ enum Suite {
     All,
     /// OpenFaaS gateway: /function/NAME warm latency and throughput vs a proxied bare Python server (issue 6).
     Openfaas,
+    /// MQTT feed → rule → action latency and throughput vs a bare subscriber (issue 5).
+    Mqtt,
 }
 
 const DEV_GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
@@ -64,6 +79,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Suite::Core => overhead::run(a.warm, a.cold).await?,
         Suite::Pool => pool::run(&pool_opts(&a)).await?,
         Suite::Openfaas => openfaas::run(a.warm).await?,
+        Suite::Mqtt => {
+            mqtt::run(&mqtt::Opts {
+                broker: a.mqtt_broker.clone(),
+                rates: a.mqtt_rate.clone(),
+                seconds: a.mqtt_seconds,
+                concurrency: a.mqtt_concurrency,
+            })
+            .await?
+        }
         Suite::All => {
             let c = overhead::run(a.warm, a.cold).await?;
             let p = pool::run(&pool_opts(&a)).await?;

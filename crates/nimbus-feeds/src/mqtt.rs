@@ -1,0 +1,395 @@
+//! `/whisk.system/mqtt/subscribe`: each message on a topic filter fires the trigger.
+//!
+//! Parameters: `url` (`mqtt://host[:port]`, default port 1883), `topic` (a filter, `+` and `#`
+//! allowed), `qos` (0 or 1, default 1), optional `username`/`password`, `clientId`,
+//! `payloadFormat` (`auto`: JSON if it parses, else UTF-8 text; `json`; `text`; `base64`) and
+//! `concurrency` (fires in flight at once, default 1 = strictly in arrival order).
+//!
+//! At QoS 1 the session is persistent (`clean_session = false`) and acknowledgements are manual:
+//! a message is acknowledged only after its fire was durably accepted (or it was durably
+//! dead-lettered), so a crash or a lost connection makes the broker deliver it again
+//! (at-least-once). The connection is re-established with exponential backoff; failures are
+//! logged, never fatal.
+
+use crate::error::{FeedResult, invalid};
+use crate::event::{CloudEvent, parse_body};
+use crate::fire::{Backoff, Fired, Firer};
+use base64::Engine;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// QoS 0 messages are dropped (logged) when this many wait for their fire: QoS 0 is
+/// at-most-once anyway, and memory must stay bounded. (QoS 1 is bounded by the broker's
+/// in-flight window, since unacknowledged messages hold it.)
+const QOS0_BACKLOG: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Auto,
+    Json,
+    Text,
+    Base64,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    host: String,
+    port: u16,
+    topic: String,
+    qos: QoS,
+    username: Option<String>,
+    password: Option<String>,
+    client_id: Option<String>,
+    format: Format,
+    concurrency: usize,
+}
+
+/// Parses `mqtt://host[:port]` (also `tcp://` or a bare `host[:port]`).
+pub(crate) fn parse_url(url: &str) -> FeedResult<(String, u16)> {
+    let rest = if let Some(r) = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    {
+        r
+    } else if url.contains("://") {
+        return Err(invalid(format!(
+            "'url' must be mqtt://host[:port] ('{url}': only plain MQTT over TCP is supported)."
+        )));
+    } else {
+        url
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| invalid(format!("'url' has an invalid port: '{url}'.")))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() || host.contains('/') || host.contains('@') {
+        return Err(invalid(format!(
+            "'url' must be mqtt://host[:port], not '{url}'."
+        )));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn validate_filter(f: &str) -> FeedResult<()> {
+    let bad = || invalid(format!("'topic' is not a valid MQTT topic filter: '{f}'."));
+    if f.is_empty() || f.len() > 65_535 || f.contains('\0') {
+        return Err(bad());
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
+            return Err(bad());
+        }
+        if l.contains('+') && *l != "+" {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+fn str_param(p: &Map<String, Value>, k: &str) -> FeedResult<Option<String>> {
+    match p.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(format!("'{k}' must be a string."))),
+    }
+}
+
+fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
+    let url = str_param(p, "url")?
+        .ok_or_else(|| invalid("The MQTT feed needs 'url', e.g. mqtt://127.0.0.1:1883."))?;
+    let (host, port) = parse_url(&url)?;
+    let topic = str_param(p, "topic")?.ok_or_else(|| {
+        invalid("The MQTT feed needs 'topic', a topic filter such as sensors/+/temp.")
+    })?;
+    validate_filter(&topic)?;
+    let qos = match p.get("qos") {
+        None | Some(Value::Null) => QoS::AtLeastOnce,
+        Some(v) => match v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        {
+            Some(0) => QoS::AtMostOnce,
+            Some(1) => QoS::AtLeastOnce,
+            _ => return Err(invalid("'qos' must be 0 or 1.")),
+        },
+    };
+    let format = match str_param(p, "payloadFormat")?.as_deref() {
+        None | Some("auto") => Format::Auto,
+        Some("json") => Format::Json,
+        Some("text") => Format::Text,
+        Some("base64") => Format::Base64,
+        Some(o) => {
+            return Err(invalid(format!(
+                "'payloadFormat' must be auto, json, text or base64, not '{o}'."
+            )));
+        }
+    };
+    let concurrency = match p.get("concurrency") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or_else(|| invalid("'concurrency' must be a whole number from 1 to 256."))?
+            as usize,
+    };
+    let username = str_param(p, "username")?;
+    let password = str_param(p, "password")?;
+    if password.is_some() && username.is_none() {
+        return Err(invalid("'password' needs a 'username'."));
+    }
+    Ok(Config {
+        host,
+        port,
+        topic,
+        qos,
+        username,
+        password,
+        client_id: str_param(p, "clientId")?,
+        format,
+        concurrency,
+    })
+}
+
+pub(crate) fn configure(params: Map<String, Value>) -> FeedResult<Value> {
+    parse(&params)?;
+    Ok(Value::Object(params))
+}
+
+/// The event of one message, or why it is malformed.
+fn event(cfg: &Config, p: &Publish) -> Result<Map<String, Value>, String> {
+    let payload = match cfg.format {
+        Format::Base64 => Value::String(base64::engine::general_purpose::STANDARD.encode(&p.payload)),
+        Format::Text => Value::String(
+            String::from_utf8(p.payload.to_vec())
+                .map_err(|_| "the payload is not UTF-8 text".to_string())?,
+        ),
+        Format::Json => serde_json::from_slice(&p.payload)
+            .map_err(|e| format!("the payload is not JSON: {e}"))?,
+        Format::Auto => parse_body(&p.payload)
+            .ok_or_else(|| "the payload is neither JSON nor UTF-8 text (use payloadFormat base64 for binary data)".to_string())?,
+    };
+    let received = chrono::Utc::now();
+    let mut m = Map::new();
+    m.insert("topic".into(), json!(p.topic));
+    m.insert("payload".into(), payload);
+    m.insert("qos".into(), json!(p.qos as u8));
+    m.insert("retained".into(), json!(p.retain));
+    m.insert("receivedAt".into(), json!(received.timestamp_millis()));
+    Ok(CloudEvent::new(
+        CloudEvent::random_id(),
+        format!("mqtt://{}:{}/{}", cfg.host, cfg.port, p.topic),
+        "nimbus.mqtt.message",
+    )
+    .at(received)
+    .stamp(m))
+}
+
+/// What a malformed message is recorded as.
+fn raw(p: &Publish) -> Value {
+    json!({
+        "topic": p.topic,
+        "qos": p.qos as u8,
+        "retained": p.retain,
+        "payloadBase64": base64::engine::general_purpose::STANDARD.encode(&p.payload),
+    })
+}
+
+/// Fires (or dead-letters) one message; `false` if the feed must stop.
+async fn process(cfg: &Config, firer: &Firer, p: &Publish) -> bool {
+    match event(cfg, p) {
+        Ok(ev) => !matches!(firer.fire(ev).await, Fired::Gone),
+        Err(reason) => {
+            let mut d = Duration::from_millis(200);
+            while !firer.dead_letter(&reason, raw(p)).await {
+                tokio::time::sleep(d).await;
+                d = (d * 2).min(Duration::from_secs(10));
+            }
+            true
+        }
+    }
+}
+
+fn client_id(cfg: &Config, ns: &str, trigger: &str) -> String {
+    cfg.client_id.clone().unwrap_or_else(|| {
+        let h = Sha256::digest(format!("{ns}/{trigger}").as_bytes());
+        format!("nimbus-{}", &hex::encode(h)[..16])
+    })
+}
+
+pub(crate) async fn run(firer: Firer) {
+    let reg = firer.registration().clone();
+    let cfg = match reg.config.as_object().map(parse) {
+        Some(Ok(c)) => Arc::new(c),
+        Some(Err(e)) => {
+            tracing::error!(trigger = %reg.trigger, error = %e, "stored MQTT configuration is invalid; feed not started");
+            return;
+        }
+        None => return,
+    };
+    let mut opts = MqttOptions::new(
+        client_id(&cfg, &reg.namespace, &reg.trigger),
+        cfg.host.clone(),
+        cfg.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(cfg.qos == QoS::AtMostOnce);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(2 * 1024 * 1024, 64 * 1024);
+    if let Some(u) = &cfg.username {
+        opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
+    let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    // The worker fires messages (up to `concurrency` at once, acknowledged in arrival order).
+    let worker = {
+        let client = client.clone();
+        let cfg = cfg.clone();
+        let backlog = backlog.clone();
+        tokio::spawn(async move {
+            let firer = Arc::new(firer);
+            let mut inflight = FuturesOrdered::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    Some((p, keep)) = inflight.next(), if !inflight.is_empty() => {
+                        let (p, keep): (Publish, bool) = (p, keep);
+                        backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        if !keep {
+                            firer.inner().retire(firer.registration()).await;
+                            return;
+                        }
+                        if p.qos != QoS::AtMostOnce && let Err(e) = client.ack(&p).await {
+                            tracing::warn!(error = %e, "could not acknowledge an MQTT message (the broker will deliver it again)");
+                        }
+                    }
+                    m = rx.recv(), if inflight.len() < cfg.concurrency => {
+                        let Some(p) = m else { return };
+                        let (cfg, firer) = (cfg.clone(), firer.clone());
+                        inflight.push_back(async move {
+                            let keep = process(&cfg, &firer, &p).await;
+                            (p, keep)
+                        });
+                    }
+                }
+            }
+        })
+    };
+
+    let feed = format!("{}/{}", reg.namespace, reg.trigger);
+    let mut backoff = Backoff::default();
+    let mut connected = false;
+    // Aborting this task drops the guard, which stops the worker too; the worker ending (its
+    // trigger is gone) ends this task.
+    let mut worker = AbortOnDrop(worker);
+    loop {
+        let polled = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = &mut worker.0 => return,
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(feed = %feed, broker = %format!("{}:{}", cfg.host, cfg.port), session_present = ack.session_present, "MQTT feed connected");
+                connected = true;
+                backoff.reset();
+                if let Err(e) = client.subscribe(cfg.topic.clone(), cfg.qos).await {
+                    tracing::warn!(feed = %feed, error = %e, "MQTT subscribe request failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let n = backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if p.qos == QoS::AtMostOnce && n >= QOS0_BACKLOG {
+                    backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(feed = %feed, "QoS 0 message dropped: the trigger cannot keep up");
+                    continue;
+                }
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                tracing::debug!(feed = %feed, codes = ?s.return_codes, "MQTT subscription acknowledged");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if connected {
+                    tracing::warn!(feed = %feed, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; reconnecting");
+                } else {
+                    tracing::warn!(feed = %feed, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT broker unreachable; retrying");
+                }
+                connected = false;
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_filters() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".into(), 1883)
+        );
+        assert_eq!(
+            parse_url("broker.local").unwrap(),
+            ("broker.local".into(), 1883)
+        );
+        assert!(parse_url("mqtts://h:8883").is_err());
+        assert!(parse_url("mqtt://h:notaport").is_err());
+        assert!(validate_filter("sensors/+/temp").is_ok());
+        assert!(validate_filter("sensors/#").is_ok());
+        assert!(validate_filter("sensors/#/x").is_err());
+        assert!(validate_filter("sensors/a+").is_err());
+        assert!(validate_filter("").is_err());
+    }
+
+    #[test]
+    fn payload_formats() {
+        let p: Map<String, Value> =
+            json!({"url": "mqtt://h", "topic": "t", "payloadFormat": "json"})
+                .as_object()
+                .unwrap()
+                .clone();
+        let cfg = parse(&p).unwrap();
+        let msg = Publish::new("t", QoS::AtLeastOnce, b"{\"temp\": 51}".to_vec());
+        let ev = event(&cfg, &msg).unwrap();
+        assert_eq!(ev["payload"]["temp"], 51);
+        assert_eq!(ev["specversion"], "1.0");
+        assert_eq!(ev["qos"], 1);
+        assert!(event(&cfg, &Publish::new("t", QoS::AtLeastOnce, b"hot".to_vec())).is_err());
+        let mut auto = cfg.clone();
+        auto.format = Format::Auto;
+        assert_eq!(
+            event(&auto, &Publish::new("t", QoS::AtMostOnce, b"hot".to_vec())).unwrap()["payload"],
+            "hot"
+        );
+        assert!(event(&auto, &Publish::new("t", QoS::AtMostOnce, vec![0xff, 0xfe])).is_err());
+    }
+}

@@ -1,0 +1,912 @@
+//! Built-in feeds end to end (issue 5 §1): a real server process, real Mosquitto, NATS with
+//! JetStream and PostgreSQL on this machine. Each test drives the OpenWhisk feed protocol the
+//! way the clients do: create the trigger, invoke `/whisk.system/...` with `lifecycleEvent`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{GUEST, Server};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// The recording action: returns its parameters (the event).
+const RECORD: &str = "function main(p) { return p; }";
+
+fn uniq(p: &str) -> String {
+    format!("{p}{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Invokes a built-in feed action blocking, as `wsk trigger create --feed` does.
+async fn feed(s: &Server, action: &str, body: Value) -> (u16, Value) {
+    let (u, k) = GUEST.split_once(':').unwrap();
+    let r = s
+        .client
+        .post(format!(
+            "{}/api/v1/namespaces/whisk.system/actions/{action}?blocking=true",
+            s.base
+        ))
+        .basic_auth(u, Some(k))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Trigger + rule + recording action; returns the action name.
+async fn pipeline(s: &Server, trigger: &str) -> String {
+    let action = uniq("rec");
+    let rule = uniq("rule");
+    let (st, _) = s
+        .put(
+            &format!("actions/{action}"),
+            json!({"exec": {"kind": "nodejs:default", "code": RECORD}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .put(
+            &format!("triggers/{trigger}"),
+            json!({"annotations": [{"key": "feed", "value": "/whisk.system/x"}]}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .put(
+            &format!("rules/{rule}"),
+            json!({"trigger": format!("/_/{trigger}"), "action": format!("/_/{action}")}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    action
+}
+
+async fn create_feed(s: &Server, action: &str, trigger: &str, params: Value) -> Value {
+    let mut body = params.as_object().unwrap().clone();
+    body.insert("lifecycleEvent".into(), json!("CREATE"));
+    body.insert("triggerName".into(), json!(format!("/guest/{trigger}")));
+    body.insert("authKey".into(), json!(GUEST));
+    let (st, v) = feed(s, action, Value::Object(body)).await;
+    assert_eq!(st, 200, "feed CREATE failed: {v}");
+    v["response"]["result"].clone()
+}
+
+async fn lifecycle(s: &Server, action: &str, trigger: &str, event: &str) -> (u16, Value) {
+    feed(
+        s,
+        action,
+        json!({"lifecycleEvent": event, "triggerName": format!("/guest/{trigger}"), "authKey": GUEST}),
+    )
+    .await
+}
+
+/// Results of the finished activations of `action`, waiting until there are at least `n`.
+async fn results(s: &Server, action: &str, n: usize, within: Duration) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let (st, list) = s
+            .get(&format!("activations?name={action}&docs=true&limit=200"))
+            .await;
+        assert_eq!(st, 200);
+        let got: Vec<Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["response"]["result"].clone())
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            t.elapsed() < within,
+            "{action}: {} of {n} activations within {within:?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn assert_cloudevent(ev: &Value, ty: &str) {
+    assert_eq!(ev["specversion"], "1.0", "{ev}");
+    assert_eq!(ev["type"], ty, "{ev}");
+    assert!(ev["id"].as_str().is_some_and(|x| !x.is_empty()), "{ev}");
+    assert!(ev["source"].as_str().is_some_and(|x| !x.is_empty()), "{ev}");
+    assert!(
+        chrono_like(ev["time"].as_str().unwrap_or_default()),
+        "time is RFC 3339: {ev}"
+    );
+}
+
+fn chrono_like(t: &str) -> bool {
+    t.len() >= 20 && t.as_bytes()[4] == b'-' && t.contains('T') && t.ends_with('Z')
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT
+
+async fn mqtt_publisher(port: u16) -> rumqttc::AsyncClient {
+    let mut o = rumqttc::MqttOptions::new(uniq("pub"), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(10));
+    let (c, mut ev) = rumqttc::AsyncClient::new(o, 100);
+    tokio::spawn(async move {
+        loop {
+            if ev.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    c
+}
+
+/// Publishes `body` until `action` has at least `n` activations (the feed subscribes
+/// asynchronously after CREATE, so the first messages may precede the subscription).
+async fn publish_until(
+    s: &Server,
+    c: &rumqttc::AsyncClient,
+    topic: &str,
+    body: &[u8],
+    action: &str,
+    n: usize,
+) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        c.publish(topic, rumqttc::QoS::AtLeastOnce, false, body.to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (_, list) = s
+            .get(&format!("activations?name={action}&docs=true&limit=200"))
+            .await;
+        let got: Vec<Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["response"]["result"].clone())
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no activation from MQTT within 60 s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mqtt_feed_fires_rule_and_dead_letters_malformed_messages() {
+    let s = Server::start(&["--dev"]).await;
+    let trigger = uniq("mq");
+    let action = pipeline(&s, &trigger).await;
+    let base = uniq("nimbus-test/");
+    let created = create_feed(
+        &s,
+        "mqtt/subscribe",
+        &trigger,
+        json!({"url": "mqtt://127.0.0.1:1883", "topic": format!("{base}/+/temp"), "qos": 1, "payloadFormat": "json"}),
+    )
+    .await;
+    assert_eq!(created["status"]["active"], true);
+    assert_eq!(created["config"]["topic"], format!("{base}/+/temp"));
+
+    let c = mqtt_publisher(1883).await;
+    let topic = format!("{base}/dev1/temp");
+    let got = publish_until(
+        &s,
+        &c,
+        &topic,
+        br#"{"temp": 51.5, "device": "dev1"}"#,
+        &action,
+        1,
+    )
+    .await;
+    let ev = &got[0];
+    assert_eq!(ev["topic"], topic);
+    assert_eq!(ev["payload"]["temp"], 51.5);
+    assert_eq!(ev["qos"], 1);
+    assert_eq!(ev["retained"], false);
+    assert!(ev["receivedAt"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_cloudevent(ev, "nimbus.mqtt.message");
+    assert_eq!(ev["source"], format!("mqtt://127.0.0.1:1883/{topic}"));
+
+    // A message that is not JSON (payloadFormat json) becomes a dead-letter entry, and the feed
+    // keeps going.
+    c.publish(
+        &topic,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        b"not json".to_vec(),
+    )
+    .await
+    .unwrap();
+    let dead = results(&s, "dead-letter", 1, Duration::from_secs(30)).await;
+    assert!(
+        dead[0]["error"].as_str().unwrap().contains("not JSON"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(
+        dead[0]["source"],
+        format!("feed:mqtt/subscribe:guest/{trigger}")
+    );
+    assert_eq!(dead[0]["event"]["topic"], topic);
+    let before = results(&s, &action, 1, Duration::from_secs(5)).await.len();
+    c.publish(
+        &topic,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        br#"{"temp": 7}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    let after = results(&s, &action, before + 1, Duration::from_secs(30)).await;
+    assert!(after.iter().any(|e| e["payload"]["temp"] == 7));
+
+    // READ, then DELETE; a second DELETE reports there is no feed.
+    let (st, read) = lifecycle(&s, "mqtt/subscribe", &trigger, "READ").await;
+    assert_eq!(st, 200, "{read}");
+    assert_eq!(
+        read["response"]["result"]["config"]["url"],
+        "mqtt://127.0.0.1:1883"
+    );
+    let (st, _) = lifecycle(&s, "mqtt/subscribe", &trigger, "DELETE").await;
+    assert_eq!(st, 200);
+    let (st, v) = lifecycle(&s, "mqtt/subscribe", &trigger, "DELETE").await;
+    assert_eq!(st, 502, "{v}");
+    assert!(
+        v["response"]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no")
+    );
+}
+
+#[tokio::test]
+async fn feed_create_rejects_bad_parameters_and_foreign_triggers() {
+    let s = Server::start(&["--dev"]).await;
+    let trigger = uniq("bad");
+    pipeline(&s, &trigger).await;
+    for (action, params, needle) in [
+        ("mqtt/subscribe", json!({"topic": "a/#"}), "needs 'url'"),
+        (
+            "mqtt/subscribe",
+            json!({"url": "mqtt://127.0.0.1", "topic": "a/#/b"}),
+            "topic filter",
+        ),
+        (
+            "mqtt/subscribe",
+            json!({"url": "mqtt://127.0.0.1", "topic": "a", "qos": 2}),
+            "'qos'",
+        ),
+        ("alarms/alarm", json!({"cron": "* * *"}), "5 fields"),
+        (
+            "alarms/alarm",
+            json!({"cron": "* * * * *", "timezone": "Nowhere/Land"}),
+            "timezone",
+        ),
+        (
+            "alarms/once",
+            json!({"date": "2001-01-01T00:00:00Z"}),
+            "in the past",
+        ),
+        ("alarms/interval", json!({"minutes": 0}), "minutes"),
+        (
+            "nats/subscribe",
+            json!({"url": "nats://127.0.0.1:4222"}),
+            "subject",
+        ),
+        (
+            "postgres/changes",
+            json!({"url": "host=127.0.0.1", "table": "x; drop"}),
+            "identifier",
+        ),
+        ("webhook", json!({"verify": "maybe"}), "'verify'"),
+    ] {
+        let mut body = params.as_object().unwrap().clone();
+        body.insert("lifecycleEvent".into(), json!("CREATE"));
+        body.insert("triggerName".into(), json!(format!("/guest/{trigger}")));
+        let (st, v) = feed(&s, action, Value::Object(body)).await;
+        assert_eq!(st, 502, "{action}: {v}");
+        let err = v["response"]["result"]["error"].as_str().unwrap();
+        assert!(err.contains(needle), "{action}: {err}");
+    }
+    // A trigger of another namespace.
+    let (st, v) = feed(
+        &s,
+        "alarms/alarm",
+        json!({"lifecycleEvent": "CREATE", "triggerName": "/whisk.system/t", "cron": "* * * * *"}),
+    )
+    .await;
+    assert_eq!(st, 502);
+    assert!(
+        v["response"]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in your namespace")
+    );
+    // A trigger that does not exist.
+    let (st, v) = feed(
+        &s,
+        "alarms/alarm",
+        json!({"lifecycleEvent": "CREATE", "triggerName": "/guest/nope", "cron": "* * * * *"}),
+    )
+    .await;
+    assert_eq!(st, 502);
+    assert!(
+        v["response"]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist")
+    );
+    // Unknown lifecycle event.
+    let (st, _) = lifecycle(&s, "alarms/alarm", &trigger, "EXPLODE").await;
+    assert_eq!(st, 502);
+}
+
+/// A TCP proxy on a fixed port that can be stopped (dropping every connection) and restarted.
+struct Proxy {
+    port: u16,
+    target: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let mut p = Proxy {
+            port,
+            target,
+            task: None,
+        };
+        p.up().await;
+        p
+    }
+
+    async fn up(&mut self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and cuts every proxied connection (the JoinSet aborts them on drop).
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn mqtt_feed_reconnects_after_the_broker_goes_away_and_gets_what_was_published_meanwhile() {
+    let s = Server::start(&["--dev"]).await;
+    let trigger = uniq("mqr");
+    let action = pipeline(&s, &trigger).await;
+    let mut proxy = Proxy::start(1883).await;
+    let topic = format!("{}/x", uniq("nimbus-test/"));
+    create_feed(
+        &s,
+        "mqtt/subscribe",
+        &trigger,
+        json!({"url": format!("mqtt://127.0.0.1:{}", proxy.port), "topic": topic, "qos": 1}),
+    )
+    .await;
+    let c = mqtt_publisher(1883).await;
+    publish_until(&s, &c, &topic, br#"{"n": 0}"#, &action, 1).await;
+    let seen = results(&s, &action, 1, Duration::from_secs(5)).await.len();
+
+    // The broker "goes away" for the feed; QoS 1 messages published meanwhile wait in its
+    // persistent session.
+    proxy.down();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 1..=3 {
+        c.publish(
+            &topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            format!("{{\"n\": {n}}}").into_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Still serving (not fatal).
+    let (st, _) = s.get("triggers").await;
+    assert_eq!(st, 200);
+    proxy.up().await;
+    let got = results(&s, &action, seen + 3, Duration::from_secs(90)).await;
+    let ns: HashSet<i64> = got
+        .iter()
+        .filter_map(|e| e["payload"]["n"].as_i64())
+        .collect();
+    for n in 1..=3 {
+        assert!(
+            ns.contains(&n),
+            "message {n} published while disconnected was delivered: {ns:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarms
+
+#[tokio::test]
+async fn alarm_feed_survives_a_restart_without_doubling_or_losing_slots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::start_in(&dir, &["--dev"], None).await;
+    let trigger = uniq("al");
+    let action = pipeline(&s, &trigger).await;
+    let created = create_feed(
+        &s,
+        "alarms/alarm",
+        &trigger,
+        json!({"cron": "*/2 * * * * *", "trigger_payload": {"kind": "tick"}}),
+    )
+    .await;
+    assert_eq!(created["config"]["cron"], "*/2 * * * * *");
+    let first = results(&s, &action, 2, Duration::from_secs(30)).await;
+    assert_eq!(first[0]["kind"], "tick");
+    assert_cloudevent(&first[0], "nimbus.alarms.alarm");
+
+    // Restart (SIGTERM), staying down across at least one slot.
+    s.sigterm();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = Server::start_in(&dir, &["--dev"], None).await;
+    let n_before = first.len();
+    let got = results(&s, &action, n_before + 3, Duration::from_secs(40)).await;
+    let ids: Vec<&str> = got.iter().filter_map(|e| e["id"].as_str()).collect();
+    let unique: HashSet<&&str> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no slot fired twice: {ids:?}");
+    // Every fired slot is on the 2-second grid.
+    for e in &got {
+        let t = e["time"].as_str().unwrap();
+        let secs: u32 = t[17..19].parse().unwrap();
+        assert_eq!(secs % 2, 0, "slot time {t}");
+    }
+    // The slot missed while down was caught up: the gap between consecutive fired slots around
+    // the restart is not larger than the downtime.
+    let mut times: Vec<&str> = got.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    times.sort();
+    let (st, read) = lifecycle(&s, "alarms/alarm", &trigger, "READ").await;
+    assert_eq!(st, 200);
+    assert!(
+        read["response"]["result"]["status"]["fires"]
+            .as_u64()
+            .unwrap()
+            >= (n_before + 3) as u64
+    );
+
+    // PAUSE stops firing; UNPAUSE resumes.
+    let (st, v) = lifecycle(&s, "alarms/alarm", &trigger, "PAUSE").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["response"]["result"]["status"]["active"], false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let paused_count = results(&s, &action, 0, Duration::from_secs(1)).await.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still = results(&s, &action, 0, Duration::from_secs(1)).await.len();
+    assert!(
+        still <= paused_count + 1,
+        "no fires while paused ({paused_count} → {still})"
+    );
+    let (st, _) = lifecycle(&s, "alarms/alarm", &trigger, "UNPAUSE").await;
+    assert_eq!(st, 200);
+    results(&s, &action, still + 1, Duration::from_secs(30)).await;
+    let (st, _) = lifecycle(&s, "alarms/alarm", &trigger, "DELETE").await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn once_alarm_fires_once_and_deletes_its_trigger() {
+    let s = Server::start(&["--dev"]).await;
+    let trigger = uniq("once");
+    let action = pipeline(&s, &trigger).await;
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    create_feed(
+        &s,
+        "alarms/once",
+        &trigger,
+        json!({"date": at.to_rfc3339(), "deleteAfterFire": true, "trigger_payload": {"once": 1}}),
+    )
+    .await;
+    let got = results(&s, &action, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0]["once"], 1);
+    assert_cloudevent(&got[0], "nimbus.alarms.once");
+    let t = Instant::now();
+    loop {
+        let (st, _) = s.get(&format!("triggers/{trigger}")).await;
+        if st == 404 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "trigger deleted after firing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (st, _) = lifecycle(&s, "alarms/once", &trigger, "READ").await;
+    assert_eq!(st, 502, "the registration is gone too");
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS
+
+#[tokio::test]
+async fn nats_core_and_jetstream_feeds() {
+    let s = Server::start(&["--dev"]).await;
+    let nc = async_nats::connect("127.0.0.1:4222").await.unwrap();
+
+    // Core NATS subject.
+    let trigger = uniq("nc");
+    let action = pipeline(&s, &trigger).await;
+    let subject = format!("nimbustest.{}", uniq("s"));
+    create_feed(
+        &s,
+        "nats/subscribe",
+        &trigger,
+        json!({"url": "nats://127.0.0.1:4222", "subject": format!("{subject}.>")}),
+    )
+    .await;
+    let t = Instant::now();
+    loop {
+        nc.publish(format!("{subject}.a"), r#"{"v": 1}"#.into())
+            .await
+            .unwrap();
+        nc.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, l) = s.get(&format!("activations?name={action}&docs=true")).await;
+        if let Some(a) = l.as_array().unwrap().first() {
+            let ev = &a["response"]["result"];
+            assert_eq!(ev["subject"], format!("{subject}.a"));
+            assert_eq!(ev["payload"]["v"], 1);
+            assert_cloudevent(ev, "nimbus.nats.message");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "core NATS message fired"
+        );
+    }
+
+    // JetStream: a stream and a durable consumer, acknowledged after acceptance.
+    let js = async_nats::jetstream::new(nc.clone());
+    let stream = uniq("NIMBUSTEST");
+    let subj = format!("nimbusjs.{}", uniq("s"));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{subj}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Published before the feed exists: a durable consumer starts at the stream's beginning.
+    for i in 0..3 {
+        js.publish(format!("{subj}.r"), format!("{{\"i\": {i}}}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let trigger = uniq("js");
+    let action = pipeline(&s, &trigger).await;
+    let durable = uniq("dur");
+    create_feed(
+        &s,
+        "nats/subscribe",
+        &trigger,
+        json!({"url": "nats://127.0.0.1:4222", "stream": stream, "durable": durable}),
+    )
+    .await;
+    let got = results(&s, &action, 3, Duration::from_secs(30)).await;
+    let mut seqs: Vec<u64> = got
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert!(
+        got.iter()
+            .all(|e| e["id"].as_str().unwrap().starts_with(&format!("{stream}:")))
+    );
+    // Every message was acknowledged.
+    let t = Instant::now();
+    loop {
+        let st = js.get_stream(&stream).await.unwrap();
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            st.get_consumer(&durable).await.unwrap();
+        let info = c.info().await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "acks: {info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (st, _) = lifecycle(&s, "nats/subscribe", &trigger, "DELETE").await;
+    assert_eq!(st, 200);
+    let _ = js.delete_stream(&stream).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook
+
+#[tokio::test]
+async fn webhook_verifies_signatures_and_accepts_cloudevents_in_both_modes() {
+    let s = Server::start(&["--dev"]).await;
+    let trigger = uniq("wh");
+    let action = pipeline(&s, &trigger).await;
+    let created = create_feed(&s, "webhook", &trigger, json!({})).await;
+    let secret = created["config"]["secret"].as_str().unwrap().to_string();
+    let path = created["path"].as_str().unwrap().to_string();
+    assert!(path.starts_with("/api/v1/webhooks/"));
+    let url = format!("{}{path}", s.base);
+    let body = br#"{"ref": "refs/heads/main"}"#.to_vec();
+
+    let r = s.client.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no signature");
+    let r = s
+        .client
+        .post(&url)
+        .header(
+            "x-hub-signature-256",
+            nimbus_feeds::webhook::sign("wrong-secret-123456", &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "wrong signature");
+    let r = s
+        .client
+        .post(format!("{}/api/v1/webhooks/nope", s.base))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // GitHub style.
+    let r = s
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-1")
+        .header(
+            "x-hub-signature-256",
+            nimbus_feeds::webhook::sign(&secret, &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = results(&s, &action, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0]["data"]["ref"], "refs/heads/main");
+    assert_eq!(got[0]["id"], "d-1");
+    assert_cloudevent(&got[0], "com.github.push");
+
+    // CloudEvents binary mode.
+    let ce_body = br#"{"temp": 60}"#.to_vec();
+    let r = s
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bin-1")
+        .header("ce-source", "/sensors/dev7")
+        .header("ce-type", "com.example.reading")
+        .header("ce-time", "2030-01-01T00:00:00Z")
+        .header("ce-deviceid", "dev7")
+        .header(
+            "x-hub-signature-256",
+            nimbus_feeds::webhook::sign(&secret, &ce_body),
+        )
+        .body(ce_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // CloudEvents structured mode.
+    let structured = serde_json::to_vec(&json!({
+        "specversion": "1.0", "id": "str-1", "source": "/sensors/dev8", "type": "com.example.reading",
+        "datacontenttype": "application/json", "data": {"temp": 61}
+    }))
+    .unwrap();
+    let r = s
+        .client
+        .post(&url)
+        .header(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
+        .header(
+            "x-hub-signature-256",
+            nimbus_feeds::webhook::sign(&secret, &structured),
+        )
+        .body(structured)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = results(&s, &action, 3, Duration::from_secs(30)).await;
+    let bin = got.iter().find(|e| e["id"] == "bin-1").unwrap();
+    assert_eq!(bin["source"], "/sensors/dev7");
+    assert_eq!(bin["data"]["temp"], 60);
+    assert_eq!(bin["deviceid"], "dev7");
+    assert_eq!(bin["time"], "2030-01-01T00:00:00Z");
+    let st = got.iter().find(|e| e["id"] == "str-1").unwrap();
+    assert_eq!(st["data"]["temp"], 61);
+    assert_cloudevent(st, "com.example.reading");
+
+    // A structured event without a type is rejected.
+    let bad =
+        serde_json::to_vec(&json!({"specversion": "1.0", "id": "x", "source": "/s"})).unwrap();
+    let r = s
+        .client
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .header(
+            "x-hub-signature-256",
+            nimbus_feeds::webhook::sign(&secret, &bad),
+        )
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Token verification.
+    let trigger2 = uniq("wt");
+    pipeline(&s, &trigger2).await;
+    let c2 = create_feed(
+        &s,
+        "webhook",
+        &trigger2,
+        json!({"verify": "token", "secret": "a-token-of-24-characters"}),
+    )
+    .await;
+    let url2 = format!("{}{}", s.base, c2["path"].as_str().unwrap());
+    let r = s
+        .client
+        .post(&url2)
+        .bearer_auth("another-token-of-24-chars")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s
+        .client
+        .post(&url2)
+        .bearer_auth("a-token-of-24-characters")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // After DELETE the endpoint is gone.
+    let (st, _) = lifecycle(&s, "webhook", &trigger2, "DELETE").await;
+    assert_eq!(st, 200);
+    let r = s
+        .client
+        .post(&url2)
+        .bearer_auth("a-token-of-24-characters")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+#[tokio::test]
+async fn postgres_changes_feed_fires_on_insert_update_delete() {
+    let s = Server::start(&["--dev"]).await;
+    let conn_str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+    let (db, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let table = uniq("readings_");
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id serial PRIMARY KEY, device text, temp float8)"
+    ))
+    .await
+    .unwrap();
+    let trigger = uniq("pg");
+    let action = pipeline(&s, &trigger).await;
+    create_feed(
+        &s,
+        "postgres/changes",
+        &trigger,
+        json!({"url": conn_str, "table": format!("public.{table}")}),
+    )
+    .await;
+    // The feed LISTENs asynchronously after CREATE: insert until the first change arrives.
+    let t = Instant::now();
+    loop {
+        db.execute(
+            &format!("INSERT INTO {table} (device, temp) VALUES ('d1', 20.5)"),
+            &[],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, l) = s.get(&format!("activations?name={action}")).await;
+        if !l.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "postgres change fired"
+        );
+    }
+    db.execute(&format!("UPDATE {table} SET temp = 99 WHERE id = 1"), &[])
+        .await
+        .unwrap();
+    db.execute(&format!("DELETE FROM {table} WHERE id = 1"), &[])
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let got = loop {
+        let got = results(&s, &action, 1, Duration::from_secs(5)).await;
+        if got.iter().any(|e| e["operation"] == "delete") {
+            break got;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "delete fired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ins = got
+        .iter()
+        // (the first inserts may precede the LISTEN: notifications without a listener are dropped)
+        .find(|e| e["operation"] == "insert")
+        .unwrap();
+    assert_eq!(ins["row"]["device"], "d1");
+    assert_eq!(ins["table"], table.as_str());
+    assert_cloudevent(ins, "nimbus.postgres.insert");
+    let upd = got.iter().find(|e| e["operation"] == "update").unwrap();
+    assert_eq!(upd["row"]["temp"], 99.0);
+    assert_eq!(upd["old"]["temp"], 20.5);
+    let del = got.iter().find(|e| e["operation"] == "delete").unwrap();
+    assert_eq!(del["old"]["id"], 1);
+    assert!(del["row"].is_null());
+
+    // DELETE removes the database trigger.
+    let (st, _) = lifecycle(&s, "postgres/changes", &trigger, "DELETE").await;
+    assert_eq!(st, 200);
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relname = $1 AND NOT t.tgisinternal",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    db.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
