@@ -19,6 +19,7 @@ mod invoke;
 mod requests;
 mod throttle;
 mod triggers;
+mod wasm;
 
 use nimbus_invoker::Invoker;
 use nimbus_model::SystemLimits;

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod serve;
+mod wasm;
 
 use clap::{Parser, Subcommand};
 

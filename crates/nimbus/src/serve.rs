@@ -64,6 +64,8 @@ pub struct ServeArgs {
     /// unprivileged uid). Only for debugging on a trusted machine.
     #[arg(long)]
     pub no_sandbox: bool,
+    #[command(flatten)]
+    pub wasm: crate::wasm::WasmArgs,
 }
 
 fn init_tracing(format: &str) {
@@ -153,7 +155,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
+    let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
+    if let Some(wasm) = crate::wasm::runtime(&a.wasm, &a.data_dir)? {
+        runtimes.push(Arc::new(wasm));
+    }
     let invoker = Invoker::new(
         runtimes,
         PoolConfig {

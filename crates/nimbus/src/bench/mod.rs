@@ -5,9 +5,13 @@
 //!   the cold start (first invoke after create).
 //! - `pool` (issue 4): cold starts with and without a stem cell, bursts of concurrent one-second
 //!   invocations, idle memory per instance, and process-start baselines.
+//! - `wasm` (issue 3, not part of `all`): no-op WebAssembly functions (a `wasm:http` web action,
+//!   a `wasm:wasi` invoke) against a hyper server and `wasmtime serve`; see
+//!   `scripts/bench-wasm.sh`.
 
 mod overhead;
 mod pool;
+mod wasm;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -39,6 +43,19 @@ pub struct BenchArgs {
     /// `--stem-cells` of the server measured "with a stem cell" [pool].
     #[arg(long, default_value_t = 4)]
     stem_cells: usize,
+    /// The no-op `wasi:http` component (`crates/nimbus/tests/wasm-fixtures/noop`, built by
+    /// `scripts/bench-wasm.sh`) [wasm].
+    #[arg(long, default_value = "target/tmp/nimbus-wasm-fixtures/wasm32-wasip2/release/nimbus_wasm_noop.wasm")]
+    wasm_component: PathBuf,
+    /// wasmtime-cli 48 for the `wasmtime serve` baseline (skipped when not given) [wasm].
+    #[arg(long)]
+    wasmtime: Option<PathBuf>,
+    /// Seconds of each throughput run [wasm].
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Connections of each throughput run [wasm].
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
     /// Write the Markdown report to this file as well as stdout.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -52,6 +69,8 @@ enum Suite {
     Pool,
     /// Both.
     All,
+    /// WebAssembly functions against hyper and `wasmtime serve` (issue 3).
+    Wasm,
 }
 
 const DEV_GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
@@ -60,6 +79,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let md = match a.suite {
         Suite::Core => overhead::run(a.warm, a.cold).await?,
         Suite::Pool => pool::run(&pool_opts(&a)).await?,
+        Suite::Wasm => wasm::run(&wasm::Opts {
+            component: a.wasm_component.clone(),
+            wasmtime: a.wasmtime.clone(),
+            warm: a.warm,
+            cold: a.cold,
+            seconds: a.seconds,
+            connections: a.connections,
+        })
+        .await?,
         Suite::All => {
             let c = overhead::run(a.warm, a.cold).await?;
             let p = pool::run(&pool_opts(&a)).await?;
