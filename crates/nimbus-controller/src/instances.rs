@@ -35,8 +35,8 @@ impl Controller {
         if wasm {
             // The wasm runtime reads the granted capabilities from here (never the guest's
             // environment). Annotations were checked at deploy; a bad one grants nothing.
-            let caps = nimbus_model::wasm::WasmCaps::from_annotations(&a.annotations)
-                .unwrap_or_default();
+            let caps =
+                nimbus_model::wasm::WasmCaps::from_annotations(&a.annotations).unwrap_or_default();
             if !caps.is_empty()
                 && let Ok(j) = serde_json::to_string(&caps)
             {

@@ -106,10 +106,7 @@ impl WasmCaps {
             None => Vec::new(),
             Some(v) => string_list(v, ANNOTATION_ENV)?,
         };
-        if let Some(bad) = env
-            .iter()
-            .find(|n| n.is_empty() || n.contains(['=', '\0']))
-        {
+        if let Some(bad) = env.iter().find(|n| n.is_empty() || n.contains(['=', '\0'])) {
             return Err(ModelError::invalid(format!(
                 "annotation '{ANNOTATION_ENV}': {bad:?} cannot be an environment variable name"
             )));

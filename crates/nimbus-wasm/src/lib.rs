@@ -608,7 +608,11 @@ impl WasmRuntime {
 
     /// [`WasmRuntime::prepare`] of an action's code string (the module, or a zip archive holding
     /// it), remembered by identity.
-    async fn code_info(&self, code: &Arc<str>, binary: bool) -> Result<Arc<CodeInfo>, RuntimeError> {
+    async fn code_info(
+        &self,
+        code: &Arc<str>,
+        binary: bool,
+    ) -> Result<Arc<CodeInfo>, RuntimeError> {
         let key = Arc::as_ptr(code).cast::<u8>() as usize;
         if let Some((known, info)) = lock(&self.inner.code_index).get(&key)
             && Arc::ptr_eq(known, code)

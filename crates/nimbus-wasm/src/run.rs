@@ -435,9 +435,12 @@ impl Runner {
                     "The function returned without setting a response (response-outparam::set).",
                 ),
             },
-            Ok(HttpEnd::ErrorCode(code, _)) => {
-                developer_error(format!("The function responded with an error: {code}"))
-            }
+            Ok(HttpEnd::ErrorCode(code, g)) => match ending(&g) {
+                Ending::Failed(r) => r,
+                Ending::Done => {
+                    developer_error(format!("The function responded with an error: {code}"))
+                }
+            },
             Ok(HttpEnd::Response {
                 status,
                 headers,

@@ -106,7 +106,9 @@ impl WebRequest {
                     .build()
             })
             .map_err(|e| format!("invalid request target {:?}: {e}", self.path_and_query))?;
-        let mut b = http::Request::builder().method(self.method.clone()).uri(uri);
+        let mut b = http::Request::builder()
+            .method(self.method.clone())
+            .uri(uri);
         for (k, v) in &self.headers {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(k.as_bytes()),

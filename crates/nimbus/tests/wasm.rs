@@ -187,7 +187,7 @@ async fn infinite_loop_stops_within_its_timeout_and_the_next_invoke_works() {
     )
     .await;
     let v = invoke(&s, "spin", json!({"loop": true})).await;
-    assert_eq!(v["response"]["status"], "developer error", "{v}");
+    assert_eq!(v["response"]["status"], "action developer error", "{v}");
     assert!(
         v["response"]["result"]["error"]
             .as_str()
@@ -214,7 +214,7 @@ async fn memory_bomb_gets_memory_limit_exceeded() {
     )
     .await;
     let v = invoke(&s, "bomb", json!({})).await;
-    assert_eq!(v["response"]["status"], "developer error", "{v}");
+    assert_eq!(v["response"]["status"], "action developer error", "{v}");
     assert!(
         v["response"]["result"]["error"]
             .as_str()
@@ -232,9 +232,7 @@ async fn thousand_concurrent_invocations_all_complete() {
     for i in 0..1000 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            let (st, v) = s
-                .post("actions/echo?blocking=true", json!({"i": i}))
-                .await;
+            let (st, v) = s.post("actions/echo?blocking=true", json!({"i": i})).await;
             (i, st, v)
         }));
     }
@@ -302,7 +300,10 @@ async fn bad_uploads_are_rejected_at_deploy() {
     for (what, exec, message) in cases {
         let (st, v) = s.put("actions/bad", json!({"exec": exec})).await;
         assert_eq!(st, 400, "{what}: {v}");
-        assert!(v["error"].as_str().unwrap().contains(message), "{what}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(message),
+            "{what}: {v}"
+        );
     }
     // Capability annotations are checked too.
     let bad_annotations = [
@@ -347,7 +348,10 @@ async fn wasm_http_web_action_passes_the_request_through() {
         json!({"annotations": [{"key": "web-export", "value": true}]}),
     )
     .await;
-    let url = format!("{}/api/v1/web/guest/default/web/extra/path?x=1&y=two", s.base);
+    let url = format!(
+        "{}/api/v1/web/guest/default/web/extra/path?x=1&y=two",
+        s.base
+    );
     let (u, k) = GUEST.split_once(':').unwrap();
     let r = s
         .client
@@ -468,7 +472,11 @@ async fn capabilities_are_granted_only_as_declared() {
     assert_eq!(a["exec"]["kind"], "wasm:http");
 
     let v = invoke(&s, "caps", json!({"readFile": "/static/hello.txt"})).await;
-    assert_eq!(v["response"]["result"], json!({"text": "hello bundle"}), "{v}");
+    assert_eq!(
+        v["response"]["result"],
+        json!({"text": "hello bundle"}),
+        "{v}"
+    );
     let v = invoke(&s, "caps", json!({"readFile": "/private/secret.txt"})).await;
     assert!(v["response"]["result"]["readError"].is_string(), "{v}");
     let v = invoke(&s, "caps", json!({"env": "TOKEN"})).await;

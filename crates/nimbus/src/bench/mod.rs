@@ -45,7 +45,10 @@ pub struct BenchArgs {
     stem_cells: usize,
     /// The no-op `wasi:http` component (`crates/nimbus/tests/wasm-fixtures/noop`, built by
     /// `scripts/bench-wasm.sh`) [wasm].
-    #[arg(long, default_value = "target/tmp/nimbus-wasm-fixtures/wasm32-wasip2/release/nimbus_wasm_noop.wasm")]
+    #[arg(
+        long,
+        default_value = "target/tmp/nimbus-wasm-fixtures/wasm32-wasip2/release/nimbus_wasm_noop.wasm"
+    )]
     wasm_component: PathBuf,
     /// wasmtime-cli 48 for the `wasmtime serve` baseline (skipped when not given) [wasm].
     #[arg(long)]
@@ -79,15 +82,17 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let md = match a.suite {
         Suite::Core => overhead::run(a.warm, a.cold).await?,
         Suite::Pool => pool::run(&pool_opts(&a)).await?,
-        Suite::Wasm => wasm::run(&wasm::Opts {
-            component: a.wasm_component.clone(),
-            wasmtime: a.wasmtime.clone(),
-            warm: a.warm,
-            cold: a.cold,
-            seconds: a.seconds,
-            connections: a.connections,
-        })
-        .await?,
+        Suite::Wasm => {
+            wasm::run(&wasm::Opts {
+                component: a.wasm_component.clone(),
+                wasmtime: a.wasmtime.clone(),
+                warm: a.warm,
+                cold: a.cold,
+                seconds: a.seconds,
+                connections: a.connections,
+            })
+            .await?
+        }
         Suite::All => {
             let c = overhead::run(a.warm, a.cold).await?;
             let p = pool::run(&pool_opts(&a)).await?;

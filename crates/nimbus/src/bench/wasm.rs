@@ -62,7 +62,10 @@ fn start_hyper() -> anyhow::Result<String> {
     std::thread::Builder::new()
         .name("bench-hyper".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -270,10 +273,7 @@ async fn in_process(component: &[u8], module: &[u8], n: usize) -> anyhow::Result
             }
         }
         let s = stats(times);
-        lines.push(format!(
-            "| {label} | {:.0} | {:.0} |",
-            s.p50, s.p99
-        ));
+        lines.push(format!("| {label} | {:.0} | {:.0} |", s.p50, s.p99));
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(lines)
@@ -322,7 +322,11 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
             .send()
             .await?;
             if !r.status().is_success() {
-                bail!("creating {name}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                bail!(
+                    "creating {name}: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                );
             }
             Ok::<(), anyhow::Error>(())
         }
@@ -330,7 +334,11 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
 
     let mut rows = Vec::new();
     let cases: [(&str, &'static str, &[u8]); 2] = [
-        ("nimbus: wasm:http no-op, web action", "wasm:http", &component),
+        (
+            "nimbus: wasm:http no-op, web action",
+            "wasm:http",
+            &component,
+        ),
         ("nimbus: wasm:wasi no-op, invoke API", "wasm:wasi", &module),
     ];
     for (i, (label, kind, bytes)) in cases.into_iter().enumerate() {
@@ -359,7 +367,15 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
     server.stop().await;
 
     let hyper_url = start_hyper()?;
-    rows.push(measure(&client, "hyper hello server (baseline)", Call::Get(hyper_url), o).await?);
+    rows.push(
+        measure(
+            &client,
+            "hyper hello server (baseline)",
+            Call::Get(hyper_url),
+            o,
+        )
+        .await?,
+    );
     let mut notes = Vec::new();
     match &o.wasmtime {
         Some(exe) if exe.is_file() => {
