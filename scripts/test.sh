@@ -35,6 +35,12 @@ if [ "$(id -u)" = 0 ]; then
   command -v mosquitto >/dev/null && start_if_down mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 fi
 
+# --- wasm (issue 3): the tests build wasi:http fixtures (crates/nimbus/tests/wasm-fixtures) and
+# the nimbus-wasm examples with cargo for these targets. Idempotent and fast when installed.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target add wasm32-wasip1 wasm32-wasip2 >/dev/null
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -58,7 +58,7 @@ fn description(s: &AppState) -> Json<Value> {
             "min_action_logs": l.min_action_logs * 1024 * 1024,
             "max_action_logs": l.max_action_logs * 1024 * 1024,
         },
-        "runtimes": {"nodejs": [runtimes[0].clone()], "python": [runtimes[1].clone()], "exec": [runtimes[2].clone()]},
+        "runtimes": {"nodejs": [runtimes[0].clone()], "python": [runtimes[1].clone()], "exec": [runtimes[2].clone()], "wasm": [runtimes[3].clone(), runtimes[4].clone()]},
     }))
 }
 

@@ -136,7 +136,9 @@ async fn handle(
         .await
         .map_err(|e| ApiError::from_controller(e, tid))?;
     let ann = &target.annotations;
-    let custom_options = ann.is_truthy("web-custom-options");
+    // A wasm:http component gets the request as it came and answers it itself (OPTIONS too).
+    let wasm_http = ann.get("exec").and_then(Value::as_str) == Some("wasm:http");
+    let custom_options = ann.is_truthy("web-custom-options") || wasm_http;
     if parts.method == Method::OPTIONS && !custom_options {
         let mut r = StatusCode::OK.into_response();
         cors_headers(r.headers_mut(), &parts.headers);
@@ -195,7 +197,11 @@ async fn handle(
     {
         user = Some(who.namespace);
     }
-    let params = build_params(parts, &body, &wp.rest, ann.is_truthy("raw-http"), user, tid)?;
+    let params = if wasm_http {
+        wasm_http_params(parts, &body, &wp.rest, user)
+    } else {
+        build_params(parts, &body, &wp.rest, ann.is_truthy("raw-http"), user, tid)?
+    };
     let req = InvokeRequest {
         action: target.action.clone(),
         params,
@@ -223,6 +229,7 @@ async fn handle(
         }
     };
     let mut r = match a.response.status() {
+        ResponseStatus::Success if wasm_http => wasm_http_response(&a.response.result, tid)?,
         ResponseStatus::Success => render(&wp, a.response.result.clone(), tid)?,
         ResponseStatus::ApplicationError => {
             let err = a.response.result.get("error").cloned().unwrap_or(Value::Null);
@@ -340,6 +347,104 @@ fn build_params(
         params.insert("__ow_user".into(), json!(u));
     }
     Ok(params)
+}
+
+/// The request to a `wasm:http` web action, for the component (the contract with
+/// `nimbus-wasm/src/web.rs`): method, the path after the action name, the raw query, every
+/// header but `Authorization` (repeated ones as arrays) and the body, always base64.
+fn wasm_http_params(
+    parts: &Parts,
+    body: &Bytes,
+    rest: &str,
+    user: Option<String>,
+) -> Map<String, Value> {
+    let mut headers = Map::new();
+    for name in parts.headers.keys() {
+        if name == header::AUTHORIZATION {
+            continue;
+        }
+        let mut values: Vec<Value> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let v = if values.len() == 1 {
+            values.pop().unwrap_or(Value::Null)
+        } else {
+            Value::Array(values)
+        };
+        headers.insert(name.as_str().to_string(), v);
+    }
+    let mut params = Map::new();
+    params.insert(
+        "__ow_method".into(),
+        json!(parts.method.as_str().to_ascii_lowercase()),
+    );
+    params.insert("__ow_path".into(), json!(rest));
+    params.insert(
+        "__ow_query".into(),
+        json!(parts.uri.query().unwrap_or_default()),
+    );
+    params.insert("__ow_headers".into(), Value::Object(headers));
+    params.insert(
+        "__ow_body".into(),
+        json!(base64::engine::general_purpose::STANDARD.encode(body)),
+    );
+    if let Some(u) = user {
+        params.insert("__ow_user".into(), json!(u));
+    }
+    params
+}
+
+/// A `wasm:http` component's response (`{statusCode, headers, body}`, body base64) as it was.
+fn wasm_http_response(result: &Value, tid: &str) -> Result<Response, ApiError> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "The WebAssembly component's response could not be passed on.",
+            tid,
+        )
+    };
+    let code = result
+        .get("statusCode")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(bad)?;
+    let body = match result.get("body").and_then(Value::as_str) {
+        Some(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|_| bad())?,
+        None => Vec::new(),
+    };
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = code;
+    if let Some(Value::Object(h)) = result.get("headers") {
+        for (k, v) in h {
+            let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+                continue;
+            };
+            // Framing is this server's business (the body is complete here).
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+            {
+                continue;
+            }
+            let values: Vec<&str> = match v {
+                Value::String(s) => vec![s.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for val in values {
+                if let Ok(hv) = HeaderValue::from_str(val) {
+                    r.headers_mut().append(name.clone(), hv);
+                }
+            }
+        }
+    }
+    Ok(r)
 }
 
 fn form_urlencoded(s: &str) -> Vec<(String, String)> {

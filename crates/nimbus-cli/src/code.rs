@@ -7,7 +7,8 @@ use base64::Engine;
 use crate::error::{CliError, CliResult};
 
 /// The kind for a code file when `--kind` is not given: `.js` → `nodejs:default`,
-/// `.py` → `python:default`, `.zip` → an error (a zip needs `--kind`), anything else → `exec`
+/// `.py` → `python:default`, `.wasm` → `wasm` (the server infers `wasm:wasi` or `wasm:http`),
+/// `.zip` → an error (a zip needs `--kind`), anything else → `exec`
 /// (a native executable or a script with a `#!` line).
 pub fn infer_kind(path: &Path) -> CliResult<String> {
     let extension = path
@@ -17,6 +18,8 @@ pub fn infer_kind(path: &Path) -> CliResult<String> {
     match extension.as_str() {
         "js" | "mjs" | "cjs" => Ok("nodejs:default".to_string()),
         "py" => Ok("python:default".to_string()),
+        // The server reads the binary: wasm:http for a wasi:http component, else wasm:wasi.
+        "wasm" => Ok("wasm".to_string()),
         "zip" => Err(CliError::usage(format!(
             "{}: a zip file needs --kind (e.g. --kind nodejs:default or --kind python:default)",
             path.display()
@@ -33,11 +36,12 @@ pub struct Code {
     pub base64: bool,
 }
 
-/// Encodes file contents: zip files and non-UTF-8 contents are sent base64, text as is.
+/// Encodes file contents: zip and wasm files and non-UTF-8 contents are sent base64, text as is.
 pub fn encode_code(path: &Path, bytes: Vec<u8>) -> Code {
+    // A small wasm module can be valid UTF-8 (`\0asm...`), but it is always binary code.
     let is_zip = path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip") || e.eq_ignore_ascii_case("wasm"));
     if !is_zip {
         match String::from_utf8(bytes) {
             Ok(text) => {
@@ -84,6 +88,7 @@ mod tests {
         assert_eq!(infer_kind(Path::new("a.py")).unwrap(), "python:default");
         assert_eq!(infer_kind(Path::new("run.sh")).unwrap(), "exec");
         assert_eq!(infer_kind(Path::new("binary")).unwrap(), "exec");
+        assert_eq!(infer_kind(Path::new("f.wasm")).unwrap(), "wasm");
         let err = infer_kind(Path::new("bundle.zip")).unwrap_err();
         assert!(err.message.contains("--kind"));
     }
@@ -93,6 +98,9 @@ mod tests {
         let text = encode_code(Path::new("a.js"), b"function main(){}".to_vec());
         assert_eq!(text.code, "function main(){}");
         assert!(!text.base64);
+        let wasm = encode_code(Path::new("a.wasm"), b"\0asm\x01\0\0\0".to_vec());
+        assert!(wasm.base64);
+        assert_eq!(wasm.code, "AGFzbQEAAAA=");
         let zip = encode_code(Path::new("a.zip"), b"PK\x03\x04".to_vec());
         assert!(zip.base64);
         assert_eq!(zip.code, "UEsDBA==");

@@ -371,6 +371,9 @@ impl Controller {
                 action.exec.kind()
             )));
         }
+        if nimbus_model::wasm::is_wasm_kind(action.exec.kind()) {
+            self.check_wasm(&mut action).await?;
+        }
         self.save(&ns, EntityKind::Action, &key, &action, now, rev)
             .await?;
         self.apply_min_instances(&action);

@@ -9,6 +9,9 @@ use nimbus_runtime::InstanceSpec;
 use nimbus_store::EntityQuery;
 use serde_json::{Value, json};
 
+/// Activations one wasm function handle of the pool serves at once (see `instance_of`).
+const WASM_SHARED_RUNS: usize = 1 << 20;
+
 impl Controller {
     /// The pool identity and start-up spec of a code action (`None` for sequences).
     pub(crate) fn instance_of(
@@ -28,6 +31,18 @@ impl Controller {
         let action = format!("/{}/{}", a.namespace, a.path.to_path());
         let mut env = std::collections::BTreeMap::new();
         env.insert("__OW_API_HOST".to_string(), self.cfg.api_host.clone());
+        let wasm = nimbus_model::wasm::is_wasm_kind(kind);
+        if wasm {
+            // The wasm runtime reads the granted capabilities from here (never the guest's
+            // environment). Annotations were checked at deploy; a bad one grants nothing.
+            let caps =
+                nimbus_model::wasm::WasmCaps::from_annotations(&a.annotations).unwrap_or_default();
+            if !caps.is_empty()
+                && let Ok(j) = serde_json::to_string(&caps)
+            {
+                env.insert(nimbus_model::wasm::CAPS_ENV_KEY.to_string(), j);
+            }
+        }
         let spec = InstanceSpec {
             kind: kind.clone(),
             code: code.clone(),
@@ -51,7 +66,14 @@ impl Controller {
             memory_mb: a.limits.memory,
             min_instances: a.limits.min_instances as usize,
             max_instances: a.limits.max_instances.map(|m| m as usize),
-            concurrency: a.limits.concurrency.max(1) as usize,
+            // A wasm "instance" is a handle on the compiled function: every activation gets a
+            // fresh wasm instance of its own, so one handle serves any number at once (the wasm
+            // runtime bounds the instances running together).
+            concurrency: if wasm {
+                WASM_SHARED_RUNS
+            } else {
+                a.limits.concurrency.max(1) as usize
+            },
         };
         Some((f, spec))
     }

@@ -18,11 +18,12 @@ mod error;
 mod inflight;
 mod instances;
 mod invoke;
-mod observe;
 mod native;
+mod observe;
 mod requests;
 mod throttle;
 mod triggers;
+mod wasm;
 
 use nimbus_invoker::Invoker;
 use nimbus_model::SystemLimits;
@@ -40,9 +41,9 @@ pub use delivery::RetryPolicy;
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
 pub use invoke::{InvokeRequest, InvokeResponse};
+pub use native::{NativeActions, NativeOutcome};
 pub use nimbus_store::DeadLetter;
 pub use observe::{current_request_id, function_of, with_request_id};
-pub use native::{NativeActions, NativeOutcome};
 pub use requests::{ActionPut, CommonPut, PackagePut, RulePut, TriggerPut};
 
 /// Settings of the controller.

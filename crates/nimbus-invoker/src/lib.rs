@@ -45,6 +45,15 @@ impl Invoker {
         self.pool.supports(kind)
     }
 
+    /// Deploy-time check of `spec` by the runtime of its kind (see [`Runtime::check`]): the kind
+    /// to store, or why the code cannot run.
+    pub async fn check(&self, spec: &InstanceSpec) -> Result<String, RuntimeError> {
+        match self.pool.runtime_for(&spec.kind) {
+            Some(rt) => rt.check(spec).await,
+            None => Err(RuntimeError::UnsupportedKind(spec.kind.clone())),
+        }
+    }
+
     /// Runs `req` on a warm instance of `f`, starting one from `spec` when none is idle.
     pub async fn invoke(
         &self,

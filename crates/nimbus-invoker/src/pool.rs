@@ -342,6 +342,10 @@ impl Pool {
         self.inner.runtime_for(kind).is_some()
     }
 
+    pub(crate) fn runtime_for(&self, kind: &str) -> Option<Arc<dyn Runtime>> {
+        self.inner.runtime_for(kind)
+    }
+
     pub(crate) fn idle_timeout(&self) -> Duration {
         self.inner.cfg.idle_timeout
     }

@@ -85,6 +85,11 @@ impl Exec {
             )));
         }
         let binary = is_binary_code(&code);
+        if crate::wasm::is_wasm_kind(kind) && !binary {
+            return Err(ModelError::invalid(format!(
+                "kind '{kind}' needs the WebAssembly binary (or a zip archive holding it) as base64 code"
+            )));
+        }
         let main = e.main.filter(|m| !m.is_empty());
         Ok(Exec::Code {
             kind: kind.to_string(),

@@ -10,6 +10,8 @@ pub enum Family {
     /// Any Linux executable speaking the ActionLoop protocol.
     Exec,
     Sequence,
+    /// WebAssembly (`wasm:wasi`, `wasm:http`), run in-process by wasmtime.
+    Wasm,
 }
 
 /// The kinds this build runs, with the default of each family first.
@@ -17,6 +19,8 @@ pub const KINDS: &[(&str, Family, bool)] = &[
     ("nodejs:20", Family::Nodejs, true),
     ("python:3.11", Family::Python, true),
     ("exec", Family::Exec, true),
+    ("wasm:wasi", Family::Wasm, true),
+    ("wasm:http", Family::Wasm, false),
 ];
 
 /// Resolves aliases (`nodejs:default`, `python:3`, `blackbox`-free) to a stored kind, or says why not.
@@ -26,6 +30,11 @@ pub fn resolve_kind(kind: &str) -> Result<&'static str, ModelError> {
         "python:default" | "python" | "python:3" | "python:3.11" => "python:3.11",
         "exec" | "exec:default" | "native" => "exec",
         "sequence" => "sequence",
+        "wasm:wasi" => crate::wasm::KIND_WASI,
+        "wasm:http" => crate::wasm::KIND_HTTP,
+        // Resolved by the server from the binary (a component exporting
+        // wasi:http/incoming-handler is wasm:http, anything else wasm:wasi).
+        "wasm" | "wasm:default" => crate::wasm::KIND_INFER,
         "blackbox" => {
             return Err(ModelError::invalid(
                 "kind 'blackbox' (docker images) is not supported by Nimbus; use kind 'exec' with an executable named 'exec'",
@@ -34,7 +43,7 @@ pub fn resolve_kind(kind: &str) -> Result<&'static str, ModelError> {
         other => {
             let known: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
             return Err(ModelError::invalid(format!(
-                "kind '{other}' is not supported; supported kinds: {}, plus the aliases nodejs:default and python:default",
+                "kind '{other}' is not supported; supported kinds: {}, plus the aliases nodejs:default, python:default and wasm (the server infers wasm:wasi or wasm:http)",
                 known.join(", ")
             )));
         }
@@ -45,6 +54,9 @@ pub fn resolve_kind(kind: &str) -> Result<&'static str, ModelError> {
 pub fn family(kind: &str) -> Option<Family> {
     if kind == "sequence" {
         return Some(Family::Sequence);
+    }
+    if kind == crate::wasm::KIND_INFER {
+        return Some(Family::Wasm);
     }
     KINDS.iter().find(|k| k.0 == kind).map(|k| k.1)
 }
@@ -65,5 +77,8 @@ mod tests {
                 .contains("not supported")
         );
         assert_eq!(family("python:3.11"), Some(Family::Python));
+        assert_eq!(resolve_kind("wasm").unwrap(), "wasm");
+        assert_eq!(resolve_kind("wasm:http").unwrap(), "wasm:http");
+        assert_eq!(family("wasm:wasi"), Some(Family::Wasm));
     }
 }

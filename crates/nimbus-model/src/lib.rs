@@ -12,6 +12,7 @@ pub mod kinds;
 pub mod limits;
 pub mod names;
 pub mod params;
+pub mod wasm;
 
 pub use activation::{
     Activation, ActivationBrief, ActivationId, ActivationResponse, ResponseStatus,

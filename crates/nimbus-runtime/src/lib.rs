@@ -112,6 +112,13 @@ pub trait Runtime: Send + Sync {
         let _ = kind;
         Ok(None)
     }
+    /// Deploy-time check of an action's code and settings, before it is stored: a
+    /// [`RuntimeError::Init`] is the deployer's mistake (a 400). Returns the kind to store, which
+    /// may refine a generic one (the wasm runtime turns `wasm` into `wasm:wasi` or `wasm:http`).
+    /// The default accepts everything (process runtimes find problems at init).
+    async fn check(&self, spec: &InstanceSpec) -> Result<String, RuntimeError> {
+        Ok(spec.kind.clone())
+    }
 }
 
 /// A pre-started process of one kind that has no function code yet (a "stem cell"): the

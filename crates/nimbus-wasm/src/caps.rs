@@ -13,8 +13,12 @@ use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 pub struct Capabilities {
     /// A host directory bundled with the function, visible read-only at `/` in the guest.
     pub bundled_dir: Option<PathBuf>,
-    /// Environment variables (those of the parameters the function marks for it).
+    /// Environment variables, fixed for every run.
     pub env: Vec<(String, String)>,
+    /// Parameters whose values become environment variables of each run (annotation
+    /// `wasm-env`): a string value as is, any other JSON value as JSON text; absent ones are
+    /// not set.
+    pub env_params: Vec<String>,
     /// Hosts the function may call with `wasi:http/outgoing-handler`.
     pub allowed_outbound_hosts: Vec<HostPattern>,
 }

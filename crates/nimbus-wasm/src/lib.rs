@@ -16,11 +16,13 @@
 //! Capabilities are denied by default: no preopened directories, no environment, no sockets,
 //! outbound HTTP refused. Clocks and randomness are available.
 
+mod bundle;
 mod caps;
 mod config;
 mod io;
 mod limits;
 mod run;
+mod web;
 
 pub use caps::{Capabilities, HostPattern};
 pub use config::{Allocation, WasmConfig};
@@ -50,9 +52,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The kind of a WASI command (module or component).
-pub const KIND_WASI: &str = "wasm:wasi";
+pub const KIND_WASI: &str = nimbus_model::wasm::KIND_WASI;
 /// The kind of a `wasi:http/proxy` component.
-pub const KIND_HTTP: &str = "wasm:http";
+pub const KIND_HTTP: &str = nimbus_model::wasm::KIND_HTTP;
+/// The generic kind of a deploy request; [`WasmRuntime`]'s `check` resolves it.
+pub const KIND_INFER: &str = nimbus_model::wasm::KIND_INFER;
 
 /// The two kinds this runtime serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,6 +178,8 @@ pub(crate) struct Inner {
     component_linker: wasmtime::component::Linker<CompState>,
     pub(crate) slots: Arc<Semaphore>,
     cache_dir: PathBuf,
+    /// Where bundled directories of zip uploads are unpacked.
+    bundle_dir: PathBuf,
     artifacts: Mutex<HashMap<String, Arc<Prepared>>>,
     /// Code strings already prepared, by address: the invoker hands the same `Arc<str>` for
     /// every start of one action version, so a start after deploy skips base64 and sha256.
@@ -306,8 +312,17 @@ fn spawn_ticker(
         .map_err(|e| RuntimeError::Platform(format!("could not start the epoch ticker: {e}")))
 }
 
+/// What one action's code string prepared to.
+struct CodeInfo {
+    prepared: Arc<Prepared>,
+    /// The upload was a zip archive (holding the module, maybe a bundled directory).
+    zip: bool,
+    /// Bundled directories already unpacked, by `wasm-dir`.
+    bundles: Mutex<HashMap<String, PathBuf>>,
+}
+
 /// A code string (kept alive) and what it prepared to.
-type CodeEntry = (Arc<str>, Arc<Prepared>);
+type CodeEntry = (Arc<str>, Arc<CodeInfo>);
 
 /// Most code strings remembered by [`WasmRuntime::prepare_code`] (cleared when full).
 const CODE_INDEX_CAPACITY: usize = 4096;
@@ -331,8 +346,8 @@ pub fn detect_component(bytes: &[u8]) -> Option<bool> {
     }
 }
 
-/// Decodes an action's `code` into wasm bytes (base64 when `binary`, as the actions API stores
-/// binary code).
+/// Decodes an action's `code` (base64 when `binary`, as the actions API stores binary code): the
+/// wasm bytes or a zip archive holding them.
 pub fn decode_code(code: &str, binary: bool) -> Result<Vec<u8>, RuntimeError> {
     if !binary {
         return Err(init_error(
@@ -535,6 +550,7 @@ impl WasmRuntime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
             .map_err(platform)?;
 
+        let bundle_dir = config.cache_dir.join("bundles");
         let cache_dir = config.cache_dir.join(compat_tag(&engine));
         std::fs::create_dir_all(&cache_dir).map_err(|e| {
             RuntimeError::Platform(format!(
@@ -556,6 +572,7 @@ impl WasmRuntime {
                 module_linker,
                 component_linker,
                 cache_dir,
+                bundle_dir,
                 artifacts: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 code_index: Mutex::new(HashMap::new()),
@@ -589,25 +606,105 @@ impl WasmRuntime {
             .map_err(|e| RuntimeError::Platform(format!("wasm compilation task failed: {e}")))?
     }
 
-    /// [`WasmRuntime::prepare`] of an action's code string, remembered by identity.
-    async fn prepare_code(
+    /// [`WasmRuntime::prepare`] of an action's code string (the module, or a zip archive holding
+    /// it), remembered by identity.
+    async fn code_info(
         &self,
         code: &Arc<str>,
         binary: bool,
-    ) -> Result<Arc<Prepared>, RuntimeError> {
+    ) -> Result<Arc<CodeInfo>, RuntimeError> {
         let key = Arc::as_ptr(code).cast::<u8>() as usize;
-        if let Some((known, prepared)) = lock(&self.inner.code_index).get(&key)
+        if let Some((known, info)) = lock(&self.inner.code_index).get(&key)
             && Arc::ptr_eq(known, code)
         {
-            return Ok(prepared.clone());
+            return Ok(info.clone());
         }
-        let prepared = self.prepare(decode_code(code, binary)?).await?;
+        let bytes = decode_code(code, binary)?;
+        let zip = bundle::is_zip(&bytes);
+        let bytes = if zip {
+            tokio::task::spawn_blocking(move || bundle::wasm_of_zip(&bytes))
+                .await
+                .map_err(|e| RuntimeError::Platform(format!("zip task failed: {e}")))??
+        } else {
+            bytes
+        };
+        let info = Arc::new(CodeInfo {
+            prepared: self.prepare(bytes).await?,
+            zip,
+            bundles: Mutex::new(HashMap::new()),
+        });
         let mut index = lock(&self.inner.code_index);
         if index.len() >= CODE_INDEX_CAPACITY {
             index.clear();
         }
-        index.insert(key, (code.clone(), prepared.clone()));
-        Ok(prepared)
+        index.insert(key, (code.clone(), info.clone()));
+        Ok(info)
+    }
+
+    /// The unpacked directory `dir` of the zip upload `code` (unpacked on first use).
+    async fn bundle(
+        &self,
+        info: &CodeInfo,
+        code: &str,
+        binary: bool,
+        dir: &str,
+    ) -> Result<PathBuf, RuntimeError> {
+        if let Some(p) = lock(&info.bundles).get(dir) {
+            return Ok(p.clone());
+        }
+        if !info.zip {
+            return Err(init_error(format!(
+                "annotation {} needs the code uploaded as a zip archive holding the .wasm and the directory",
+                nimbus_model::wasm::ANNOTATION_DIR
+            )));
+        }
+        let bytes = decode_code(code, binary)?;
+        let root = self.inner.bundle_dir.clone();
+        let d = dir.to_string();
+        let path = tokio::task::spawn_blocking(move || {
+            let target = bundle::bundle_path(&root, &bytes, &d);
+            bundle::extract_dir(&bytes, &d, &target).map(|()| target)
+        })
+        .await
+        .map_err(|e| RuntimeError::Platform(format!("unzip task failed: {e}")))??;
+        lock(&info.bundles).insert(dir.to_string(), path.clone());
+        Ok(path)
+    }
+
+    /// The capabilities an instance spec grants (see `nimbus_model::wasm`), unpacking the
+    /// bundled directory if one is declared.
+    async fn capabilities(
+        &self,
+        spec: &InstanceSpec,
+        info: &CodeInfo,
+    ) -> Result<Capabilities, RuntimeError> {
+        let Some(raw) = spec.env.get(nimbus_model::wasm::CAPS_ENV_KEY) else {
+            return Ok(Capabilities::default());
+        };
+        let granted: nimbus_model::wasm::WasmCaps = serde_json::from_str(raw)
+            .map_err(|e| init_error(format!("unreadable wasm capabilities: {e}")))?;
+        let allowed_outbound_hosts = granted
+            .allowed_hosts
+            .iter()
+            .map(|p| {
+                HostPattern::parse(p).map_err(|e| {
+                    init_error(format!(
+                        "annotation {}: {e}",
+                        nimbus_model::wasm::ANNOTATION_ALLOWED_HOSTS
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let bundled_dir = match &granted.dir {
+            Some(d) => Some(self.bundle(info, &spec.code, spec.binary, d).await?),
+            None => None,
+        };
+        Ok(Capabilities {
+            bundled_dir,
+            env: Vec::new(),
+            env_params: granted.env,
+            allowed_outbound_hosts,
+        })
     }
 
     /// Deploy-time check: prepares `bytes` and links them for `kind` (imports satisfiable,
@@ -643,16 +740,38 @@ impl WasmRuntime {
 #[async_trait]
 impl Runtime for WasmRuntime {
     fn supports(&self, kind: &str) -> bool {
-        WasmKind::from_kind(kind).is_some()
+        // The generic kind only for `check`, which resolves it before anything is stored.
+        WasmKind::from_kind(kind).is_some() || kind == KIND_INFER
     }
 
+    /// Starts with the capabilities the spec carries (from the action's annotations).
     async fn start(
         &self,
         spec: &InstanceSpec,
         _timeout: Duration,
     ) -> Result<Box<dyn Instance>, RuntimeError> {
-        self.start_with_capabilities(spec, Capabilities::default())
-            .await
+        let info = self.code_info(&spec.code, spec.binary).await?;
+        let caps = self.capabilities(spec, &info).await?;
+        self.start_with_capabilities(spec, caps).await
+    }
+
+    /// Deploy-time check: decodes and compiles the module (cached on disk, so the first invoke
+    /// does not compile), links it for its kind (resolving the generic `wasm` from the binary),
+    /// checks the capabilities and unpacks a bundled directory.
+    async fn check(&self, spec: &InstanceSpec) -> Result<String, RuntimeError> {
+        let info = self.code_info(&spec.code, spec.binary).await?;
+        let kind = if spec.kind == KIND_INFER {
+            self.infer_kind(&info.prepared)
+        } else {
+            WasmKind::from_kind(&spec.kind)
+                .ok_or_else(|| RuntimeError::UnsupportedKind(spec.kind.clone()))?
+                .as_str()
+        };
+        let k = WasmKind::from_kind(kind)
+            .ok_or_else(|| RuntimeError::UnsupportedKind(kind.to_string()))?;
+        self.inner.pre_for(&info.prepared, k)?;
+        self.capabilities(spec, &info).await?;
+        Ok(kind.to_string())
     }
 }
 
@@ -674,8 +793,8 @@ impl WasmRuntime {
                 dir.display()
             )));
         }
-        let prepared = self.prepare_code(&spec.code, spec.binary).await?;
-        let pre = self.inner.pre_for(&prepared, kind)?;
+        let info = self.code_info(&spec.code, spec.binary).await?;
+        let pre = self.inner.pre_for(&info.prepared, kind)?;
         let memory_limit =
             usize::try_from(spec.limits.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let runner = Arc::new(run::Runner {
@@ -685,28 +804,21 @@ impl WasmRuntime {
             action_name: spec.action_name.clone(),
             caps: Arc::new(caps),
         });
-        Ok(Box::new(WasmInstance {
-            runner,
-            concurrent: spec.limits.concurrency > 1,
-        }))
+        Ok(Box::new(WasmInstance { runner }))
     }
 }
 
 /// An instance of one function: a handle on its `InstancePre`. Each run instantiates afresh, so
-/// runs are independent and may overlap (see [`Instance::concurrent`]).
+/// runs are independent and may always overlap (see [`Instance::concurrent`]); the runtime's
+/// slots bound how many run at once.
 struct WasmInstance {
     runner: Arc<run::Runner>,
-    concurrent: bool,
 }
 
 #[async_trait]
 impl Instance for WasmInstance {
     fn concurrent(&self) -> Option<Arc<dyn ConcurrentRunner>> {
-        if self.concurrent {
-            Some(self.runner.clone())
-        } else {
-            None
-        }
+        Some(self.runner.clone())
     }
 
     async fn run(&mut self, req: RunRequest) -> RunOutcome {

@@ -47,6 +47,27 @@ pub(crate) struct Runner {
     pub(crate) caps: Arc<Capabilities>,
 }
 
+/// What the first event of a `wasm:http` run was.
+enum First<T> {
+    /// The response head (or `None`: the outparam was dropped unset).
+    Head(Option<T>),
+    GuestEnded(wasmtime::Result<()>),
+}
+
+/// How a `wasm:http` run ended (before the deadline).
+enum HttpEnd {
+    /// No response was set; how the guest ended.
+    NoResponse(wasmtime::Result<()>),
+    /// The guest set an error code instead of a response.
+    ErrorCode(String, wasmtime::Result<()>),
+    Response {
+        status: http::StatusCode,
+        headers: http::HeaderMap,
+        body: Result<Bytes, String>,
+        guest: wasmtime::Result<()>,
+    },
+}
+
 /// How the guest's code ended, before its output is looked at.
 enum Ending {
     /// Finished normally (exit code 0).
@@ -121,6 +142,7 @@ fn parse_result(stdout: &[u8], overflowed: bool, cap: usize) -> RunResult {
 impl Runner {
     fn wasi_builder(
         &self,
+        req: &RunRequest,
         stdin: Option<Vec<u8>>,
         stdout: Capture,
         stderr: LogPipe,
@@ -138,6 +160,17 @@ impl Runner {
             .allow_ip_name_lookup(false);
         if !self.caps.env.is_empty() {
             b.envs(&self.caps.env);
+        }
+        for name in &self.caps.env_params {
+            match req.value.get(name) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(v)) => {
+                    b.env(name, v);
+                }
+                Some(other) => {
+                    b.env(name, other.to_string());
+                }
+            }
         }
         if let Some(dir) = &self.caps.bundled_dir {
             b.preopened_dir(dir, "/", FsPerms::ReadOnly)?;
@@ -197,6 +230,7 @@ impl Runner {
         let out = ResultPipe::new(cap);
         let err = logs.pipe("stderr");
         let wasi = match self.wasi_builder(
+            req,
             Some(Self::params_json(req)),
             Capture::Result(out.clone()),
             err.clone(),
@@ -246,6 +280,7 @@ impl Runner {
         let out = ResultPipe::new(cap);
         let err = logs.pipe("stderr");
         let mut b = match self.wasi_builder(
+            req,
             Some(Self::params_json(req)),
             Capture::Result(out.clone()),
             err.clone(),
@@ -291,7 +326,7 @@ impl Runner {
         let cap = self.inner.config.max_result_bytes;
         let out = logs.pipe("stdout");
         let err = logs.pipe("stderr");
-        let mut b = match self.wasi_builder(None, Capture::Log(out.clone()), err.clone()) {
+        let mut b = match self.wasi_builder(req, None, Capture::Log(out.clone()), err.clone()) {
             Ok(b) => b,
             Err(e) => return setup_error(&e),
         };
@@ -299,15 +334,22 @@ impl Runner {
         store.limiter(|s| &mut s.limiter);
         arm_deadline(&mut store, req.timeout);
 
-        // TODO(web actions): pass the raw HTTP request through instead of this POST.
-        let request = match http::Request::builder()
-            .method(http::Method::POST)
-            .uri("http://localhost/")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(Self::params_json(req))))
-        {
+        // A web action hands over the HTTP request itself (see `web.rs`); any other invocation
+        // becomes a POST of the JSON parameters.
+        let web = crate::web::WebRequest::from_params(&req.value);
+        let request = match &web {
+            Some(Ok(w)) => w.to_http(),
+            Some(Err(e)) => return developer_error(e.clone()),
+            None => http::Request::builder()
+                .method(http::Method::POST)
+                .uri("http://localhost/")
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(Self::params_json(req))))
+                .map_err(|e| e.to_string()),
+        };
+        let request = match request {
             Ok(r) => r,
-            Err(e) => return developer_error(format!("internal error building the request: {e}")),
+            Err(e) => return developer_error(format!("The request cannot be passed on: {e}")),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handles = store
@@ -326,68 +368,94 @@ impl Runner {
         };
 
         let deadline = Instant::now() + req.timeout + WATCHDOG_GRACE;
-        let pre = pre.clone();
-        // The guest runs in its own task so that it can stream the body while we read it.
-        let task = tokio::spawn(async move {
-            let res = async {
+        // The guest and the reader of its response are polled together in this task (no task
+        // per activation): the guest streams the body while it is read. Dropping the future at
+        // the deadline cancels the guest.
+        let ended = tokio::time::timeout_at(deadline, async {
+            let guest = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
                     .await
-            }
-            .await;
-            (res, store.data().limiter.exceeded())
-        });
-        let abort = task.abort_handle();
-
-        // Waits for the guest task (until the deadline) and classifies how it ended.
-        let finish = async |task: tokio::task::JoinHandle<(wasmtime::Result<()>, bool)>| {
-            match tokio::time::timeout_at(deadline, task).await {
-                Err(_) => {
-                    abort.abort();
-                    Ending::Failed(RunResult::Timeout)
+            };
+            tokio::pin!(guest);
+            let mut rx = rx;
+            let first = tokio::select! {
+                biased;
+                r = &mut rx => First::Head(r.ok()),
+                g = &mut guest => First::GuestEnded(g),
+            };
+            let (head, ended) = match first {
+                First::Head(h) => (h, None),
+                First::GuestEnded(g) => (rx.try_recv().ok(), Some(g)),
+            };
+            let response = match head {
+                None => {
+                    let g = match ended {
+                        Some(g) => g,
+                        None => guest.await,
+                    };
+                    return HttpEnd::NoResponse(g);
                 }
-                Ok(Err(join)) => Ending::Failed(developer_error(format!(
-                    "The function crashed the host task: {join}"
-                ))),
-                Ok(Ok((Ok(()), _))) => Ending::Done,
-                Ok(Ok((Err(e), mem))) => classify_error(&e, mem),
+                Some(Err(code)) => {
+                    let g = match ended {
+                        Some(g) => g,
+                        None => guest.await,
+                    };
+                    return HttpEnd::ErrorCode(format!("{code:?}"), g);
+                }
+                Some(Ok(r)) => r,
+            };
+            let status = response.status();
+            let headers = response.headers().clone();
+            let collect = Limited::new(response.into_body(), cap).collect();
+            let (body, g) = match ended {
+                Some(g) => (collect.await, g),
+                None => tokio::join!(collect, &mut guest),
+            };
+            HttpEnd::Response {
+                status,
+                headers,
+                body: body.map(|c| c.to_bytes()).map_err(|e| e.to_string()),
+                guest: g,
             }
+        })
+        .await;
+        let mem = store.data().limiter.exceeded();
+        let ending = |g: &wasmtime::Result<()>| match g {
+            Ok(()) => Ending::Done,
+            Err(e) => classify_error(e, mem),
         };
-
-        let result = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => {
-                abort.abort();
-                RunResult::Timeout
-            }
-            Ok(Err(_)) => match finish(task).await {
+        let result = match ended {
+            Err(_) => RunResult::Timeout,
+            Ok(HttpEnd::NoResponse(g)) => match ending(&g) {
                 Ending::Failed(r) => r,
                 Ending::Done => developer_error(
                     "The function returned without setting a response (response-outparam::set).",
                 ),
             },
-            Ok(Ok(Err(code))) => {
-                let _ = finish(task).await;
-                developer_error(format!("The function responded with an error: {code:?}"))
-            }
-            Ok(Ok(Ok(response))) => {
-                let status = response.status();
-                let body = tokio::time::timeout_at(
-                    deadline,
-                    Limited::new(response.into_body(), cap).collect(),
-                )
-                .await;
-                let ending = finish(task).await;
-                match (body, ending) {
-                    (_, Ending::Failed(r)) => r,
-                    (Err(_), Ending::Done) => RunResult::Timeout,
-                    (Ok(Err(e)), Ending::Done) => developer_error(format!(
-                        "The function's response body could not be read (limit {cap} bytes): {e}"
-                    )),
-                    (Ok(Ok(collected)), Ending::Done) => http_result(status, &collected.to_bytes()),
+            Ok(HttpEnd::ErrorCode(code, g)) => match ending(&g) {
+                Ending::Failed(r) => r,
+                Ending::Done => {
+                    developer_error(format!("The function responded with an error: {code}"))
                 }
-            }
+            },
+            Ok(HttpEnd::Response {
+                status,
+                headers,
+                body,
+                guest,
+            }) => match (body, ending(&guest)) {
+                (_, Ending::Failed(r)) => r,
+                (Err(e), Ending::Done) => developer_error(format!(
+                    "The function's response body could not be read (limit {cap} bytes): {e}"
+                )),
+                (Ok(body), Ending::Done) if web.is_some() => {
+                    crate::web::response_result(status, &headers, &body)
+                }
+                (Ok(body), Ending::Done) => http_result(status, &body),
+            },
         };
         out.finish();
         err.finish();

@@ -73,6 +73,7 @@ fn spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
             ..ActionLimits::default()
         },
         outbound_network: false,
+        ro_binds: Vec::new(),
     }
 }
 

@@ -104,6 +104,7 @@ fn spec(bytes: &[u8], memory_mb: u64, concurrency: u64) -> InstanceSpec {
             ..ActionLimits::default()
         },
         outbound_network: false,
+        ro_binds: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@ mod bench;
 mod faas;
 mod feeds;
 mod serve;
+mod wasm;
 
 use clap::{Parser, Subcommand};
 

@@ -68,6 +68,8 @@ pub struct ServeArgs {
     /// listens on loopback (see docs/metrics.md).
     #[arg(long, env = "NIMBUS_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
+    #[command(flatten)]
+    pub wasm: crate::wasm::WasmArgs,
 }
 
 fn init_tracing(format: &str) {
@@ -159,7 +161,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
+    let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
+    if let Some(wasm) = crate::wasm::runtime(&a.wasm, &a.data_dir)? {
+        runtimes.push(Arc::new(wasm));
+    }
     let invoker = Invoker::new(
         runtimes,
         PoolConfig {

@@ -45,9 +45,9 @@ pub enum WebMode {
 pub struct ActionPutArgs {
     /// Action name: NAME, PACKAGE/NAME or /NAMESPACE/[PACKAGE/]NAME
     pub name: String,
-    /// Code file (.js, .py, .zip with --kind, or an executable/script for the exec kind)
+    /// Code file (.js, .py, .wasm, .zip with --kind, or an executable/script for the exec kind)
     pub file: Option<PathBuf>,
-    /// Runtime kind, e.g. nodejs:default, python:default, exec (inferred from FILE if not given)
+    /// Runtime kind, e.g. nodejs:default, python:default, exec, wasm:wasi, wasm:http (inferred from FILE if not given)
     #[arg(long)]
     pub kind: Option<String>,
     /// Name of the entry function

@@ -5,11 +5,15 @@
 //!   the cold start (first invoke after create).
 //! - `pool` (issue 4): cold starts with and without a stem cell, bursts of concurrent one-second
 //!   invocations, idle memory per instance, and process-start baselines.
+//! - `wasm` (issue 3, not part of `all`): no-op WebAssembly functions (a `wasm:http` web action,
+//!   a `wasm:wasi` invoke) against a hyper server and `wasmtime serve`; see
+//!   `scripts/bench-wasm.sh`.
 
-mod openfaas;
 mod mqtt;
+mod openfaas;
 mod overhead;
 mod pool;
+mod wasm;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -53,6 +57,22 @@ pub struct BenchArgs {
     /// The feed's `concurrency` parameter (fires in flight) [mqtt].
     #[arg(long, default_value_t = 1)]
     mqtt_concurrency: u64,
+    /// The no-op `wasi:http` component (`crates/nimbus/tests/wasm-fixtures/noop`, built by
+    /// `scripts/bench-wasm.sh`) [wasm].
+    #[arg(
+        long,
+        default_value = "target/tmp/nimbus-wasm-fixtures/wasm32-wasip2/release/nimbus_wasm_noop.wasm"
+    )]
+    wasm_component: PathBuf,
+    /// wasmtime-cli 48 for the `wasmtime serve` baseline (skipped when not given) [wasm].
+    #[arg(long)]
+    wasmtime: Option<PathBuf>,
+    /// Seconds of each throughput run [wasm].
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Connections of each throughput run [wasm].
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
     /// Write the Markdown report to this file as well as stdout.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -70,6 +90,8 @@ enum Suite {
     Openfaas,
     /// MQTT feed → rule → action latency and throughput vs a bare subscriber (issue 5).
     Mqtt,
+    /// WebAssembly functions against hyper and `wasmtime serve` (issue 3).
+    Wasm,
 }
 
 const DEV_GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
@@ -85,6 +107,17 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 rates: a.mqtt_rate.clone(),
                 seconds: a.mqtt_seconds,
                 concurrency: a.mqtt_concurrency,
+            })
+            .await?
+        }
+        Suite::Wasm => {
+            wasm::run(&wasm::Opts {
+                component: a.wasm_component.clone(),
+                wasmtime: a.wasmtime.clone(),
+                warm: a.warm,
+                cold: a.cold,
+                seconds: a.seconds,
+                connections: a.connections,
             })
             .await?
         }
