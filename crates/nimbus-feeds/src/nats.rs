@@ -42,7 +42,7 @@ fn s(p: &Map<String, Value>, k: &str) -> FeedResult<Option<String>> {
 fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     let url = s(p, "url")?
         .ok_or_else(|| invalid("The NATS feed needs 'url', e.g. nats://127.0.0.1:4222."))?;
-    if !(url.starts_with("nats://") || !url.contains("://")) {
+    if !url.starts_with("nats://") && url.contains("://") {
         return Err(invalid(format!(
             "'url' must be nats://host[:port], not '{url}'."
         )));

@@ -2,26 +2,19 @@
 
 use nimbus_controller::Controller;
 use nimbus_feeds::{DeadLetterSink, Feeds};
-use nimbus_model::{
-    Activation, ActivationId, ActivationResponse, KeyValues, ResponseStatus, now_millis,
-};
-use nimbus_store::{SqliteStore, Store};
+use nimbus_store::SqliteStore;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// Dead letters of feed messages.
-///
-/// INTERIM (until the per-namespace dead-letter list of issue 5 §3 is merged from
-/// `wip/delivery`): each entry is stored as an activation record of the namespace named
-/// `dead-letter`, with status application error, the reason and the original message, and the
-/// annotation `deadLetter: true`. It is durable and listable (`nimbus activation list
-/// dead-letter`); the switch to the dead-letter store is this one function.
-struct ActivationDeadLetters {
-    store: Arc<dyn Store>,
+/// Feed messages that cannot become events (malformed payloads, and so on) go to the
+/// namespace's dead-letter list (`GET /namespaces/{ns}/deadletters`), with the trigger in
+/// `details` so a redrive fires it again with the original message.
+struct ControllerDeadLetters {
+    controller: Arc<Controller>,
 }
 
 #[async_trait::async_trait]
-impl DeadLetterSink for ActivationDeadLetters {
+impl DeadLetterSink for ControllerDeadLetters {
     async fn dead_letter(
         &self,
         namespace: &str,
@@ -29,40 +22,29 @@ impl DeadLetterSink for ActivationDeadLetters {
         reason: &str,
         event: Value,
     ) -> Result<(), String> {
-        let now = now_millis();
-        let mut annotations = KeyValues::new();
-        annotations.set("path", json!(format!("{namespace}/dead-letter")));
-        annotations.set("kind", json!("dead-letter"));
-        annotations.set("deadLetter", json!(true));
-        annotations.set("source", json!(source));
-        let mut response = ActivationResponse::error(ResponseStatus::ApplicationError, reason);
-        response.result = json!({"error": reason, "source": source, "event": event});
-        let record = Activation {
-            namespace: namespace.to_string(),
-            name: "dead-letter".into(),
-            subject: namespace.to_string(),
-            activation_id: ActivationId::generate(),
-            version: Default::default(),
-            publish: false,
-            start: now,
-            end: now,
-            duration: Some(0),
-            cause: None,
-            logs: vec![],
-            annotations,
-            response,
-        };
-        self.store
-            .put_activation(&record)
+        // The source label is `feed:<provider>:<ns>/<trigger>`.
+        let trigger = source.rsplit('/').next().unwrap_or_default().to_string();
+        self.controller
+            .record_dead_letter_with(
+                namespace,
+                nimbus_controller::NewDeadLetter {
+                    source: source.to_string(),
+                    reason: reason.to_string(),
+                    event,
+                    attempts: 0,
+                    details: json!({ "trigger": trigger }),
+                },
+            )
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 }
 
 /// Registers the built-in providers as native actions and resumes their stored registrations.
 pub async fn start(controller: &Arc<Controller>, store: SqliteStore) -> anyhow::Result<Feeds> {
-    let dead = Arc::new(ActivationDeadLetters {
-        store: controller.store().clone(),
+    let dead = Arc::new(ControllerDeadLetters {
+        controller: controller.clone(),
     });
     let feeds = Feeds::new(controller.clone(), Arc::new(store), dead);
     controller.set_native_actions(Arc::new(feeds.clone()));
