@@ -57,7 +57,7 @@ fi
 scripts/build-wasm-examples.sh
 
 log "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 log "node suites"
 bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"

@@ -317,13 +317,27 @@ async fn hello_server() -> (u16, Arc<AtomicUsize>) {
         while let Ok((mut conn, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
+                // Read the whole request head before answering, and drain what follows before
+                // closing: closing with unread input sends a reset, which the guest would see
+                // as "connection reset" instead of the response.
+                let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = conn
                     .write_all(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
                     )
                     .await;
+                let _ = conn.shutdown().await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
             });
         }
     });
