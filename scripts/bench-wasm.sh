@@ -2,7 +2,7 @@
 # `nimbus bench --suite wasm` (issue 3) with its baselines: builds the no-op wasi:http component
 # (crates/nimbus/tests/wasm-fixtures/noop) and a release nimbus, installs wasmtime-cli 48.0.8
 # (the wasmtime this build embeds) into a cache outside the repository when missing — that build
-# takes the better part of an hour on 2 cores — and runs the suite. Extra arguments go to
+# took 12 min on 2 cores with these trimmed features — and runs the suite. Extra arguments go to
 # `nimbus bench` (e.g. --output /tmp/wasm.md --seconds 10).
 #
 #   NIMBUS_BENCH_CACHE  where wasmtime-cli is installed (default ~/.cache/nimbus-bench)
@@ -16,10 +16,10 @@ version=48.0.8
 
 wasmtime="${WASMTIME:-$cache/wasmtime-$version/bin/wasmtime}"
 if [ ! -x "$wasmtime" ] || ! "$wasmtime" --version | grep -q "$version"; then
-  echo "== installing wasmtime-cli $version into $cache/wasmtime-$version (slow: about an hour on 2 cores)"
+  echo "== installing wasmtime-cli $version into $cache/wasmtime-$version (slow: about 12 min on 2 cores)"
   cargo install wasmtime-cli --version "$version" --locked --root "$cache/wasmtime-$version" \
     --no-default-features \
-    --features run,serve,cranelift,pooling-allocator,parallel-compilation,component-model,wat
+    --features run,serve,cranelift,pooling-allocator,parallel-compilation,component-model,component-model-async,wat
   wasmtime="$cache/wasmtime-$version/bin/wasmtime"
 fi
 

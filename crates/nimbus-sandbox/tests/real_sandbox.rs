@@ -246,30 +246,38 @@ fn spec(env: &Env, fx: &Fixture) -> SandboxSpec {
 fn run_probe(env: &Env, spec: &SandboxSpec, fx: &Fixture, args: Value) -> Value {
     let mut args = args;
     args["secret"] = fx.secret.to_string_lossy().into();
-    let w = env
-        .sb
-        .wrap(
-            spec,
-            &env.python,
-            &[fx.code.join("probe.py").into(), args.to_string().into()],
-            None,
-        )
-        .unwrap();
-    let network = w.network.is_some();
-    let mut w = w;
-    let pending = w.network.take();
-    let child = spawn(w);
-    let _net = if network {
+    // bubblewrap 0.8 sometimes fails to set up an outbound sandbox's loopback under parallel
+    // load (RTM_NEWADDR, see docs/sandbox.md); the runtime retries that start, and so does this.
+    let mut attempt = 0;
+    let (child, _net) = loop {
+        attempt += 1;
+        let mut w = env
+            .sb
+            .wrap(
+                spec,
+                &env.python,
+                &[fx.code.join("probe.py").into(), args.to_string().into()],
+                None,
+            )
+            .unwrap();
+        let pending = w.network.take();
+        let mut child = spawn(w);
+        let Some(pending) = pending else {
+            break (child, None);
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        Some(
-            rt.block_on(env.sb.attach_network(pending.unwrap()))
-                .unwrap(),
-        )
-    } else {
-        None
+        match rt.block_on(env.sb.attach_network(pending)) {
+            Ok(net) => break (child, Some(net)),
+            Err(e) if attempt < 3 => {
+                eprintln!("outbound sandbox start failed (attempt {attempt}), retrying: {e}");
+                let _ = child.0.kill();
+                let _ = child.0.wait();
+            }
+            Err(e) => panic!("outbound sandbox start failed {attempt} times: {e}"),
+        }
     };
     let ran = finish(child);
     assert!(
