@@ -344,6 +344,11 @@ async fn hello_server() -> (u16, Arc<AtomicUsize>) {
     (port, count)
 }
 
+// Run on its own by scripts/test.sh (`--ignored --exact`): inside the full run of this binary
+// the allowed fetch fails with "connection reset" every time, alone it passes (docs/wasm.md,
+// known issues). The server-level test `capabilities_are_granted_only_as_declared` covers the
+// same allowlist path and passes in the full run.
+#[ignore = "run alone by scripts/test.sh; fails inside the full run of this binary (docs/wasm.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_http_only_to_allowed_hosts() {
     let (port, connections) = hello_server().await;
@@ -379,27 +384,12 @@ async fn outbound_http_only_to_allowed_hosts() {
             .await
             .unwrap();
         let out = inst.run(req(json!({"fetch": url}))).await;
-        let RunResult::Ok(mut v) = out.result else {
+        let RunResult::Ok(v) = out.result else {
             panic!("{:?}", out.result)
         };
         if ok {
-            // Known issue (docs/wasm.md): while this test binary compiles the large Python/JS
-            // components in parallel, an allowed fetch sometimes fails with "connection reset"
-            // (seen in CI; not reproduced alone, cause not found). Retry twice, loudly, so the
-            // allowlist is still checked; the server-level test covers the same path.
-            for attempt in 1..=2 {
-                if v["fetchError"] != json!("connection reset") {
-                    break;
-                }
-                eprintln!("allowed fetch got a connection reset (attempt {attempt}); retrying");
-                let out = inst.run(req(json!({"fetch": url}))).await;
-                let RunResult::Ok(next) = out.result else {
-                    panic!("{:?}", out.result)
-                };
-                v = next;
-            }
             assert_eq!(v, json!({"status": 200, "body": "hello"}));
-            assert!(connections.load(Ordering::SeqCst) >= 1);
+            assert_eq!(connections.load(Ordering::SeqCst), 1);
         } else {
             assert!(v["fetchError"].is_string(), "{v}");
             assert_eq!(connections.load(Ordering::SeqCst), 0);

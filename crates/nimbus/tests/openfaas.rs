@@ -841,3 +841,75 @@ async fn queued_call_and_its_callback_survive_kill_9() {
     assert_eq!(h["x-function-status"], "200");
     drop(s2);
 }
+
+/// `nimbus up` installs a Python function's `requirements.txt` (pip) and a Node function's
+/// `package.json` dependencies (npm) into the bundle, and the functions import them at run time.
+/// Uses the real PyPI and npm registries (`six`, `is-number`).
+#[tokio::test(flavor = "multi_thread")]
+async fn nimbus_up_installs_pip_and_npm_dependencies_into_the_bundle() {
+    let s = Server::start(&["--dev"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, lang) in [("deps-py", "python3-http"), ("deps-node", "node20")] {
+        let out = nimbus()
+            .current_dir(tmp.path())
+            .args(["new", name, "--lang", lang])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(tmp.path().join("deps-py/requirements.txt"), "six==1.16.0\n").unwrap();
+    std::fs::write(
+        tmp.path().join("deps-py/handler.py"),
+        "import six\n\ndef handle(event, context):\n    return {\"statusCode\": 200, \"body\": {\"six\": six.__version__}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("deps-node/package.json"),
+        r#"{"name": "deps-node", "version": "1.0.0", "main": "handler.js", "dependencies": {"is-number": "7.0.0"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("deps-node/handler.js"),
+        "'use strict'\nconst isNumber = require('is-number')\nmodule.exports = async (event, context) => context.status(200).succeed({ isNumber: isNumber(event.query.n) })\n",
+    )
+    .unwrap();
+    let out = nimbus()
+        .current_dir(tmp.path())
+        .args([
+            "up",
+            "-f",
+            "stack.yml",
+            "--gateway",
+            &s.base,
+            "--password",
+            ADMIN.1,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = s
+        .client
+        .get(format!("{}/function/deps-py", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"six": "1.16.0"}));
+    let r = s
+        .client
+        .get(format!("{}/function/deps-node?n=42", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"isNumber": true}));
+}
