@@ -371,11 +371,18 @@
     }
     if (r.status >= 400) { showError(root, (r.data && r.data.error) || `HTTP ${r.status}`); return; }
     const list = Array.isArray(r.data) ? r.data : (r.data && (r.data.deadletters || r.data.items)) || [];
-    if (!list.length) { root.appendChild(h('p', { class: 'muted' }, 'No dead letters.')); return; }
-    const cols = Array.from(new Set(list.flatMap(x => Object.keys(x)))).slice(0, 8);
+    if (!list.length) { root.appendChild(h('p', { id: 'deadletters-empty', class: 'muted' }, 'No dead letters.')); return; }
+    const when = ms => ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '';
     root.appendChild(h('table', { id: 'deadletters' },
-      h('thead', {}, h('tr', {}, cols.map(c => h('th', {}, c)))),
-      h('tbody', {}, list.map(x => h('tr', {}, cols.map(c => h('td', {}, typeof x[c] === 'object' ? JSON.stringify(x[c]) : String(x[c] ?? ''))))))));
+      h('thead', {}, h('tr', {}, ['Created (UTC)', 'Id', 'Source', 'Reason', 'Attempts', 'Event'].map(c => h('th', {}, c)))),
+      h('tbody', {}, list.map(x => h('tr', { 'data-id': x.id },
+        h('td', {}, when(x.createdAt ?? x.created_at)),
+        h('td', {}, h('code', {}, String(x.id || ''))),
+        h('td', {}, String(x.source || '')),
+        h('td', {}, String(x.reason || '')),
+        h('td', {}, String(x.attempts ?? '')),
+        h('td', {}, h('code', {}, JSON.stringify(x.event ?? null).slice(0, 200))))))));
+    root.appendChild(h('p', { class: 'muted' }, 'Redrive or purge with the CLI: nimbus deadletter redrive ID, nimbus deadletter purge --all.'));
   }
 
   async function usagePage(root, params) {
