@@ -424,20 +424,7 @@ async fn async_call_posts_the_result_to_the_callback_url() {
     assert_eq!(st, 202, "{text}");
 
     // A real HTTP server receives the callback.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(axum::http::HeaderMap, String)>(4);
-    let app = axum::Router::new().route(
-        "/cb",
-        axum::routing::post(move |h: axum::http::HeaderMap, body: String| {
-            let tx = tx.clone();
-            async move {
-                tx.send((h, body)).await.unwrap();
-                "ok"
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (port, mut rx) = callback_server().await;
 
     let r = s
         .client
@@ -805,20 +792,7 @@ async fn queued_call_and_its_callback_survive_kill_9() {
     )
     .await;
     assert_eq!(st, 202, "{text}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(axum::http::HeaderMap, String)>(4);
-    let app = axum::Router::new().route(
-        "/cb",
-        axum::routing::post(move |h: axum::http::HeaderMap, body: String| {
-            let tx = tx.clone();
-            async move {
-                tx.send((h, body)).await.unwrap();
-                "ok"
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (port, mut rx) = callback_server().await;
     let r = s
         .client
         .post(format!("{}/async-function/slow", s.base))
@@ -912,4 +886,27 @@ async fn nimbus_up_installs_pip_and_npm_dependencies_into_the_bundle() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"isNumber": true}));
+}
+
+/// A real HTTP server on loopback receiving async-call callbacks at `/cb`: its port and the
+/// received (headers, body) pairs.
+async fn callback_server() -> (
+    u16,
+    tokio::sync::mpsc::Receiver<(axum::http::HeaderMap, String)>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::channel::<(axum::http::HeaderMap, String)>(4);
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move |h: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                tx.send((h, body)).await.unwrap();
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, rx)
 }
