@@ -1,19 +1,26 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! # Connections
-//! * One **writer** connection behind a `std::sync::Mutex`. SQLite admits a single writer at a
-//!   time anyway; serialising writers in-process is fair and cheap, whereas several writer
-//!   connections would contend on the file lock through `busy_timeout` sleeps.
+//! * One **writer** connection, owned by a dedicated writer thread. SQLite admits a single
+//!   writer at a time anyway; serialising writers in-process is fair and cheap, whereas several
+//!   writer connections would contend on the file lock through `busy_timeout` sleeps.
+//! * **Group commit.** Writes are jobs sent to that thread. It takes every job waiting (up to
+//!   [`MAX_BATCH`]) and runs them in one transaction, each job inside its own savepoint, so a
+//!   failing job is rolled back alone; then one `COMMIT`, so one fsync, for the whole batch. A
+//!   job's caller is answered only after that commit. While one fsync runs, the next batch
+//!   gathers, so the rate of durable writes is no longer capped at one per fsync.
 //! * A few (`READERS`) **reader** connections, each behind its own mutex and opened with
 //!   `query_only`. WAL lets them read a committed snapshot while the writer writes. A reader is
 //!   chosen round-robin, preferring one that is free.
 //!
-//! Every SQLite call runs inside `tokio::task::spawn_blocking`, never on the async executor.
+//! Reads run inside `tokio::task::spawn_blocking`, writes on the writer thread: never on the
+//! async executor.
 //! [`SqliteStore::open`] itself is synchronous (it is called once at start-up).
 //!
 //! # Durability
 //! `synchronous` is a per-connection setting and SQLite refuses to change it inside a
-//! transaction, so the writer sets it right before each write, outside any transaction:
+//! transaction, so the writer sets it right before each batch, outside any transaction, to the
+//! strongest level a job of the batch asks for:
 //! * `FULL` for entity, auth and all queue writes (and migrations): in WAL mode the WAL is
 //!   fsynced at every commit, so an acknowledged write survives power loss (the API answers
 //!   202 only after `enqueue` returns).
@@ -25,8 +32,9 @@
 //! The level is set explicitly on *every* write (the pragma does no I/O) rather than restored
 //! afterwards, so a failed or panicking write can never leave a durable write at `NORMAL`.
 //!
-//! Each write is one statement or one transaction (`BEGIN IMMEDIATE`), so an error such as
-//! `SQLITE_FULL` rolls it back completely and is returned as [`StoreError::Backend`].
+//! Each write is one savepoint inside the batch's transaction (`BEGIN IMMEDIATE`), so an error
+//! such as `SQLITE_FULL` rolls it back completely and is returned as [`StoreError::Backend`]; a
+//! failed `COMMIT` fails every job of the batch, and nothing of it is written.
 //!
 //! # Schema
 //! Migrations live in `src/migrations/NNNN_*.sql`, are applied in order and recorded in
@@ -41,9 +49,10 @@ use nimbus_model::{Activation, ActivationId, EntityKind};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 
 /// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
@@ -57,6 +66,9 @@ const MIGRATIONS: &[&str] = &[
 /// Number of reader connections.
 const READERS: usize = 3;
 
+/// Most write jobs committed together in one transaction.
+const MAX_BATCH: usize = 256;
+
 /// How long a connection waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -68,7 +80,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    /// Jobs for the writer thread; it stops when this sender is dropped.
+    writer: mpsc::Sender<Job>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -82,12 +95,12 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// The `synchronous` level a write runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Durability {
-    /// fsync at each commit: survives power loss.
-    Full,
     /// fsync at checkpoints only: survives a process crash.
     Normal,
+    /// fsync at each commit: survives power loss.
+    Full,
 }
 
 impl Durability {
@@ -214,6 +227,8 @@ impl SqliteStore {
             })?;
         }
         let mut writer = open_connection(path)?;
+        // The writer thread's statements (BEGIN, SAVEPOINT, COMMIT) are cached as well.
+        writer.set_prepared_statement_cache_capacity(64);
         let mode: String = writer
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(db_err("enable WAL"))?;
@@ -235,10 +250,15 @@ impl SqliteStore {
                 .map_err(db_err("open reader"))?;
             readers.push(Mutex::new(r));
         }
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("nimbus-sqlite-writer".into())
+            .spawn(move || writer_thread(writer, queue))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                writer: Mutex::new(writer),
+                writer: jobs,
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
@@ -250,22 +270,62 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `f` on the writer connection, in a blocking thread, with `synchronous` set to `durability`.
+    /// Runs `f` on the writer thread, inside the next batch's transaction (in its own savepoint),
+    /// and returns its result once that batch is committed with `synchronous` at least
+    /// `durability`.
     async fn write<T, F>(&self, op: &'static str, durability: Durability, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        blocking(op, move || {
-            // A panic inside `f` unwinds through the transaction guard, which rolls back: the
-            // connection stays usable, so a poisoned lock is simply taken over.
-            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            conn.pragma_update(None, "synchronous", durability.pragma_value())
-                .map_err(db_err(op))?;
-            f(&mut conn)
-        })
-        .await
+        self.submit(op, durability, false, f).await
+    }
+
+    async fn submit<T, F>(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        raw: bool,
+        f: F,
+    ) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let run: RunJob = Box::new(move |conn: Option<&mut Connection>| {
+            // A panic inside `f` must not take the writer thread down: it fails this job only
+            // (its savepoint is rolled back like any failed job's). `None`: the batch broke
+            // before this job could run.
+            let result = conn.map(|conn| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
+                    Err(StoreError::Backend(format!("{op} failed: it panicked")))
+                })
+            });
+            let ok = matches!(result, Some(Ok(_)));
+            let deliver: Deliver = Box::new(move |commit: Option<&str>| {
+                let out = match (result, commit) {
+                    (Some(Err(e)), _) => Err(e),
+                    (Some(Ok(v)), None) => Ok(v),
+                    (_, e) => Err(StoreError::Backend(format!(
+                        "{op} failed: {}",
+                        e.unwrap_or("the write was not run")
+                    ))),
+                };
+                let _ = tx.send(out);
+            });
+            (ok, deliver)
+        });
+        self.inner
+            .writer
+            .send(Job {
+                durability,
+                raw,
+                run,
+            })
+            .map_err(|_| StoreError::Backend(format!("{op} failed: the writer thread stopped")))?;
+        rx.await
+            .map_err(|_| StoreError::Backend(format!("{op} failed: the writer thread stopped")))?
     }
 
     /// Runs `f` on a reader connection, in a blocking thread.
@@ -302,21 +362,135 @@ impl SqliteStore {
         .await
     }
 
-    /// Test hook: runs `f` on the writer connection as is (`synchronous` left untouched), e.g. to
-    /// inspect pragmas, corrupt a row or cap the file size.
+    /// Test hook: runs `f` on the writer connection as is (outside any transaction,
+    /// `synchronous` left untouched), e.g. to inspect pragmas, corrupt a row or cap the file size.
     #[cfg(test)]
     async fn with_writer<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        blocking("test hook", move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
-        })
-        .await
+        self.submit("test hook", Durability::Normal, true, f).await
     }
+}
+
+/// Delivers a job's result once its batch's fate is known (`Some(error)`: the commit failed).
+type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Runs a job on the writer connection (`None`: skips it); returns whether it succeeded, and
+/// its delivery.
+type RunJob = Box<dyn FnOnce(Option<&mut Connection>) -> (bool, Deliver) + Send>;
+
+/// One write for the writer thread.
+struct Job {
+    durability: Durability,
+    /// Run alone, outside any transaction (the test hook).
+    raw: bool,
+    run: RunJob,
+}
+
+/// The writer thread: takes the jobs waiting, commits them as one batch, answers them; stops
+/// when every sender is gone.
+fn writer_thread(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        if first.raw {
+            let (_, deliver) = (first.run)(Some(&mut conn));
+            deliver(None);
+            continue;
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) if job.raw => {
+                    next = Some(job);
+                    break;
+                }
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch);
+    }
+}
+
+/// Runs `batch` in one transaction, each job in a savepoint, and answers every job after the
+/// commit (or with the error that stopped the batch).
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let durability = batch
+        .iter()
+        .map(|j| j.durability)
+        .max()
+        .unwrap_or(Durability::Full);
+    if let Err(e) = conn
+        .pragma_update(None, "synchronous", durability.pragma_value())
+        .map_err(|e| e.to_string())
+        .and_then(|_| savepoint(conn, "BEGIN IMMEDIATE"))
+    {
+        for job in batch {
+            reject(job, &e);
+        }
+        return;
+    }
+    let mut done: Vec<Deliver> = Vec::with_capacity(batch.len());
+    let mut broken: Option<String> = None;
+    for job in batch {
+        if let Some(e) = &broken {
+            reject(job, e);
+            continue;
+        }
+        if let Err(e) = savepoint(conn, "SAVEPOINT nimbus_job") {
+            reject(job, &e);
+            broken = Some(e);
+            continue;
+        }
+        let (ok, deliver) = (job.run)(Some(conn));
+        let end = if ok {
+            savepoint(conn, "RELEASE nimbus_job")
+        } else {
+            savepoint(conn, "ROLLBACK TO nimbus_job")
+                .and_then(|_| savepoint(conn, "RELEASE nimbus_job"))
+        };
+        if let Err(e) = end {
+            broken = Some(e);
+        }
+        done.push(deliver);
+    }
+    let outcome = match broken {
+        Some(e) => Err(e),
+        None => savepoint(conn, "COMMIT"),
+    };
+    let err: Option<String> = outcome.err();
+    if err.is_some() && !conn.is_autocommit() {
+        // Nothing of a batch that cannot commit is written.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for deliver in done {
+        deliver(err.as_deref());
+    }
+}
+
+/// One transaction-control statement (cached: they run for every job).
+fn savepoint(conn: &Connection, sql: &str) -> Result<(), String> {
+    conn.prepare_cached(sql)
+        .and_then(|mut st| st.execute([]))
+        .map(|_| ())
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => format!("disk full (nothing was written): {e}"),
+            _ => e.to_string(),
+        })
+}
+
+/// Answers a job that never ran with the error that stopped its batch.
+fn reject(job: Job, error: &str) {
+    let (_, deliver) = (job.run)(None);
+    deliver(Some(error));
 }
 
 impl Inner {
@@ -798,7 +972,7 @@ impl InvocationQueue for SqliteStore {
         }
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         self.write(op, Durability::Full, move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err(op))?;
+            let tx = c.savepoint().map_err(db_err(op))?;
             let rows: Vec<(String, String, String, i64, i64)> = tx
                 .prepare_cached(
                     "SELECT activation_id, namespace, payload, enqueued_at, attempts
@@ -849,9 +1023,7 @@ impl InvocationQueue for SqliteStore {
         let json = encode(op, record)?;
         let (id, record) = (id.clone(), record.clone());
         self.write(op, Durability::Full, move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err(op))?;
+            let tx = c.savepoint().map_err(db_err(op))?;
             upsert_activation(&tx, op, &record, &json)?;
             tx.execute(
                 "DELETE FROM invocation_queue WHERE activation_id = ?1",

@@ -8,7 +8,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use nimbus_model::{Activation, ActivationId};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 fn insert_dead_letter(
     conn: &Connection,
@@ -129,9 +129,7 @@ impl DeliveryQueue for SqliteStore {
         let payload = encode(op, &next.payload)?;
         let (id, record, next) = (id.clone(), record.clone(), next.clone());
         self.write(op, Durability::Full, move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err(op))?;
+            let tx = c.savepoint().map_err(db_err(op))?;
             upsert_activation(&tx, op, &record, &json)?;
             let n = tx
                 .execute(
@@ -183,9 +181,7 @@ impl DeliveryQueue for SqliteStore {
         let details = encode(op, &dl.details)?;
         let (id, record, dl) = (id.clone(), record.clone(), dl.clone());
         self.write(op, Durability::Full, move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err(op))?;
+            let tx = c.savepoint().map_err(db_err(op))?;
             upsert_activation(&tx, op, &record, &json)?;
             tx.execute(
                 "DELETE FROM invocation_queue WHERE activation_id = ?1",

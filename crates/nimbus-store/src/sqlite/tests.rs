@@ -732,6 +732,86 @@ async fn corrupt_documents_are_reported() {
     ));
 }
 
+/// Group commit: many concurrent writers share batches; a job that fails (a conflict, a disk
+/// full, a panic) is rolled back alone and answered with its own error, the others commit.
+#[tokio::test]
+async fn concurrent_writes_commit_together_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for n in 0..50 {
+        s.put_entity(
+            "guest",
+            EntityKind::Action,
+            &format!("a{n}"),
+            &json!({ "n": n }),
+            1,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // 400 writers at once: even ones create new entities, odd ones re-create existing ones
+    // (conflicts), every tenth one panics inside its write.
+    let tasks: Vec<_> = (0..400u32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                if i % 10 == 5 {
+                    let r: StoreResult<()> = s
+                        .write("test panic", Durability::Full, move |c| {
+                            c.execute(
+                                "INSERT INTO entities (namespace, collection, key, doc, updated, rev)
+                                 VALUES ('guest', 'actions', ?1, '{}', 1, 1)",
+                                params![format!("panicked{i}")],
+                            )
+                            .unwrap();
+                            panic!("a bug inside a write");
+                        })
+                        .await;
+                    return (i, r.map(|_| 0));
+                }
+                let key = if i % 2 == 0 { format!("new{i}") } else { format!("a{}", i % 50) };
+                let r = s
+                    .put_entity("guest", EntityKind::Action, &key, &json!({ "i": i }), 2, None)
+                    .await;
+                (i, r)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        match (i % 10 == 5, i % 2 == 0) {
+            (true, _) => assert!(
+                matches!(&r, Err(StoreError::Backend(m)) if m.contains("panicked")),
+                "{i}: {r:?}"
+            ),
+            (false, true) => assert_eq!(r.unwrap(), 1, "{i}"),
+            (false, false) => assert!(matches!(r, Err(StoreError::Conflict(_))), "{i}: {r:?}"),
+        }
+    }
+    let q = EntityQuery {
+        limit: None,
+        ..Default::default()
+    };
+    let all = s
+        .list_entities("guest", EntityKind::Action, &q)
+        .await
+        .unwrap();
+    // 50 originals + the even writers that did not panic (i % 10 == 5 is always odd).
+    assert_eq!(all.len(), 50 + 200, "{:?}", keys(&all));
+    assert!(all.iter().all(|d| !d.key.starts_with("panicked")));
+    // Originals untouched by the conflicting writers.
+    let a7 = s
+        .get_entity("guest", EntityKind::Action, "a7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a7.doc, json!({ "n": 7 }));
+    // The writer thread is still healthy.
+    s.enqueue(&queued(1, 1)).await.unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn full_disk_is_an_error_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
