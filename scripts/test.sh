@@ -16,6 +16,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # The function sandbox: bubblewrap (namespaces, binds, seccomp) and slirp4netns (outbound network).
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v slirp4netns >/dev/null 2>&1 || need_apt+=(slirp4netns)
+# The IoT example's end-to-end test publishes with mosquitto_pub and checks tables with psql.
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -59,7 +62,8 @@ scripts/build-wasm-examples.sh
 log "cargo test"
 cargo test --workspace --locked --no-fail-fast
 # Run alone: fails inside the full run of its test binary (docs/wasm.md, known issues).
-cargo test --locked -p nimbus-wasm --test examples -- --ignored --exact outbound_http_only_to_allowed_hosts
+# `--workspace` keeps the feature set of the full run, so nothing is rebuilt.
+cargo test --workspace --locked --test examples -- --ignored --exact outbound_http_only_to_allowed_hosts
 
 log "node suites"
 bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"

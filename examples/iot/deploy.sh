@@ -17,7 +17,8 @@ psql "$PG" -q -v ON_ERROR_STOP=1 -v schema="$SCHEMA" -f schema.sql
 # The functions share the database settings through their package.
 $NIMBUS package update iot -p pg "$PG" -p schema "$SCHEMA"
 $NIMBUS action update iot/normalize actions/normalize.js --kind nodejs:20
-$NIMBUS action update iot/store actions/store.py --kind python:3.11
+# store fires the `stored` trigger through the API, so it needs its caller's key (__OW_API_KEY).
+$NIMBUS action update iot/store actions/store.py --kind python:3.11 -a provide-api-key true
 $NIMBUS action update iot/stats actions/stats.py --kind python:3.11
 $NIMBUS action update iot/alert actions/alert.py --kind python:3.11
 # ingest -> transform/drop -> store, as one sequence.

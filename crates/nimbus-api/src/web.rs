@@ -211,7 +211,7 @@ async fn handle(
     };
     let outcome = s
         .controller
-        .invoke(&target.owner, req)
+        .invoke_web(target, req)
         .await
         .map_err(|e| ApiError::from_controller(e, tid))?;
     let a = match outcome {

@@ -121,6 +121,8 @@ pub struct WebTarget {
     pub owner: Identity,
     pub action: FullyQualifiedName,
     pub annotations: KeyValues,
+    /// The action as resolved for this request, so invoking it does not look it up again.
+    pub(crate) resolved: ResolvedAction,
 }
 
 impl Controller {
@@ -132,14 +134,7 @@ impl Controller {
         package: Option<&str>,
         name: &str,
     ) -> Result<WebTarget> {
-        let Some(cred) = self.store.credentials_of(ns).await?.into_iter().next() else {
-            return Err(ControllerError::not_found());
-        };
-        let owner = Identity {
-            namespace: cred.namespace,
-            uuid: cred.uuid,
-            key: cred.key,
-        };
+        let owner = self.namespace_owner(ns).await?;
         let path = nimbus_model::EntityPath::new(package.map(str::to_string), name);
         nimbus_model::names::validate_name(name)?;
         let fqn = FullyQualifiedName::new(ns, path);
@@ -155,6 +150,34 @@ impl Controller {
             owner,
             action: fqn,
             annotations: r.action.annotations.clone(),
+            resolved: r,
         })
+    }
+
+    /// The identity web actions of `ns` run as (its first credential). Cached like
+    /// [`Controller::authenticate`]'s lookups: credentials are created, never rotated, while
+    /// the server runs; an unknown namespace is not cached.
+    async fn namespace_owner(&self, ns: &str) -> Result<Identity> {
+        if let Some(id) = self
+            .owner_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ns)
+        {
+            return Ok(id.clone());
+        }
+        let Some(cred) = self.store.credentials_of(ns).await?.into_iter().next() else {
+            return Err(ControllerError::not_found());
+        };
+        let owner = Identity {
+            namespace: cred.namespace,
+            uuid: cred.uuid,
+            key: cred.key,
+        };
+        self.owner_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ns.to_string(), owner.clone());
+        Ok(owner)
     }
 }

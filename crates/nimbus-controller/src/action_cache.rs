@@ -42,7 +42,7 @@ impl ActionCache {
             .map(|(_, a)| a.clone())
     }
 
-    fn put(&self, ns: &str, key: &str, rev: i64, a: Arc<Action>) {
+    pub(crate) fn put(&self, ns: &str, key: &str, rev: i64, a: Arc<Action>) {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let len = code_len(&a);
         if e.code_bytes + len > MAX_CACHED_CODE_BYTES {

@@ -75,12 +75,12 @@ impl Controller {
         v: &T,
         updated: i64,
         expected_rev: Option<i64>,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let doc = serde_json::to_value(v).map_err(|e| ControllerError::Internal(e.to_string()))?;
-        self.store
+        Ok(self
+            .store
             .put_entity(ns, kind, key, &doc, updated, expected_rev)
-            .await?;
-        Ok(())
+            .await?)
     }
 
     fn check_params_size(&self, p: &Option<KeyValues>) -> Result<()> {
@@ -374,10 +374,16 @@ impl Controller {
         if nimbus_model::wasm::is_wasm_kind(action.exec.kind()) {
             self.check_wasm(&mut action).await?;
         }
-        self.save(&ns, EntityKind::Action, &key, &action, now, rev)
+        let rev = self
+            .save(&ns, EntityKind::Action, &key, &action, now, rev)
             .await?;
         self.apply_min_instances(&action);
-        Ok(action.api_json(true))
+        let json = action.api_json(true);
+        // The first invocation finds the action parsed, and a wasm action's compiled code
+        // (remembered by its code string during the check above) ready: no cold lookup.
+        self.action_cache
+            .put(&ns, &key, rev, std::sync::Arc::new(action));
+        Ok(json)
     }
 
     async fn validate_sequence(
@@ -912,5 +918,6 @@ impl Controller {
             Some(rev),
         )
         .await
+        .map(|_| ())
     }
 }

@@ -117,6 +117,32 @@ impl Controller {
         }
         self.check_payload(&req.params)?;
         let resolved = self.resolve_action(who, &req.action).await?;
+        self.invoke_resolved(who, req, resolved).await
+    }
+
+    /// Invokes a web action found by [`Controller::resolve_web_action`], as its owner, without
+    /// looking it up again.
+    pub async fn invoke_web(
+        self: &Arc<Self>,
+        target: crate::WebTarget,
+        req: InvokeRequest,
+    ) -> Result<InvokeResponse> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ControllerError::Unavailable(
+                "The server is shutting down; retry shortly.".into(),
+            ));
+        }
+        self.check_payload(&req.params)?;
+        self.invoke_resolved(&target.owner, req, target.resolved)
+            .await
+    }
+
+    async fn invoke_resolved(
+        self: &Arc<Self>,
+        who: &Identity,
+        req: InvokeRequest,
+        resolved: ResolvedAction,
+    ) -> Result<InvokeResponse> {
         // Check `final` before accepting anything.
         self.merge_params(&resolved, &req.params)?;
         let slot = self

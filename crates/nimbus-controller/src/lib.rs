@@ -87,6 +87,8 @@ pub struct Controller {
     invoker: Arc<Invoker>,
     cfg: ControllerConfig,
     auth_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
+    /// Namespace → the identity its web actions run as.
+    owner_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
     action_cache: action_cache::ActionCache,
     throttles: throttle::Throttles,
     inflight: inflight::Inflight,
@@ -110,6 +112,7 @@ impl Controller {
             throttles: throttle::Throttles::new(cfg.limits.clone()),
             cfg,
             auth_cache: Default::default(),
+            owner_cache: Default::default(),
             action_cache: Default::default(),
             inflight: Default::default(),
             queue_wakeup: Notify::new(),

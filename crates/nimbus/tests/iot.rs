@@ -69,7 +69,6 @@ fn mosquitto_pub(topic: &str, msg: &str) {
 }
 
 #[tokio::test]
-#[ignore = "needs the /whisk.system/mqtt/subscribe feed of wip/events: run with --ignored once merged"]
 async fn iot_pipeline_end_to_end() {
     assert!(
         std::net::TcpStream::connect("127.0.0.1:1883").is_ok(),
