@@ -1,7 +1,8 @@
 //! SQLite implementation of [`DeliveryQueue`] and [`DeadLetterStore`].
 
 use super::{
-    Durability, SqliteStore, db_err, decode, encode, now_millis, paging, to_u64, upsert_activation,
+    Durability, SqliteStore, db_err, decode, encode, exec_cached, now_millis, paging, to_u64,
+    upsert_activation,
 };
 use crate::{
     DeadLetter, DeadLetterStore, DeliveryQueue, QueuedInvocation, Schedule, StoreError, StoreResult,
@@ -87,25 +88,25 @@ impl DeliveryQueue for SqliteStore {
         self.write(op, Durability::Full, move |c| {
             // `seq` only matters among rows of one key; one past the largest is enough since
             // there is a single writer.
-            let n = c
-                .execute(
-                    "INSERT INTO invocation_queue
+            let n = exec_cached(
+                c,
+                "INSERT INTO invocation_queue
                          (activation_id, namespace, payload, enqueued_at, attempts, state,
                           claimed_at, not_before, order_key, seq)
                      VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6, ?7,
                              (SELECT COALESCE(MAX(seq), 0) + 1 FROM invocation_queue))
                      ON CONFLICT (activation_id) DO NOTHING",
-                    params![
-                        item.activation_id.as_str(),
-                        item.namespace,
-                        payload,
-                        item.enqueued_at,
-                        i64::from(item.attempts),
-                        s.not_before,
-                        s.order_key
-                    ],
-                )
-                .map_err(db_err(op))?;
+                params![
+                    item.activation_id.as_str(),
+                    item.namespace,
+                    payload,
+                    item.enqueued_at,
+                    i64::from(item.attempts),
+                    s.not_before,
+                    s.order_key
+                ],
+            )
+            .map_err(db_err(op))?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!(
                     "activation {} is already queued",
@@ -183,7 +184,8 @@ impl DeliveryQueue for SqliteStore {
         self.write(op, Durability::Full, move |c| {
             let tx = c.savepoint().map_err(db_err(op))?;
             upsert_activation(&tx, op, &record, &json)?;
-            tx.execute(
+            exec_cached(
+                &tx,
                 "DELETE FROM invocation_queue WHERE activation_id = ?1",
                 params![id.as_str()],
             )

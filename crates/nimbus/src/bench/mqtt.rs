@@ -219,6 +219,7 @@ async fn one_rate(client: &reqwest::Client, api: &str, o: &Opts, rate: u64) -> a
     let base_count = count(client, api, &action).await?;
 
     let n = (rate * o.seconds) as usize;
+    eprintln!("[mqtt] {rate} msg/s: warm; publishing {n} messages");
     let sends = Arc::new(Mutex::new(HashMap::with_capacity(n)));
     let start = Instant::now();
     let first_send = now_ms();
@@ -244,12 +245,21 @@ async fn one_rate(client: &reqwest::Client, api: &str, o: &Opts, rate: u64) -> a
     let send_secs = start.elapsed().as_secs_f64();
     // Wait for every activation (or give up after a generous drain time).
     let drain = Instant::now();
+    let mut shown = Instant::now();
     loop {
         let c = count(client, api, &action)
             .await?
             .saturating_sub(base_count);
         if c >= n || drain.elapsed() > Duration::from_secs(120 + o.seconds * 2) {
+            eprintln!(
+                "[mqtt] {rate} msg/s: {c} of {n} activations after {:.1} s of draining",
+                drain.elapsed().as_secs_f64()
+            );
             break;
+        }
+        if shown.elapsed() > Duration::from_secs(5) {
+            eprintln!("[mqtt] {rate} msg/s: {c} of {n} activations so far");
+            shown = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
