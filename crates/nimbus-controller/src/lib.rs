@@ -89,6 +89,8 @@ pub struct Controller {
     auth_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
     /// Namespace → the identity its web actions run as.
     owner_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
+    /// Triggers with their active rules, for fires (see `triggers.rs`).
+    fire_cache: triggers::FireCache,
     action_cache: action_cache::ActionCache,
     throttles: throttle::Throttles,
     inflight: inflight::Inflight,
@@ -113,6 +115,7 @@ impl Controller {
             cfg,
             auth_cache: Default::default(),
             owner_cache: Default::default(),
+            fire_cache: Default::default(),
             action_cache: Default::default(),
             inflight: Default::default(),
             queue_wakeup: Notify::new(),

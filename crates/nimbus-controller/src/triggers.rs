@@ -3,13 +3,70 @@
 
 use crate::delivery::FilterOutcome;
 use crate::{Controller, ControllerError, Identity, Result};
-use nimbus_model::entity::{RuleStatus, Trigger};
+use nimbus_model::entity::{Rule, RuleStatus, Trigger};
 use nimbus_model::{
     Activation, ActivationId, ActivationResponse, EntityKind, KeyValues, now_millis,
 };
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Most (namespace, trigger) entries kept by the fire cache before it starts over.
+const FIRE_CACHE_CAPACITY: usize = 10_000;
+
+/// A trigger with its active rules, as of one entity generation of the store.
+pub(crate) type TriggerRules = Arc<(Trigger, Vec<Rule>)>;
+
+#[derive(Default)]
+pub(crate) struct FireCache {
+    entries: Mutex<HashMap<(String, String), (u64, TriggerRules)>>,
+}
 
 impl Controller {
+    /// The trigger `ns/name` and its active rules. A message feed fires the same trigger
+    /// thousands of times a second: while the store reports no entity change since they were
+    /// read (its entity generation), they come from memory instead of a trigger read and a
+    /// parse of every rule of the namespace.
+    async fn trigger_and_rules(&self, ns: &str, name: &str) -> Result<Option<TriggerRules>> {
+        let generation = self.store.entity_generation();
+        let key = (ns.to_string(), name.to_string());
+        if let Some(g) = generation
+            && let Some((at, found)) = self
+                .fire_cache
+                .entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+            && *at == g
+        {
+            return Ok(Some(found.clone()));
+        }
+        let Some((trigger, _)) = self.load::<Trigger>(ns, EntityKind::Trigger, name).await? else {
+            return Ok(None);
+        };
+        let rules: Vec<Rule> = self
+            .rules_of_trigger(&trigger)
+            .await?
+            .into_iter()
+            .filter(|r| r.status == RuleStatus::Active)
+            .collect();
+        let found = Arc::new((trigger, rules));
+        if let Some(g) = generation {
+            let mut entries = self
+                .fire_cache
+                .entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if entries.len() >= FIRE_CACHE_CAPACITY {
+                entries.clear();
+            }
+            // Read at generation `g` or later: if anything changed meanwhile, the generation
+            // moved on and the entry is simply never used.
+            entries.insert(key, (g, found.clone()));
+        }
+        Ok(Some(found))
+    }
+
     /// Fires `ns/name`. `None` means no active rule matched (204): nothing is recorded.
     pub async fn fire_trigger(
         &self,
@@ -26,18 +83,10 @@ impl Controller {
                 self.cfg.max_payload_bytes
             )));
         }
-        let Some((trigger, _)) = self
-            .load::<Trigger>(&who.namespace, EntityKind::Trigger, name)
-            .await?
-        else {
+        let Some(found) = self.trigger_and_rules(&who.namespace, name).await? else {
             return Err(ControllerError::not_found());
         };
-        let rules: Vec<_> = self
-            .rules_of_trigger(&trigger)
-            .await?
-            .into_iter()
-            .filter(|r| r.status == RuleStatus::Active)
-            .collect();
+        let (trigger, rules) = (&found.0, &found.1);
         if rules.is_empty() {
             return Ok(None);
         }
@@ -51,7 +100,7 @@ impl Controller {
         let trigger_id = ActivationId::generate();
         let start = now_millis();
         let mut logs = Vec::new();
-        for rule in &rules {
+        for rule in rules.iter() {
             let rule_name = format!("{}/{}", rule.namespace, rule.name);
             let entry = match rule.action_fqn() {
                 Ok(action) => {

@@ -131,6 +131,13 @@ pub trait EntityStore: Send + Sync {
     ) -> StoreResult<Vec<StoredDoc>>;
     async fn count_entities(&self, ns: &str, kind: EntityKind, q: &EntityQuery)
     -> StoreResult<u64>;
+    /// A number that changes after every entity write or delete, when the backend can tell
+    /// (the embedded store, the only writer of its file, can); `None` otherwise. Lets callers
+    /// keep documents derived from several entities (a trigger and its rules) without a
+    /// read per use.
+    fn entity_generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[async_trait]

@@ -3,7 +3,7 @@
 -- * `enqueue_scheduled` numbers a keyed row with MAX(seq) + 1: without an index on `seq` that
 --   scanned every queued row on every enqueue.
 CREATE INDEX invocation_queue_by_seq ON invocation_queue (seq);
--- * `next_due`, the earliest scheduled retry, asked whenever the dispatcher finds nothing due.
-CREATE INDEX invocation_queue_by_due ON invocation_queue (state, not_before);
+-- (No index on (state, not_before) for `next_due`: without statistics SQLite then chose it for
+-- `claim` too, and sorted the whole backlog on every claim.)
 -- * Activation lists and counts by name (`activations?name=`, the console, the CLI).
 CREATE INDEX activations_by_name ON activations (namespace, name, start_ms DESC);
