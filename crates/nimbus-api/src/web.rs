@@ -135,7 +135,7 @@ async fn handle(
         .resolve_web_action(ns, wp.package.as_deref(), &wp.action)
         .await
         .map_err(|e| ApiError::from_controller(e, tid))?;
-    let ann = &target.annotations;
+    let ann = target.annotations();
     // A wasm:http component gets the request as it came and answers it itself (OPTIONS too).
     let wasm_http = ann.get("exec").and_then(Value::as_str) == Some("wasm:http");
     let custom_options = ann.is_truthy("web-custom-options") || wasm_http;

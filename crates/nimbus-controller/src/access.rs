@@ -120,9 +120,15 @@ pub struct WebTarget {
     /// The namespace owner's identity: web actions run as their owner.
     pub owner: Identity,
     pub action: FullyQualifiedName,
-    pub annotations: KeyValues,
     /// The action as resolved for this request, so invoking it does not look it up again.
     pub(crate) resolved: ResolvedAction,
+}
+
+impl WebTarget {
+    /// The web action's annotations (`web-export`, `raw-http`, `require-whisk-auth`, …).
+    pub fn annotations(&self) -> &KeyValues {
+        &self.resolved.action.annotations
+    }
 }
 
 impl Controller {
@@ -149,7 +155,6 @@ impl Controller {
         Ok(WebTarget {
             owner,
             action: fqn,
-            annotations: r.action.annotations.clone(),
             resolved: r,
         })
     }
@@ -169,11 +174,7 @@ impl Controller {
         let Some(cred) = self.store.credentials_of(ns).await?.into_iter().next() else {
             return Err(ControllerError::not_found());
         };
-        let owner = Identity {
-            namespace: cred.namespace,
-            uuid: cred.uuid,
-            key: cred.key,
-        };
+        let owner = Identity::from(cred);
         self.owner_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())

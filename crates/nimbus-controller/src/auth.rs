@@ -13,6 +13,17 @@ pub struct Identity {
     pub key: String,
 }
 
+/// A stored credential is the identity it authenticates.
+impl From<nimbus_store::NamespaceAuth> for Identity {
+    fn from(c: nimbus_store::NamespaceAuth) -> Self {
+        Identity {
+            namespace: c.namespace,
+            uuid: c.uuid,
+            key: c.key,
+        }
+    }
+}
+
 impl Identity {
     /// `uuid:key`, as functions receive it in `__OW_API_KEY`.
     pub fn api_key(&self) -> String {
@@ -89,11 +100,7 @@ impl Controller {
         if !constant_time_eq(cred.key.as_bytes(), key.as_bytes()) {
             return Err(ControllerError::Unauthorized);
         }
-        let id = Identity {
-            namespace: cred.namespace,
-            uuid: cred.uuid,
-            key: cred.key,
-        };
+        let id = Identity::from(cred);
         self.auth_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -108,11 +115,7 @@ impl Controller {
             .store
             .credential_by_uuid(uuid)
             .await?
-            .map(|c| Identity {
-                namespace: c.namespace,
-                uuid: c.uuid,
-                key: c.key,
-            }))
+            .map(Identity::from))
     }
 
     /// Makes sure `guest` and `whisk.system` exist. With `dev`, the well-known keys are used

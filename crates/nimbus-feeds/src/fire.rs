@@ -78,11 +78,7 @@ impl Firer {
             .store()
             .credential_by_uuid(&self.reg.uuid)
             .await?;
-        let who = found.map(|a| Identity {
-            namespace: a.namespace,
-            uuid: a.uuid,
-            key: a.key,
-        });
+        let who = found.map(Identity::from);
         *g = who.clone();
         Ok(who)
     }
