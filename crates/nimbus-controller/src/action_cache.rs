@@ -3,7 +3,9 @@
 //! A warm invocation must not re-read and re-parse an action document (its code can be tens of
 //! megabytes). Each entry carries the store revision it was read at; a lookup first asks the
 //! store for the current revision (a cheap indexed read), so an update made through any node that
-//! shares the store is seen at once.
+//! shares the store is seen at once. A store that knows its entity generation (the embedded one,
+//! sole writer of its file) spares even that read while no entity was written since the entry was
+//! last checked.
 
 use crate::{Controller, Result};
 use nimbus_model::EntityKind;
@@ -22,7 +24,8 @@ pub(crate) struct ActionCache {
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<(String, String), (i64, Arc<Action>)>,
+    /// (revision, the entity generation at which that revision was last confirmed, action).
+    map: HashMap<(String, String), (i64, Option<u64>, Arc<Action>)>,
     code_bytes: usize,
 }
 
@@ -34,22 +37,47 @@ fn code_len(a: &Action) -> usize {
 }
 
 impl ActionCache {
-    fn get(&self, ns: &str, key: &str, rev: i64) -> Option<Arc<Action>> {
+    /// The entry, if it was confirmed at generation `generation` (nothing written since).
+    fn get_unchanged(&self, ns: &str, key: &str, generation: u64) -> Option<Arc<Action>> {
         let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         e.map
             .get(&(ns.to_string(), key.to_string()))
-            .filter(|(r, _)| *r == rev)
-            .map(|(_, a)| a.clone())
+            .filter(|(_, g, _)| *g == Some(generation))
+            .map(|(_, _, a)| a.clone())
     }
 
-    pub(crate) fn put(&self, ns: &str, key: &str, rev: i64, a: Arc<Action>) {
+    /// The entry if it is at revision `rev`; it is then marked confirmed at `generation` (read
+    /// before the revision was, so a write in between leaves the mark behind).
+    fn get(&self, ns: &str, key: &str, rev: i64, generation: Option<u64>) -> Option<Arc<Action>> {
+        let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (r, g, a) = e.map.get_mut(&(ns.to_string(), key.to_string()))?;
+        if *r != rev {
+            return None;
+        }
+        *g = generation;
+        Some(a.clone())
+    }
+
+    /// Caches `a` at revision `rev`, confirmed at `generation` (`None`: check the revision on
+    /// the next lookup).
+    pub(crate) fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        rev: i64,
+        generation: Option<u64>,
+        a: Arc<Action>,
+    ) {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let len = code_len(&a);
         if e.code_bytes + len > MAX_CACHED_CODE_BYTES {
             e.map.clear();
             e.code_bytes = 0;
         }
-        if let Some((_, old)) = e.map.insert((ns.to_string(), key.to_string()), (rev, a)) {
+        if let Some((_, _, old)) = e
+            .map
+            .insert((ns.to_string(), key.to_string()), (rev, generation, a))
+        {
             e.code_bytes -= code_len(&old);
         }
         e.code_bytes += len;
@@ -57,7 +85,7 @@ impl ActionCache {
 
     fn remove(&self, ns: &str, key: &str) {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, old)) = e.map.remove(&(ns.to_string(), key.to_string())) {
+        if let Some((_, _, old)) = e.map.remove(&(ns.to_string(), key.to_string())) {
             e.code_bytes -= code_len(&old);
         }
     }
@@ -66,18 +94,24 @@ impl ActionCache {
 impl Controller {
     /// The action stored at `ns`/`key`, from the cache when its revision is current.
     pub(crate) async fn load_action(&self, ns: &str, key: &str) -> Result<Option<Arc<Action>>> {
+        let generation = self.store.entity_generation();
+        if let Some(g) = generation
+            && let Some(a) = self.action_cache.get_unchanged(ns, key, g)
+        {
+            return Ok(Some(a));
+        }
         let Some(rev) = self.store.entity_rev(ns, EntityKind::Action, key).await? else {
             self.action_cache.remove(ns, key);
             return Ok(None);
         };
-        if let Some(a) = self.action_cache.get(ns, key, rev) {
+        if let Some(a) = self.action_cache.get(ns, key, rev, generation) {
             return Ok(Some(a));
         }
         let Some((a, rev)) = self.load::<Action>(ns, EntityKind::Action, key).await? else {
             return Ok(None);
         };
         let a = Arc::new(a);
-        self.action_cache.put(ns, key, rev, a.clone());
+        self.action_cache.put(ns, key, rev, generation, a.clone());
         Ok(Some(a))
     }
 }
@@ -113,13 +147,34 @@ mod tests {
     #[test]
     fn entries_are_served_only_at_their_revision() {
         let c = ActionCache::default();
-        c.put("ns", "a", 1, action("one"));
-        assert!(c.get("ns", "a", 1).is_some());
-        assert!(c.get("ns", "a", 2).is_none(), "a newer revision is a miss");
-        c.put("ns", "a", 2, action("two!"));
+        c.put("ns", "a", 1, None, action("one"));
+        assert!(c.get("ns", "a", 1, None).is_some());
+        assert!(c.get("ns", "a", 2, None).is_none(), "a newer revision is a miss");
+        c.put("ns", "a", 2, None, action("two!"));
         assert_eq!(c.inner.lock().unwrap().code_bytes, 4);
         c.remove("ns", "a");
-        assert!(c.get("ns", "a", 2).is_none());
+        assert!(c.get("ns", "a", 2, None).is_none());
         assert_eq!(c.inner.lock().unwrap().code_bytes, 0);
+    }
+
+    #[test]
+    fn entries_skip_the_revision_read_only_at_the_generation_they_were_confirmed() {
+        let c = ActionCache::default();
+        c.put("ns", "a", 1, None, action("one"));
+        assert!(
+            c.get_unchanged("ns", "a", 7).is_none(),
+            "never confirmed: read the revision"
+        );
+        assert!(c.get("ns", "a", 1, Some(7)).is_some());
+        assert!(c.get_unchanged("ns", "a", 7).is_some());
+        assert!(
+            c.get_unchanged("ns", "a", 8).is_none(),
+            "something was written since: read the revision again"
+        );
+        assert!(c.get("ns", "a", 2, Some(8)).is_none());
+        assert!(
+            c.get_unchanged("ns", "a", 8).is_none(),
+            "a stale revision is not confirmed"
+        );
     }
 }

@@ -380,9 +380,10 @@ impl Controller {
         self.apply_min_instances(&action);
         let json = action.api_json(true);
         // The first invocation finds the action parsed, and a wasm action's compiled code
-        // (remembered by its code string during the check above) ready: no cold lookup.
+        // (remembered by its code string during the check above) ready: no cold lookup. The
+        // entry is unconfirmed: the first lookup checks its revision once.
         self.action_cache
-            .put(&ns, &key, rev, std::sync::Arc::new(action));
+            .put(&ns, &key, rev, None, std::sync::Arc::new(action));
         Ok(json)
     }
 

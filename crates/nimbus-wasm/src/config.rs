@@ -28,8 +28,15 @@ pub struct WasmConfig {
     pub pool_instances: u32,
     /// Engine-wide hard cap on one linear memory (the per-function limit is `limits.memory`).
     pub max_memory_bytes: usize,
-    /// Memory a pooled slot keeps resident (zeroed) after use, to make reuse cheaper.
+    /// Memory a pooled slot keeps resident (reset with `memset`) after use, to make reuse cheaper:
+    /// every slot released otherwise costs an `madvise` and a TLB shootdown on every core.
     pub memory_keep_resident_bytes: usize,
+    /// Find the pages an instance dirtied with Linux's `PAGEMAP_SCAN` (kernel 6.7+) and reset only
+    /// those, instead of `memset`ting the whole resident prefix. Used when the kernel has it.
+    pub pagemap_scan: bool,
+    /// Released slots whose memory must be decommitted are flushed in batches of this many (one
+    /// TLB shootdown per batch instead of one per slot).
+    pub decommit_batch_size: usize,
     /// Per-instance metadata caps for the pool (large components such as componentize-py need more).
     pub max_core_instance_size: usize,
     pub max_component_instance_size: usize,
@@ -55,7 +62,9 @@ impl WasmConfig {
             max_concurrent_instances: 256,
             pool_instances: 1000,
             max_memory_bytes: 2048 << 20,
-            memory_keep_resident_bytes: 1 << 20,
+            memory_keep_resident_bytes: 2 << 20,
+            pagemap_scan: true,
+            decommit_batch_size: 16,
             max_core_instance_size: 10 << 20,
             max_component_instance_size: 10 << 20,
             max_memories_per_component: 16,
@@ -70,7 +79,8 @@ impl WasmConfig {
 
     /// Overrides knobs from `NIMBUS_WASM_*` environment variables (read by the server at
     /// start-up): `ALLOCATION` (`auto`, `pooling`, `on-demand`), `MAX_CONCURRENT`,
-    /// `POOL_INSTANCES`, `MAX_MEMORY_MB`, `KEEP_RESIDENT_KB`, `EPOCH_TICK_MS`, `MAX_RESULT_KB`.
+    /// `POOL_INSTANCES`, `MAX_MEMORY_MB`, `KEEP_RESIDENT_KB`, `PAGEMAP_SCAN` (`auto` or `off`),
+    /// `DECOMMIT_BATCH`, `EPOCH_TICK_MS`, `MAX_RESULT_KB`.
     pub fn apply_env(&mut self) -> Result<(), String> {
         self.apply_vars(|name| std::env::var(format!("NIMBUS_WASM_{name}")).ok())
     }
@@ -107,6 +117,20 @@ impl WasmConfig {
             self.memory_keep_resident_bytes =
                 num::<usize>("KEEP_RESIDENT_KB", &v)?.saturating_mul(1 << 10);
         }
+        if let Some(v) = get("PAGEMAP_SCAN") {
+            self.pagemap_scan = match v.trim() {
+                "auto" | "on" | "1" | "true" => true,
+                "off" | "0" | "false" => false,
+                other => {
+                    return Err(format!(
+                        "NIMBUS_WASM_PAGEMAP_SCAN: expected auto or off, got {other:?}"
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get("DECOMMIT_BATCH") {
+            self.decommit_batch_size = num::<usize>("DECOMMIT_BATCH", &v)?.max(1);
+        }
         if let Some(v) = get("EPOCH_TICK_MS") {
             self.epoch_tick = Duration::from_millis(num::<u64>("EPOCH_TICK_MS", &v)?.max(1));
         }
@@ -128,12 +152,16 @@ mod tests {
             "ALLOCATION" => Some("on-demand".into()),
             "MAX_CONCURRENT" => Some("12".into()),
             "EPOCH_TICK_MS" => Some("5".into()),
+            "PAGEMAP_SCAN" => Some("off".into()),
+            "DECOMMIT_BATCH" => Some("0".into()),
             _ => None,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.allocation, Allocation::OnDemand);
         assert_eq!(c.max_concurrent_instances, 12);
         assert_eq!(c.epoch_tick, Duration::from_millis(5));
+        assert!(!c.pagemap_scan);
+        assert_eq!(c.decommit_batch_size, 1, "a batch of zero means no batching");
         assert!(
             c.apply_vars(|n| (n == "POOL_INSTANCES").then(|| "lots".into()))
                 .is_err()

@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Module, PoolingAllocationConfig,
+    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Module, PoolingAllocationConfig,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -242,6 +242,13 @@ fn engine_config(c: &WasmConfig, pooling: bool) -> Config {
             .total_stacks(n)
             .max_memory_size(c.max_memory_bytes)
             .linear_memory_keep_resident(c.memory_keep_resident_bytes)
+            .table_keep_resident(c.memory_keep_resident_bytes.min(1 << 20))
+            .pagemap_scan(if c.pagemap_scan {
+                Enabled::Auto
+            } else {
+                Enabled::No
+            })
+            .decommit_batch_size(c.decommit_batch_size)
             .max_core_instance_size(c.max_core_instance_size)
             .max_component_instance_size(c.max_component_instance_size)
             .max_memories_per_component(c.max_memories_per_component)

@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// The feed's `concurrency` parameter (fires in flight) [mqtt].
     #[arg(long, default_value_t = 1)]
     mqtt_concurrency: u64,
+    /// Kinds of the no-op action, one series each: `nodejs` (a Node.js function) and/or `wasm`
+    /// (a `wasm:wasi` module that echoes its parameters) [mqtt].
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("wasm"), String::from("nodejs")])]
+    mqtt_action: Vec<String>,
     /// The no-op `wasi:http` component (`crates/nimbus/tests/wasm-fixtures/noop`, built by
     /// `scripts/bench-wasm.sh`) [wasm].
     #[arg(
@@ -107,6 +111,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 rates: a.mqtt_rate.clone(),
                 seconds: a.mqtt_seconds,
                 concurrency: a.mqtt_concurrency,
+                actions: a.mqtt_action.clone(),
             })
             .await?
         }

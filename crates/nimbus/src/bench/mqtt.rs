@@ -1,6 +1,7 @@
 //! `mqtt` suite (issue 5): MQTT message → action start latency and sustained messages per
-//! second through one MQTT feed trigger, one rule and a (nearly) no-op Node.js action, beside a
-//! bare MQTT subscriber receiving the same messages from the same broker in the same run.
+//! second through one MQTT feed trigger, one rule and a (nearly) no-op action — a Node.js function,
+//! a `wasm:wasi` module, or both — beside a bare MQTT subscriber receiving the same messages from
+//! the same broker in the same run.
 //!
 //! The publisher paces QoS 1 messages at a fixed rate; each carries its sequence number and send
 //! time. Latency to the action's start is the activation record's `start` minus the send time;
@@ -9,6 +10,7 @@
 
 use super::{Server, guest, load_average, ms_or_dash, put_action, stats};
 use anyhow::{Context, bail};
+use base64::Engine as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -20,7 +22,32 @@ pub(super) struct Opts {
     pub rates: Vec<u64>,
     pub seconds: u64,
     pub concurrency: u64,
+    /// `nodejs` and/or `wasm`: the action kinds, one series each.
+    pub actions: Vec<String>,
 }
+
+/// A `wasm:wasi` command that copies stdin (the parameters) to stdout (the result): the no-op of
+/// the `wasm` series. 128 KiB of memory holds any bench message.
+const ECHO_WASI_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (local $end i32) (local $n i32)
+    (local.set $end (i32.const 1024))
+    (block $eof
+      (loop $more
+        (i32.store (i32.const 0) (local.get $end))
+        (i32.store (i32.const 4) (i32.sub (i32.const 131072) (local.get $end)))
+        (br_if $eof (i32.eqz (i32.load (i32.const 4))))
+        (br_if $eof (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (local.set $n (i32.load (i32.const 8)))
+        (br_if $eof (i32.eqz (local.get $n)))
+        (local.set $end (i32.add (local.get $end) (local.get $n)))
+        (br $more)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.sub (local.get $end) (i32.const 1024)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
 fn now_ms() -> f64 {
     std::time::SystemTime::now()
@@ -81,6 +108,7 @@ async fn bare_subscriber(
 }
 
 struct Run {
+    kind: String,
     rate: u64,
     sent: usize,
     send_secs: f64,
@@ -134,17 +162,22 @@ async fn setup(
     broker: &str,
     topic: &str,
     concurrency: u64,
+    kind: &str,
 ) -> anyhow::Result<String> {
     let action = format!("noop{tag}");
-    put_action(
-        client,
-        api,
-        &action,
-        "nodejs:20",
-        "function main(p) { return { seq: p.payload.seq, sentAt: p.payload.sentAt }; }",
-        None,
-    )
-    .await?;
+    let (exec_kind, code) = match kind {
+        "nodejs" => (
+            "nodejs:20",
+            "function main(p) { return { seq: p.payload.seq, sentAt: p.payload.sentAt }; }"
+                .to_string(),
+        ),
+        "wasm" => (
+            "wasm:wasi",
+            base64::engine::general_purpose::STANDARD.encode(wat::parse_str(ECHO_WASI_WAT)?),
+        ),
+        other => bail!("unknown --mqtt-action {other:?} (nodejs or wasm)"),
+    };
+    put_action(client, api, &action, exec_kind, &code, None).await?;
     let trigger = format!("mq{tag}");
     let rule = format!("r{tag}");
     for (path, body) in [
@@ -178,11 +211,17 @@ async fn setup(
     Ok(action)
 }
 
-async fn one_rate(client: &reqwest::Client, api: &str, o: &Opts, rate: u64) -> anyhow::Result<Run> {
+async fn one_rate(
+    client: &reqwest::Client,
+    api: &str,
+    o: &Opts,
+    kind: &str,
+    rate: u64,
+) -> anyhow::Result<Run> {
     let (host, port) = broker_addr(&o.broker)?;
-    let tag = format!("{rate}x{}", rand::random::<u16>());
+    let tag = format!("{kind}{rate}x{}", rand::random::<u16>());
     let topic = format!("nimbus-bench/{tag}/reading");
-    let action = setup(client, api, &tag, &o.broker, &topic, o.concurrency).await?;
+    let action = setup(client, api, &tag, &o.broker, &topic, o.concurrency, kind).await?;
     let bare = bare_subscriber(&host, port, &topic).await?;
 
     let mut po = MqttOptions::new(format!("bench-pub-{tag}"), host.clone(), port);
@@ -269,7 +308,8 @@ async fn one_rate(client: &reqwest::Client, api: &str, o: &Opts, rate: u64) -> a
     let mut last_end = 0.0f64;
     for a in &acts {
         let r = &a["response"]["result"];
-        let Some(seq) = r["seq"].as_u64() else {
+        // The Node.js action returns `seq`; the wasm echo returns the whole event.
+        let Some(seq) = r["seq"].as_u64().or_else(|| r["payload"]["seq"].as_u64()) else {
             continue;
         };
         if seq == u64::MAX {
@@ -293,6 +333,7 @@ async fn one_rate(client: &reqwest::Client, api: &str, o: &Opts, rate: u64) -> a
     let feed_done = feed_lat.len();
     let bare_done = bare_lat.len();
     Ok(Run {
+        kind: kind.to_string(),
         rate,
         sent: n,
         send_secs,
@@ -324,12 +365,14 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
     .await?;
     let api = server.api.clone();
     let mut runs = Vec::new();
-    for &rate in &o.rates {
-        match one_rate(&client, &api, o, rate).await {
-            Ok(r) => runs.push(r),
-            Err(e) => {
-                server.stop().await;
-                return Err(e);
+    for kind in &o.actions {
+        for &rate in &o.rates {
+            match one_rate(&client, &api, o, kind, rate).await {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    server.stop().await;
+                    return Err(e);
+                }
             }
         }
     }
@@ -339,18 +382,20 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
         .map(|n| n.get())
         .unwrap_or(0);
     let mut md = format!(
-        "MQTT (QoS 1) message → action start, through one feed trigger, one rule and a Node.js action that returns two fields; \
-         the bare subscriber is a plain MQTT client on the same broker receiving the same messages. \
+        "MQTT (QoS 1) message → action start, through one feed trigger, one rule and a no-op action: \
+         `nodejs`, a Node.js function returning two fields of the message; `wasm`, a `wasm:wasi` module echoing its parameters. \
+         The bare subscriber is a plain MQTT client on the same broker receiving the same messages. \
          {cpus} CPUs, broker {}, {} s per rate, feed `concurrency` {}, load average after the run {load}.\n\n\
-         | offered rate (msg/s) | messages | feed → action: delivered | p50 ms | p99 ms | sustained msg/s | bare subscriber: received | p50 ms | p99 ms | msg/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | action | offered rate (msg/s) | messages | feed → action: delivered | p50 ms | p99 ms | sustained msg/s | bare subscriber: received | p50 ms | p99 ms | msg/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         o.broker, o.seconds, o.concurrency
     );
     for r in runs {
         let f = stats(r.feed_lat.clone());
         let b = stats(r.bare_lat.clone());
         md.push_str(&format!(
-            "| {} (sent in {:.1} s) | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} (sent in {:.1} s) | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.0} |\n",
+            r.kind,
             r.rate,
             r.send_secs,
             r.sent,
