@@ -149,7 +149,10 @@ mod tests {
         let c = ActionCache::default();
         c.put("ns", "a", 1, None, action("one"));
         assert!(c.get("ns", "a", 1, None).is_some());
-        assert!(c.get("ns", "a", 2, None).is_none(), "a newer revision is a miss");
+        assert!(
+            c.get("ns", "a", 2, None).is_none(),
+            "a newer revision is a miss"
+        );
         c.put("ns", "a", 2, None, action("two!"));
         assert_eq!(c.inner.lock().unwrap().code_bytes, 4);
         c.remove("ns", "a");

@@ -54,7 +54,13 @@ impl Controller {
             // `network: outbound` (annotation) opens outbound connections; none by default.
             outbound_network: a.annotations.get("network").and_then(|v| v.as_str())
                 == Some("outbound"),
-            ro_binds: self.function_binds(a),
+            // Sandbox binds are for process functions; a wasm function's only directory is its
+            // bundle (and this spares a stat per invocation).
+            ro_binds: if wasm {
+                Vec::new()
+            } else {
+                self.function_binds(a)
+            },
         };
         let f = FunctionRef {
             // A new version or any update never reuses instances of the old code.

@@ -21,16 +21,19 @@
 //! `synchronous` is a per-connection setting and SQLite refuses to change it inside a
 //! transaction, so the writer sets it right before each batch, outside any transaction, to the
 //! strongest level a job of the batch asks for:
-//! * `FULL` for entity, auth and all queue writes (and migrations): in WAL mode the WAL is
+//! * `FULL` for entity, auth and queue writes (and migrations): in WAL mode the WAL is
 //!   fsynced at every commit, so an acknowledged write survives power loss (the API answers
 //!   202 only after `enqueue` returns).
-//! * `NORMAL` for [`ActivationStore::put_activation`] only: no fsync at commit, the WAL is synced
-//!   at checkpoints. Still atomic and safe against a killed process; a power cut may lose the
-//!   last few records, which is acceptable for logs of finished runs. Since the WAL is
-//!   sequential, the next `FULL` commit also makes those earlier records durable.
+//! * `NORMAL` for [`ActivationStore::put_activation`] and [`InvocationQueue::claim`]: no fsync
+//!   at commit, the WAL is synced at checkpoints. Still atomic and safe against a killed
+//!   process; a power cut may lose the last few records, which is acceptable for logs of
+//!   finished runs, and a lost claim costs nothing (start-up returns every claimed item to
+//!   pending anyway). Since the WAL is sequential, the next `FULL` commit also makes those
+//!   earlier records durable.
 //!
-//! The level is set explicitly on *every* write (the pragma does no I/O) rather than restored
-//! afterwards, so a failed or panicking write can never leave a durable write at `NORMAL`.
+//! The writer remembers the level it last set and issues the pragma only when a batch needs
+//! another one; a failed pragma forgets it, so the next batch sets it again. A durable write
+//! therefore never runs at `NORMAL`.
 //!
 //! Each write is one savepoint inside the batch's transaction (`BEGIN IMMEDIATE`), so an error
 //! such as `SQLITE_FULL` rolls it back completely and is returned as [`StoreError::Backend`]; a
@@ -402,6 +405,8 @@ struct Job {
 /// when every sender is gone.
 fn writer_thread(mut conn: Connection, queue: mpsc::Receiver<Job>) {
     let mut next = None;
+    // `synchronous` as last set on this connection (`open` sets FULL).
+    let mut sync = Some(Durability::Full);
     loop {
         let first = match next.take() {
             Some(job) => job,
@@ -411,6 +416,7 @@ fn writer_thread(mut conn: Connection, queue: mpsc::Receiver<Job>) {
             },
         };
         if first.raw {
+            sync = None; // the hook may change anything
             let (_, deliver) = (first.run)(Some(&mut conn));
             deliver(None);
             continue;
@@ -426,23 +432,28 @@ fn writer_thread(mut conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, batch);
+        commit_batch(&mut conn, batch, &mut sync);
     }
 }
 
 /// Runs `batch` in one transaction, each job in a savepoint, and answers every job after the
 /// commit (or with the error that stopped the batch).
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sync: &mut Option<Durability>) {
     let durability = batch
         .iter()
         .map(|j| j.durability)
         .max()
         .unwrap_or(Durability::Full);
-    if let Err(e) = conn
-        .pragma_update(None, "synchronous", durability.pragma_value())
-        .map_err(|e| e.to_string())
-        .and_then(|_| savepoint(conn, "BEGIN IMMEDIATE"))
-    {
+    // The pragma is parsed on every call: set it only when the batch needs another level.
+    let set_sync = if *sync == Some(durability) {
+        Ok(())
+    } else {
+        *sync = None;
+        conn.pragma_update(None, "synchronous", durability.pragma_value())
+            .map(|_| *sync = Some(durability))
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = set_sync.and_then(|_| savepoint(conn, "BEGIN IMMEDIATE")) {
         for job in batch {
             reject(job, &e);
         }
@@ -1001,7 +1012,7 @@ impl InvocationQueue for SqliteStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        self.write(op, Durability::Full, move |c| {
+        self.write(op, Durability::Normal, move |c| {
             let tx = c.savepoint().map_err(db_err(op))?;
             let rows: Vec<(String, String, String, i64, i64)> = tx
                 .prepare_cached(

@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(c.max_concurrent_instances, 12);
         assert_eq!(c.epoch_tick, Duration::from_millis(5));
         assert!(!c.pagemap_scan);
-        assert_eq!(c.decommit_batch_size, 1, "a batch of zero means no batching");
+        assert_eq!(
+            c.decommit_batch_size, 1,
+            "a batch of zero means no batching"
+        );
         assert!(
             c.apply_vars(|n| (n == "POOL_INSTANCES").then(|| "lots".into()))
                 .is_err()

@@ -43,7 +43,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Module, PoolingAllocationConfig,
+    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Module,
+    PoolingAllocationConfig,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;

@@ -48,6 +48,11 @@ enum Cmd {
     Client(nimbus_cli::ClientCommand),
 }
 
+/// mimalloc: per-thread free lists instead of glibc's arena locks and chunk consolidation, which
+/// showed up on every request path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
