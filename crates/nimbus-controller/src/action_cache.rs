@@ -24,9 +24,15 @@ pub(crate) struct ActionCache {
 
 #[derive(Default)]
 struct Entries {
-    /// (revision, the entity generation at which that revision was last confirmed, action).
-    map: HashMap<(String, String), (i64, Option<u64>, Arc<Action>)>,
+    map: HashMap<(String, String), Entry>,
     code_bytes: usize,
+}
+
+struct Entry {
+    rev: i64,
+    /// The entity generation at which `rev` was last confirmed current.
+    confirmed: Option<u64>,
+    action: Arc<Action>,
 }
 
 fn code_len(a: &Action) -> usize {
@@ -42,20 +48,20 @@ impl ActionCache {
         let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         e.map
             .get(&(ns.to_string(), key.to_string()))
-            .filter(|(_, g, _)| *g == Some(generation))
-            .map(|(_, _, a)| a.clone())
+            .filter(|e| e.confirmed == Some(generation))
+            .map(|e| e.action.clone())
     }
 
     /// The entry if it is at revision `rev`; it is then marked confirmed at `generation` (read
     /// before the revision was, so a write in between leaves the mark behind).
     fn get(&self, ns: &str, key: &str, rev: i64, generation: Option<u64>) -> Option<Arc<Action>> {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (r, g, a) = e.map.get_mut(&(ns.to_string(), key.to_string()))?;
-        if *r != rev {
+        let entry = e.map.get_mut(&(ns.to_string(), key.to_string()))?;
+        if entry.rev != rev {
             return None;
         }
-        *g = generation;
-        Some(a.clone())
+        entry.confirmed = generation;
+        Some(entry.action.clone())
     }
 
     /// Caches `a` at revision `rev`, confirmed at `generation` (`None`: check the revision on
@@ -74,19 +80,21 @@ impl ActionCache {
             e.map.clear();
             e.code_bytes = 0;
         }
-        if let Some((_, _, old)) = e
-            .map
-            .insert((ns.to_string(), key.to_string()), (rev, generation, a))
-        {
-            e.code_bytes -= code_len(&old);
+        let entry = Entry {
+            rev,
+            confirmed: generation,
+            action: a,
+        };
+        if let Some(old) = e.map.insert((ns.to_string(), key.to_string()), entry) {
+            e.code_bytes -= code_len(&old.action);
         }
         e.code_bytes += len;
     }
 
     fn remove(&self, ns: &str, key: &str) {
         let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, old)) = e.map.remove(&(ns.to_string(), key.to_string())) {
-            e.code_bytes -= code_len(&old);
+        if let Some(old) = e.map.remove(&(ns.to_string(), key.to_string())) {
+            e.code_bytes -= code_len(&old.action);
         }
     }
 }

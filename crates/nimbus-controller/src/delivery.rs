@@ -294,6 +294,21 @@ impl Controller {
         event: Map<String, Value>,
         trigger_activation: Option<ActivationId>,
     ) -> Result<ActivationId> {
+        let (item, schedule) = self.rule_item(who, rule, action, event, trigger_activation)?;
+        self.store.enqueue_scheduled(&item, &schedule).await?;
+        self.queue_wakeup.notify_one();
+        Ok(item.activation_id)
+    }
+
+    /// The queue entry that runs `rule`'s action for `event` (not queued yet).
+    pub(crate) fn rule_item(
+        &self,
+        who: &Identity,
+        rule: &Rule,
+        action: &FullyQualifiedName,
+        event: Map<String, Value>,
+        trigger_activation: Option<ActivationId>,
+    ) -> Result<(QueuedInvocation, Schedule)> {
         let policy = policy_of_annotations(&rule.annotations).unwrap_or_default();
         let order_key = rule
             .annotations
@@ -320,8 +335,7 @@ impl Controller {
             policy,
             order_key: order_key.clone(),
         };
-        self.enqueue_delivery(who, action, event, trigger_activation, info, order_key)
-            .await
+        delivery_item(who, action, event, trigger_activation, info, order_key)
     }
 
     /// Re-runs a dead letter: a rule's entry goes to the rule's current action (or, if the rule
@@ -401,50 +415,44 @@ impl Controller {
     }
 }
 
-impl Controller {
-    /// Queues one attempt of a rule-fired activation.
-    async fn enqueue_delivery(
-        &self,
-        who: &Identity,
-        action: &FullyQualifiedName,
-        event: Map<String, Value>,
-        cause: Option<ActivationId>,
-        info: DeliveryInfo,
-        order_key: Option<String>,
-    ) -> Result<ActivationId> {
-        let id = ActivationId::generate();
-        let now = now_millis();
-        let payload = QueuedPayload {
-            uuid: who.uuid.clone(),
-            namespace: who.namespace.clone(),
-            action: action.to_string(),
-            params: event,
-            cause,
-            accepted_at: now,
-            delivery: Some(info),
-            request_id: crate::current_request_id(),
-        };
-        let item = QueuedInvocation {
-            activation_id: id.clone(),
-            namespace: who.namespace.clone(),
-            payload: serde_json::to_value(&payload)
-                .map_err(|e| ControllerError::Internal(e.to_string()))?,
-            enqueued_at: now,
-            attempts: 0,
-        };
-        self.store
-            .enqueue_scheduled(
-                &item,
-                &Schedule {
-                    not_before: 0,
-                    order_key,
-                },
-            )
-            .await?;
-        self.queue_wakeup.notify_one();
-        Ok(id)
-    }
+/// The queue entry of one attempt of a rule-fired activation.
+fn delivery_item(
+    who: &Identity,
+    action: &FullyQualifiedName,
+    event: Map<String, Value>,
+    cause: Option<ActivationId>,
+    info: DeliveryInfo,
+    order_key: Option<String>,
+) -> Result<(QueuedInvocation, Schedule)> {
+    let now = now_millis();
+    let payload = QueuedPayload {
+        uuid: who.uuid.clone(),
+        namespace: who.namespace.clone(),
+        action: action.to_string(),
+        params: event,
+        cause,
+        accepted_at: now,
+        delivery: Some(info),
+        request_id: crate::current_request_id(),
+    };
+    let item = QueuedInvocation {
+        activation_id: ActivationId::generate(),
+        namespace: who.namespace.clone(),
+        payload: serde_json::to_value(&payload)
+            .map_err(|e| ControllerError::Internal(e.to_string()))?,
+        enqueued_at: now,
+        attempts: 0,
+    };
+    Ok((
+        item,
+        Schedule {
+            not_before: 0,
+            order_key,
+        },
+    ))
+}
 
+impl Controller {
     /// Records a finished rule-fired attempt: success completes it; a failure is replaced by
     /// the next attempt (due after the backoff) or, once the policy gives up, dead-lettered.
     /// Each is one store transaction with the activation record.

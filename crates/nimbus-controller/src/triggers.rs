@@ -100,6 +100,7 @@ impl Controller {
         let trigger_id = ActivationId::generate();
         let start = now_millis();
         let mut logs = Vec::new();
+        let mut items = Vec::new();
         for rule in rules.iter() {
             let rule_name = format!("{}/{}", rule.namespace, rule.name);
             let entry = match rule.action_fqn() {
@@ -121,17 +122,16 @@ impl Controller {
                         Err(Err(e)) => {
                             json!({"statusCode": 4, "success": false, "error": format!("The rule's filter could not be evaluated, the rule did not fire: {e}"), "rule": rule_name, "action": action_path})
                         }
-                        Ok(Some(_)) => match self
-                            .enqueue_rule(
-                                who,
-                                rule,
-                                &action,
-                                params.clone(),
-                                Some(trigger_id.clone()),
-                            )
-                            .await
-                        {
-                            Ok(id) => {
+                        Ok(Some(_)) => match self.rule_item(
+                            who,
+                            rule,
+                            &action,
+                            params.clone(),
+                            Some(trigger_id.clone()),
+                        ) {
+                            Ok(item) => {
+                                let id = item.0.activation_id.clone();
+                                items.push(item);
                                 json!({"statusCode": 0, "success": true, "activationId": id, "rule": rule_name, "action": action_path})
                             }
                             Err(e) => {
@@ -173,7 +173,12 @@ impl Controller {
             annotations,
             response: ActivationResponse::success(Value::Object(params)),
         };
-        self.store.put_activation(&record).await?;
+        // The rule activations and the trigger's record in one transaction: a crash keeps
+        // both or neither, so a feed re-firing an interrupted event can trust the record.
+        self.store.enqueue_fire(&items, &record).await?;
+        if !items.is_empty() {
+            self.queue_wakeup.notify_one();
+        }
         self.finished(&record);
         Ok(Some(trigger_id))
     }

@@ -6,7 +6,9 @@
 //! set), fire (which returns once the rule activations are in the fsynced queue), store
 //! `lastFired = s`. After a restart a leftover `pending` slot is resolved by looking for the
 //! trigger activation that carries the slot's CloudEvents `id`: found, it counts as fired; not
-//! found, it is fired now. Slots that fell entirely inside a downtime are coalesced: the most
+//! found, it is fired now. The check is exact because a fire commits its rule activations and
+//! its trigger record in one transaction (`DeliveryQueue::enqueue_fire`): a crash at any point
+//! leaves both or neither. Slots that fell entirely inside a downtime are coalesced: the most
 //! recent one fires once at start-up (its `time` is the slot's time), older ones are skipped
 //! and logged — the behaviour of a cron daemon that catches up once, not a replay.
 

@@ -4,13 +4,16 @@
 //! (`name` or `schema.name`) and optional `operations` (any of `insert`, `update`, `delete`;
 //! default all three).
 //!
-//! Registering installs a row-level `AFTER` trigger and its function in the database; each
-//! change calls `pg_notify` on a channel private to the registration, and the feed LISTENs on it.
-//! The event is `{operation, schema, table, row, old}`: `row` is the new row (insert, update),
-//! `old` the previous one (update, delete). NOTIFY payloads are capped by PostgreSQL at 8000
-//! bytes; a larger change fires with `truncated: true` and no row data instead of failing the
-//! writer's transaction. LISTEN/NOTIFY is not persistent: changes made while the feed is
-//! disconnected are not replayed (documented limitation; a logical replication slot would be).
+//! Registering installs, in the database, a row-level `AFTER` trigger, its function and a change
+//! table private to the registration (`nimbus_feed_<hash>_changes`): each change inserts its
+//! event there, in the writer's own transaction, and `pg_notify`s a channel the feed LISTENs on.
+//! The notification is only a wake-up; the feed reads the change table in order, fires, and
+//! deletes the rows it fired only once the fire was durably accepted. So a change made while
+//! the feed is disconnected, or the server is down or crashes, is delivered when it is back
+//! (at least once), and a row of any size goes through (NOTIFY payloads are capped at 8000
+//! bytes; the table is not). The event is `{operation, schema, table, row, old}`: `row` is the
+//! new row (insert, update), `old` the previous one (update, delete); its CloudEvents `id` is
+//! the change's sequence number, stable across redeliveries.
 
 use crate::error::{FeedError, FeedResult, invalid};
 use crate::event::CloudEvent;
@@ -175,20 +178,18 @@ async fn install_with(
         .collect::<Vec<_>>()
         .join(" OR ");
     let table = qualified(cfg);
-    // The identifiers were validated (and are quoted); the channel name is ours.
+    // The identifiers were validated (and are quoted); the object names are ours. The change
+    // table lives beside the watched table (same schema), so the writer's privileges suffice.
+    let changes = changes_table(cfg, name);
     let sql = format!(
-        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nimbus$
-DECLARE body text;
+        "CREATE TABLE IF NOT EXISTS {changes} (id bigserial PRIMARY KEY, body jsonb NOT NULL);
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nimbus$
 BEGIN
-  body := json_build_object(
+  INSERT INTO {changes} (body) VALUES (jsonb_build_object(
     'operation', lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
-    'row', CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE row_to_json(NEW) END,
-    'old', CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE row_to_json(OLD) END)::text;
-  IF octet_length(body) > 7900 THEN
-    body := json_build_object('operation', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
-      'table', TG_TABLE_NAME, 'truncated', true)::text;
-  END IF;
-  PERFORM pg_notify('{name}', body);
+    'row', CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END,
+    'old', CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END));
+  PERFORM pg_notify('{name}', '');
   RETURN NULL;
 END $nimbus$;
 DROP TRIGGER IF EXISTS {name} ON {table};
@@ -196,6 +197,17 @@ CREATE TRIGGER {name} AFTER {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {n
     );
     client.batch_execute(&sql).await
 }
+
+/// The registration's change table, in the watched table's schema.
+fn changes_table(cfg: &Config, name: &str) -> String {
+    match &cfg.schema {
+        Some(s) => format!("\"{s}\".\"{name}_changes\""),
+        None => format!("\"{name}_changes\""),
+    }
+}
+
+/// Changes read per round trip.
+const CHANGE_BATCH: i64 = 256;
 
 pub(crate) async fn install(reg: &FeedRegistration) -> FeedResult<()> {
     let cfg = reg
@@ -239,8 +251,10 @@ pub(crate) async fn uninstall(reg: &FeedRegistration) -> Result<(), String> {
     let name = object_name(reg);
     let r = client
         .batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS {name} ON {}; DROP FUNCTION IF EXISTS {name}();",
-            qualified(&cfg)
+            "DROP TRIGGER IF EXISTS {name} ON {}; DROP FUNCTION IF EXISTS {name}();
+             DROP TABLE IF EXISTS {};",
+            qualified(&cfg),
+            changes_table(&cfg, &name)
         ))
         .await
         .map_err(|e| e.to_string());
@@ -292,16 +306,16 @@ pub(crate) async fn run(firer: Firer) {
                 continue;
             }
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // Notifications only wake the reader up; the change table is the queue.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         let driver = tokio::spawn(async move {
             while let Some(m) = messages.next().await {
                 match m {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(n.payload().to_string()).is_err() {
-                            return Ok(());
-                        }
-                    }
+                    Ok(AsyncMessage::Notification(_)) => match tx.try_send(()) {
+                        Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {}
+                        Err(_) => return Ok(()),
+                    },
                     Ok(_) => {}
                     Err(e) => return Err(e.to_string()),
                 }
@@ -322,47 +336,91 @@ pub(crate) async fn run(firer: Firer) {
         }
         tracing::info!(feed = %feed, table = %qualified(&cfg), "postgres change feed listening");
         backoff.reset();
-        while let Some(body) = rx.recv().await {
-            let fields = match serde_json::from_str::<Value>(&body) {
-                Ok(Value::Object(o)) => o,
-                _ => {
-                    firer
-                        .dead_letter(
-                            "change notification is not a JSON object",
-                            json!({"notification": body}),
-                        )
-                        .await;
-                    continue;
+        let changes = changes_table(&cfg, &name);
+        // Drain what is there (changes made while disconnected first), then wait for a wake-up;
+        // a 5 s poll covers a notification lost between the read and the wait.
+        let lost = loop {
+            match drain(&client, &changes, &firer, &src).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    driver.abort();
+                    return firer.inner().retire(&reg).await;
                 }
+                Err(e) => break e,
+            }
+            tokio::select! {
+                woke = rx.recv() => if woke.is_none() { break "connection closed".to_string() },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+        };
+        driver.abort();
+        let why = match driver.await {
+            Ok(Err(e)) => e,
+            _ => lost,
+        };
+        let d = backoff.next_delay();
+        tracing::warn!(feed = %feed, error = %why, retry_in_ms = d.as_millis() as u64, "PostgreSQL connection lost; reconnecting");
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// Fires every change waiting in `changes`, oldest first, deleting each batch once its fires
+/// were accepted. `Ok(false)`: the trigger is gone, stop.
+async fn drain(
+    client: &tokio_postgres::Client,
+    changes: &str,
+    firer: &Firer,
+    src: &str,
+) -> Result<bool, String> {
+    let select = format!("SELECT id, body::text FROM {changes} ORDER BY id LIMIT {CHANGE_BATCH}");
+    let delete = format!("DELETE FROM {changes} WHERE id <= $1");
+    loop {
+        let rows = client
+            .query(&select, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+            return Ok(true);
+        };
+        let full = rows.len() as i64 == CHANGE_BATCH;
+        for row in rows {
+            let (id, body): (i64, String) = (row.get(0), row.get(1));
+            let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&body) else {
+                if !firer
+                    .dead_letter("change row is not a JSON object", json!({"change": body}))
+                    .await
+                {
+                    return Err("cannot store a dead letter; retrying".into());
+                }
+                continue;
             };
             let op = fields
                 .get("operation")
                 .and_then(Value::as_str)
                 .unwrap_or("change")
                 .to_string();
-            let mut fields = fields;
             fields.insert(
                 "receivedAt".into(),
                 json!(chrono::Utc::now().timestamp_millis()),
             );
             let ev = CloudEvent::new(
-                CloudEvent::random_id(),
-                src.clone(),
+                format!("{src}#{id}"),
+                src.to_string(),
                 format!("nimbus.postgres.{op}"),
             )
             .stamp(fields);
             if matches!(firer.fire(ev).await, Fired::Gone) {
-                driver.abort();
-                return firer.inner().retire(&reg).await;
+                return Ok(false);
             }
         }
-        let why = match driver.await {
-            Ok(Err(e)) => e,
-            _ => "connection closed".into(),
-        };
-        let d = backoff.next_delay();
-        tracing::warn!(feed = %feed, error = %why, retry_in_ms = d.as_millis() as u64, "PostgreSQL connection lost; reconnecting");
-        tokio::time::sleep(d).await;
+        // Acknowledged only now: a crash before this line delivers the batch again.
+        client
+            .execute(&delete, &[&last])
+            .await
+            .map_err(|e| e.to_string())?;
+        if !full {
+            return Ok(true);
+        }
     }
 }
 

@@ -43,6 +43,14 @@ pub struct Schedule {
 pub trait DeliveryQueue: Send + Sync {
     /// Like [`crate::InvocationQueue::enqueue`], with a not-before time and an ordering key.
     async fn enqueue_scheduled(&self, item: &QueuedInvocation, s: &Schedule) -> StoreResult<()>;
+    /// One trigger fire, atomically: queues every rule activation in `items` and stores the
+    /// trigger's activation `record`. A crash leaves all of them or none, so whoever fires an
+    /// event again after a restart can tell by the record whether it had fired.
+    async fn enqueue_fire(
+        &self,
+        items: &[(QueuedInvocation, Schedule)],
+        record: &Activation,
+    ) -> StoreResult<()>;
     /// Atomically stores the finished (failed) activation `record` of the claimed entry `id`
     /// and replaces that entry by `next` (a new activation id), pending from `not_before`. The
     /// entry keeps its ordering key and position, so a crash can neither lose nor double it.

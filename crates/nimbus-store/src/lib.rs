@@ -144,6 +144,18 @@ pub trait EntityStore: Send + Sync {
 pub trait ActivationStore: Send + Sync {
     /// Inserts or replaces the record with the same id.
     async fn put_activation(&self, a: &Activation) -> StoreResult<()>;
+    /// Like [`ActivationStore::put_activation`] without waiting for the write: the record is
+    /// queued in order and every read of activations made afterwards sees it (reads wait for
+    /// queued records). A crash can lose what was queued in the last milliseconds, so use it
+    /// only where the caller already holds the record (a blocking invoke answers with it).
+    /// `false`: this backend does not defer; call `put_activation`.
+    fn put_activation_deferred(&self, _a: &Activation) -> bool {
+        false
+    }
+    /// Returns once every deferred record queued before the call is written (at shutdown).
+    async fn flush_deferred(&self) -> StoreResult<()> {
+        Ok(())
+    }
     async fn get_activation(&self, ns: &str, id: &ActivationId) -> StoreResult<Option<Activation>>;
     async fn list_activations(&self, ns: &str, q: &ActivationQuery)
     -> StoreResult<Vec<Activation>>;

@@ -90,6 +90,9 @@ struct Inner {
     next_reader: AtomicUsize,
     /// Bumped after every entity write or delete (see `EntityStore::entity_generation`).
     entity_generation: std::sync::atomic::AtomicU64,
+    /// Deferred activation records queued and not yet committed (reads of activations wait
+    /// while there are any).
+    deferred: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -274,6 +277,7 @@ impl SqliteStore {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 entity_generation: std::sync::atomic::AtomicU64::new(0),
+                deferred: Arc::default(),
             }),
         })
     }
@@ -339,6 +343,58 @@ impl SqliteStore {
             .map_err(|_| StoreError::Backend(format!("{op} failed: the writer thread stopped")))?;
         rx.await
             .map_err(|_| StoreError::Backend(format!("{op} failed: the writer thread stopped")))?
+    }
+
+    /// Queues `f` for the writer without waiting for it; its failure is logged. The job counts
+    /// in `deferred` until its batch's outcome is known. `false` if the writer is gone.
+    fn submit_deferred<F>(&self, op: &'static str, f: F) -> bool
+    where
+        F: FnOnce(&mut Connection) -> StoreResult<()> + Send + 'static,
+    {
+        let deferred = Arc::clone(&self.inner.deferred);
+        deferred.fetch_add(1, Ordering::AcqRel);
+        let counter = Arc::clone(&deferred);
+        let run: RunJob = Box::new(move |conn: Option<&mut Connection>| {
+            let result = conn.map(|conn| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
+                    Err(StoreError::Backend(format!("{op} failed: it panicked")))
+                })
+            });
+            let ok = matches!(result, Some(Ok(_)));
+            let deliver: Deliver = Box::new(move |commit: Option<&str>| {
+                match (result, commit) {
+                    (Some(Ok(())), None) => {}
+                    (Some(Err(e)), _) => {
+                        tracing::error!(error = %e, "{op}: a deferred write failed")
+                    }
+                    (_, e) => tracing::error!(
+                        error = e.unwrap_or("the write was not run"),
+                        "{op}: a deferred write failed"
+                    ),
+                }
+                counter.fetch_sub(1, Ordering::AcqRel);
+            });
+            (ok, deliver)
+        });
+        let job = Job {
+            durability: Durability::Normal,
+            raw: false,
+            run,
+        };
+        if self.inner.writer.send(job).is_err() {
+            deferred.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Returns once every deferred write queued before the call is committed: a no-op write
+    /// queued now commits after all of them (the writer takes jobs in order).
+    async fn settle_deferred(&self) -> StoreResult<()> {
+        if self.inner.deferred.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        self.write("settle", Durability::Normal, |_| Ok(())).await
     }
 
     /// Runs `f` on a reader connection, in a blocking thread.
@@ -849,8 +905,22 @@ impl ActivationStore for SqliteStore {
         .await
     }
 
+    fn put_activation_deferred(&self, a: &Activation) -> bool {
+        let op = "put_activation";
+        let Ok(record) = encode(op, a) else {
+            return false;
+        };
+        let a = a.clone();
+        self.submit_deferred(op, move |c| upsert_activation(c, op, &a, &record))
+    }
+
+    async fn flush_deferred(&self) -> StoreResult<()> {
+        self.settle_deferred().await
+    }
+
     async fn get_activation(&self, ns: &str, id: &ActivationId) -> StoreResult<Option<Activation>> {
         let op = "get_activation";
+        self.settle_deferred().await?;
         let (ns, id) = (ns.to_string(), id.clone());
         self.read(op, move |c| {
             let record: Option<String> = c
@@ -875,6 +945,7 @@ impl ActivationStore for SqliteStore {
         q: &ActivationQuery,
     ) -> StoreResult<Vec<Activation>> {
         let op = "list_activations";
+        self.settle_deferred().await?;
         let (filter, mut args) = activation_filter(ns, q);
         args.extend(paging(q.skip, q.limit));
         self.read(op, move |c| {
@@ -899,6 +970,7 @@ impl ActivationStore for SqliteStore {
     }
 
     async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64> {
+        self.settle_deferred().await?;
         let (filter, args) = activation_filter(ns, q);
         self.count_where("count_activations", "activations", filter, args)
             .await
@@ -906,6 +978,7 @@ impl ActivationStore for SqliteStore {
 
     async fn usage(&self, ns: &str, since: Option<i64>, upto: Option<i64>) -> StoreResult<Usage> {
         let op = "usage";
+        self.settle_deferred().await?;
         let (filter, args) = activation_filter(
             ns,
             &ActivationQuery {

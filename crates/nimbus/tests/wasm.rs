@@ -554,3 +554,117 @@ async fn cli_creates_an_action_from_a_wasm_file() {
     let v = invoke(&s, "clifn", json!({"via": "cli"})).await;
     assert_eq!(v["response"]["result"], json!({"via": "cli"}), "{v}");
 }
+
+/// The built examples of `examples/wasm` (scripts/build-wasm-examples.sh, idempotent: the
+/// nimbus-wasm tests build the same directory).
+fn example(file: &str) -> Vec<u8> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("NIMBUS_WASM_EXAMPLES") {
+            return PathBuf::from(dir);
+        }
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target dir")
+            .to_path_buf();
+        let dir = target.join("wasm-examples");
+        let status = std::process::Command::new("bash")
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../scripts/build-wasm-examples.sh"),
+            )
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("run scripts/build-wasm-examples.sh");
+        assert!(
+            status.success(),
+            "scripts/build-wasm-examples.sh failed (see above)"
+        );
+        dir
+    });
+    std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// Every example of `examples/wasm`, deployed through the actions API as a user would (kind
+/// inferred from the binary) and run: commands through the invoke API, HTTP components as web
+/// actions and with parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_deploy_through_the_api_and_run() {
+    let s = start().await;
+    let limits = json!({"limits": {"memory": 256, "timeout": 30000}});
+    for (file, language) in [
+        ("rust-wasi-p1.wasm", None),
+        ("rust-wasi.wasm", None),
+        ("python-wasi.wasm", Some("python")),
+        ("js-wasi.wasm", Some("javascript")),
+    ] {
+        let name = file.trim_end_matches(".wasm");
+        let a = deploy(&s, name, "wasm", &example(file), limits.clone()).await;
+        assert_eq!(a["exec"]["kind"], "wasm:wasi", "{file}");
+        let v = invoke(&s, name, json!({"name": "Ada"})).await;
+        let r = &v["response"]["result"];
+        assert_eq!(r["greeting"], "Hello, Ada!", "{file}: {v}");
+        if let Some(l) = language {
+            assert_eq!(r["language"], l, "{file}: {v}");
+        }
+        assert!(
+            v["logs"].as_array().is_some_and(|l| l
+                .iter()
+                .any(|x| x.as_str().is_some_and(|x| x.ends_with("greeting Ada")))),
+            "{file}: stderr becomes the logs: {v}"
+        );
+        let v = invoke(&s, name, json!({"name": "Bo", "fail": true})).await;
+        assert_eq!(
+            v["response"]["status"], "action developer error",
+            "{file}: {v}"
+        );
+    }
+    for (file, language) in [
+        ("rust-http.wasm", None),
+        ("python-http.wasm", Some("python")),
+        ("js-http.wasm", Some("javascript")),
+    ] {
+        let name = file.trim_end_matches(".wasm");
+        let mut extra = limits.clone();
+        extra["annotations"] = json!([{"key": "web-export", "value": true}]);
+        let a = deploy(&s, name, "wasm", &example(file), extra).await;
+        assert_eq!(a["exec"]["kind"], "wasm:http", "{file}");
+        let v = invoke(&s, name, json!({"name": "Ada"})).await;
+        assert_eq!(
+            v["response"]["result"]["greeting"], "Hello, Ada!",
+            "{file}: {v}"
+        );
+        let r = s
+            .client
+            .post(format!("{}/api/v1/web/guest/default/{name}/hello", s.base))
+            .json(&json!({"name": "Grace"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{file}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["greeting"], "Hello, Grace!", "{file}: {v}");
+        assert_eq!(v["method"], "POST", "{file}: {v}");
+        assert_eq!(v["path"], "/hello", "{file}: {v}");
+        if let Some(l) = language {
+            assert_eq!(v["language"], l, "{file}: {v}");
+        }
+        let r = s
+            .client
+            .get(format!(
+                "{}/api/v1/web/guest/default/{name}/missing",
+                s.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        if language.is_some() {
+            assert_eq!(
+                r.status(),
+                404,
+                "{file}: the component's own status goes through"
+            );
+        }
+    }
+}

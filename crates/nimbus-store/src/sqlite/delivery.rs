@@ -79,6 +79,44 @@ fn read_dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
 const DEAD_LETTER_COLUMNS: &str =
     "namespace, id, source, reason, event, attempts, details, created_at";
 
+/// Inserts one pending queue entry (`payload` already encoded); `Conflict` if its id is queued.
+fn insert_scheduled(
+    c: &Connection,
+    op: &'static str,
+    item: &QueuedInvocation,
+    payload: &str,
+    s: &Schedule,
+) -> StoreResult<()> {
+    // `seq` only matters among rows of one key; one past the largest is enough since there is
+    // a single writer.
+    let n = exec_cached(
+        c,
+        "INSERT INTO invocation_queue
+                 (activation_id, namespace, payload, enqueued_at, attempts, state,
+                  claimed_at, not_before, order_key, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6, ?7,
+                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM invocation_queue))
+             ON CONFLICT (activation_id) DO NOTHING",
+        params![
+            item.activation_id.as_str(),
+            item.namespace,
+            payload,
+            item.enqueued_at,
+            i64::from(item.attempts),
+            s.not_before,
+            s.order_key
+        ],
+    )
+    .map_err(db_err(op))?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!(
+            "activation {} is already queued",
+            item.activation_id
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
     async fn enqueue_scheduled(&self, item: &QueuedInvocation, s: &Schedule) -> StoreResult<()> {
@@ -86,34 +124,29 @@ impl DeliveryQueue for SqliteStore {
         let payload = encode(op, &item.payload)?;
         let (item, s) = (item.clone(), s.clone());
         self.write(op, Durability::Full, move |c| {
-            // `seq` only matters among rows of one key; one past the largest is enough since
-            // there is a single writer.
-            let n = exec_cached(
-                c,
-                "INSERT INTO invocation_queue
-                         (activation_id, namespace, payload, enqueued_at, attempts, state,
-                          claimed_at, not_before, order_key, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6, ?7,
-                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM invocation_queue))
-                     ON CONFLICT (activation_id) DO NOTHING",
-                params![
-                    item.activation_id.as_str(),
-                    item.namespace,
-                    payload,
-                    item.enqueued_at,
-                    i64::from(item.attempts),
-                    s.not_before,
-                    s.order_key
-                ],
-            )
-            .map_err(db_err(op))?;
-            if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "activation {} is already queued",
-                    item.activation_id
-                )));
+            insert_scheduled(c, op, &item, &payload, &s)
+        })
+        .await
+    }
+
+    async fn enqueue_fire(
+        &self,
+        items: &[(QueuedInvocation, Schedule)],
+        record: &Activation,
+    ) -> StoreResult<()> {
+        let op = "enqueue_fire";
+        let encoded = items
+            .iter()
+            .map(|(item, s)| Ok((item.clone(), encode(op, &item.payload)?, s.clone())))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let json = encode(op, record)?;
+        let record = record.clone();
+        self.write(op, Durability::Full, move |c| {
+            // The batch runs this job in a savepoint: an error rolls back all of it.
+            for (item, payload, s) in &encoded {
+                insert_scheduled(c, op, item, payload, s)?;
             }
-            Ok(())
+            upsert_activation(c, op, &record, &json)
         })
         .await
     }
@@ -361,6 +394,37 @@ mod tests {
 
     fn claimed_ids(items: &[QueuedInvocation]) -> Vec<ActivationId> {
         items.iter().map(|i| i.activation_id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fire_queues_its_activations_and_records_the_trigger_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let now = Schedule::default();
+        s.enqueue_fire(
+            &[(queued(1), now.clone()), (queued(2), now.clone())],
+            &record(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.queue_depth().await.unwrap(), 2);
+        assert!(s.get_activation("guest", &id(10)).await.unwrap().is_some());
+
+        // The second entry conflicts (already queued): nothing of this fire is written.
+        let err = s
+            .enqueue_fire(&[(queued(3), now.clone()), (queued(2), now)], &record(11))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(s.queue_depth().await.unwrap(), 2, "entry 3 was rolled back");
+        assert!(s.get_activation("guest", &id(11)).await.unwrap().is_none());
+
+        // A fire that matched no rule still records the trigger.
+        s.enqueue_fire(&[], &record(12)).await.unwrap();
+        drop(s);
+        let s = open(&dir);
+        assert!(s.get_activation("guest", &id(12)).await.unwrap().is_some());
+        assert_eq!(claimed_ids(&s.claim(10).await.unwrap()), vec![id(1), id(2)]);
     }
 
     #[tokio::test]

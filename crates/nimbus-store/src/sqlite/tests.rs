@@ -137,6 +137,36 @@ async fn only_put_activation_runs_at_synchronous_normal() {
 }
 
 #[tokio::test]
+async fn deferred_records_are_seen_by_every_later_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for n in 1..=50 {
+        assert!(s.put_activation_deferred(&activation("guest", n, "a", None, i64::from(n))));
+    }
+    // Each read below was issued after the records were queued, none waited for them.
+    assert!(s.get_activation("guest", &id(50)).await.unwrap().is_some());
+    assert!(s.put_activation_deferred(&activation("guest", 51, "a", None, 51)));
+    let q = ActivationQuery::default();
+    assert_eq!(s.count_activations("guest", &q).await.unwrap(), 51);
+    assert!(s.put_activation_deferred(&activation("guest", 52, "b", None, 52)));
+    assert_eq!(
+        ids(&s.list_activations("guest", &q).await.unwrap())[0],
+        id(52)
+    );
+    assert!(s.put_activation_deferred(&activation("guest", 53, "b", None, 53)));
+    assert_eq!(
+        s.usage("guest", None, None).await.unwrap().functions.len(),
+        2
+    );
+    assert!(s.put_activation_deferred(&activation("guest", 54, "b", None, 54)));
+    // A flush (the server's shutdown does one) commits what was queued.
+    s.flush_deferred().await.unwrap();
+    drop(s);
+    let s = open(&dir);
+    assert!(s.get_activation("guest", &id(54)).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn entity_revisions_and_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
