@@ -310,28 +310,8 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let run: RunJob = Box::new(move |conn: Option<&mut Connection>| {
-            // A panic inside `f` must not take the writer thread down: it fails this job only
-            // (its savepoint is rolled back like any failed job's). `None`: the batch broke
-            // before this job could run.
-            let result = conn.map(|conn| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
-                    Err(StoreError::Backend(format!("{op} failed: it panicked")))
-                })
-            });
-            let ok = matches!(result, Some(Ok(_)));
-            let deliver: Deliver = Box::new(move |commit: Option<&str>| {
-                let out = match (result, commit) {
-                    (Some(Err(e)), _) => Err(e),
-                    (Some(Ok(v)), None) => Ok(v),
-                    (_, e) => Err(StoreError::Backend(format!(
-                        "{op} failed: {}",
-                        e.unwrap_or("the write was not run")
-                    ))),
-                };
-                let _ = tx.send(out);
-            });
-            (ok, deliver)
+        let run = job(op, f, move |out| {
+            let _ = tx.send(out);
         });
         self.inner
             .writer
@@ -354,34 +334,18 @@ impl SqliteStore {
         let deferred = Arc::clone(&self.inner.deferred);
         deferred.fetch_add(1, Ordering::AcqRel);
         let counter = Arc::clone(&deferred);
-        let run: RunJob = Box::new(move |conn: Option<&mut Connection>| {
-            let result = conn.map(|conn| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
-                    Err(StoreError::Backend(format!("{op} failed: it panicked")))
-                })
-            });
-            let ok = matches!(result, Some(Ok(_)));
-            let deliver: Deliver = Box::new(move |commit: Option<&str>| {
-                match (result, commit) {
-                    (Some(Ok(())), None) => {}
-                    (Some(Err(e)), _) => {
-                        tracing::error!(error = %e, "{op}: a deferred write failed")
-                    }
-                    (_, e) => tracing::error!(
-                        error = e.unwrap_or("the write was not run"),
-                        "{op}: a deferred write failed"
-                    ),
-                }
-                counter.fetch_sub(1, Ordering::AcqRel);
-            });
-            (ok, deliver)
+        let run = job(op, f, move |out| {
+            if let Err(e) = out {
+                tracing::error!(error = %e, "a deferred write failed");
+            }
+            counter.fetch_sub(1, Ordering::AcqRel);
         });
-        let job = Job {
+        let queued = Job {
             durability: Durability::Normal,
             raw: false,
             run,
         };
-        if self.inner.writer.send(job).is_err() {
+        if self.inner.writer.send(queued).is_err() {
             deferred.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
@@ -441,6 +405,37 @@ impl SqliteStore {
     {
         self.submit("test hook", Durability::Normal, true, f).await
     }
+}
+
+/// A writer job running `f`, whose outcome goes to `done` once its batch's fate is known: `f`'s
+/// error, or the batch's if the commit failed or the batch broke before `f` ran.
+fn job<T, F, D>(op: &'static str, f: F, done: D) -> RunJob
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    D: FnOnce(StoreResult<T>) + Send + 'static,
+{
+    Box::new(move |conn: Option<&mut Connection>| {
+        // A panic inside `f` must not take the writer thread down: it fails this job only (its
+        // savepoint is rolled back like any failed job's). `None`: the batch broke before this
+        // job could run.
+        let result = conn.map(|conn| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
+                .unwrap_or_else(|_| Err(StoreError::Backend(format!("{op} failed: it panicked"))))
+        });
+        let ok = matches!(result, Some(Ok(_)));
+        let deliver: Deliver = Box::new(move |commit: Option<&str>| {
+            done(match (result, commit) {
+                (Some(Err(e)), _) => Err(e),
+                (Some(Ok(v)), None) => Ok(v),
+                (_, e) => Err(StoreError::Backend(format!(
+                    "{op} failed: {}",
+                    e.unwrap_or("the write was not run")
+                ))),
+            });
+        });
+        (ok, deliver)
+    })
 }
 
 /// Delivers a job's result once its batch's fate is known (`Some(error)`: the commit failed).
@@ -1045,7 +1040,7 @@ impl ActivationStore for SqliteStore {
 /// * `release` of an id that is not claimed is a no-op.
 /// * `claim` skips rows scheduled for later (`not_before`) and keyed rows that are not the first
 ///   of their ordering key (see [`crate::DeliveryQueue`]).
-/// * All queue writes run with `synchronous=FULL`.
+/// * Queue writes run with `synchronous=FULL`, except `claim` (see the module docs).
 #[async_trait]
 impl InvocationQueue for SqliteStore {
     async fn enqueue(&self, item: &QueuedInvocation) -> StoreResult<()> {
@@ -1053,28 +1048,7 @@ impl InvocationQueue for SqliteStore {
         let payload = encode(op, &item.payload)?;
         let item = item.clone();
         self.write(op, Durability::Full, move |c| {
-            let n = exec_cached(
-                    c,
-                    "INSERT INTO invocation_queue
-                         (activation_id, namespace, payload, enqueued_at, attempts, state, claimed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL)
-                     ON CONFLICT (activation_id) DO NOTHING",
-                    params![
-                        item.activation_id.as_str(),
-                        item.namespace,
-                        payload,
-                        item.enqueued_at,
-                        i64::from(item.attempts)
-                    ],
-                )
-.map_err(db_err(op))?;
-            if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "activation {} is already queued",
-                    item.activation_id
-                )));
-            }
-            Ok(())
+            delivery::insert_scheduled(c, op, &item, &payload, &crate::Schedule::default())
         })
         .await
     }

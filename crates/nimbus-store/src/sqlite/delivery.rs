@@ -80,7 +80,7 @@ const DEAD_LETTER_COLUMNS: &str =
     "namespace, id, source, reason, event, attempts, details, created_at";
 
 /// Inserts one pending queue entry (`payload` already encoded); `Conflict` if its id is queued.
-fn insert_scheduled(
+pub(super) fn insert_scheduled(
     c: &Connection,
     op: &'static str,
     item: &QueuedInvocation,

@@ -61,6 +61,9 @@ pub struct BenchArgs {
     /// (a `wasm:wasi` module that echoes its parameters) [mqtt].
     #[arg(long, value_delimiter = ',', default_values_t = [String::from("wasm"), String::from("nodejs")])]
     mqtt_action: Vec<String>,
+    /// `limits.concurrency` of the Node.js action: activations one instance runs at once [mqtt].
+    #[arg(long, default_value_t = 1)]
+    mqtt_node_concurrency: u64,
     /// The no-op `wasi:http` component (`crates/nimbus/tests/wasm-fixtures/noop`, built by
     /// `scripts/bench-wasm.sh`) [wasm].
     #[arg(
@@ -112,6 +115,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 seconds: a.mqtt_seconds,
                 concurrency: a.mqtt_concurrency,
                 actions: a.mqtt_action.clone(),
+                node_concurrency: a.mqtt_node_concurrency,
             })
             .await?
         }

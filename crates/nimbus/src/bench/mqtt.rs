@@ -24,6 +24,8 @@ pub(super) struct Opts {
     pub concurrency: u64,
     /// `nodejs` and/or `wasm`: the action kinds, one series each.
     pub actions: Vec<String>,
+    /// `limits.concurrency` of the Node.js action.
+    pub node_concurrency: u64,
 }
 
 /// A `wasm:wasi` command that copies stdin (the parameters) to stdout (the result): the no-op of
@@ -159,10 +161,9 @@ async fn setup(
     client: &reqwest::Client,
     api: &str,
     tag: &str,
-    broker: &str,
     topic: &str,
-    concurrency: u64,
     kind: &str,
+    o: &Opts,
 ) -> anyhow::Result<String> {
     let action = format!("noop{tag}");
     let (exec_kind, code) = match kind {
@@ -177,7 +178,9 @@ async fn setup(
         ),
         other => bail!("unknown --mqtt-action {other:?} (nodejs or wasm)"),
     };
-    put_action(client, api, &action, exec_kind, &code, None).await?;
+    let limits = (kind == "nodejs" && o.node_concurrency > 1)
+        .then(|| json!({"concurrency": o.node_concurrency}));
+    put_action(client, api, &action, exec_kind, &code, limits).await?;
     let trigger = format!("mq{tag}");
     let rule = format!("r{tag}");
     for (path, body) in [
@@ -201,7 +204,7 @@ async fn setup(
     let r = guest(client.post(format!("{api}/api/v1/namespaces/whisk.system/actions/mqtt/subscribe?blocking=true")))
         .json(&json!({
             "lifecycleEvent": "CREATE", "triggerName": format!("/guest/{trigger}"),
-            "url": broker, "topic": topic, "qos": 1, "payloadFormat": "json", "concurrency": concurrency,
+            "url": o.broker, "topic": topic, "qos": 1, "payloadFormat": "json", "concurrency": o.concurrency,
         }))
         .send()
         .await?;
@@ -221,7 +224,7 @@ async fn one_rate(
     let (host, port) = broker_addr(&o.broker)?;
     let tag = format!("{kind}{rate}x{}", rand::random::<u16>());
     let topic = format!("nimbus-bench/{tag}/reading");
-    let action = setup(client, api, &tag, &o.broker, &topic, o.concurrency, kind).await?;
+    let action = setup(client, api, &tag, &topic, kind, o).await?;
     let bare = bare_subscriber(&host, port, &topic).await?;
 
     let mut po = MqttOptions::new(format!("bench-pub-{tag}"), host.clone(), port);
@@ -383,12 +386,12 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
         .unwrap_or(0);
     let mut md = format!(
         "MQTT (QoS 1) message → action start, through one feed trigger, one rule and a no-op action: \
-         `nodejs`, a Node.js function returning two fields of the message; `wasm`, a `wasm:wasi` module echoing its parameters. \
+         `nodejs`, a Node.js function returning two fields of the message (`limits.concurrency` {}); `wasm`, a `wasm:wasi` module echoing its parameters. \
          The bare subscriber is a plain MQTT client on the same broker receiving the same messages. \
          {cpus} CPUs, broker {}, {} s per rate, feed `concurrency` {}, load average after the run {load}.\n\n\
          | action | offered rate (msg/s) | messages | feed → action: delivered | p50 ms | p99 ms | sustained msg/s | bare subscriber: received | p50 ms | p99 ms | msg/s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
-        o.broker, o.seconds, o.concurrency
+        o.node_concurrency, o.broker, o.seconds, o.concurrency
     );
     for r in runs {
         let f = stats(r.feed_lat.clone());
