@@ -7,7 +7,7 @@ mod common;
 use common::{GUEST, SYSTEM, Server};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ECHO: &str = "function main(p) { return p; }";
 
@@ -59,43 +59,15 @@ fn annotation<'a>(rec: &'a Value, key: &str) -> Option<&'a Value> {
 
 /// Activations of `name`, oldest first, once there are at least `n`.
 async fn activations_of(s: &Server, name: &str, n: usize, within: Duration) -> Vec<Value> {
-    let t = Instant::now();
-    loop {
-        let (st, v) = s
-            .get(&format!("activations?name={name}&docs=true&limit=200"))
-            .await;
-        assert_eq!(st, 200, "{v}");
-        let mut list = v.as_array().unwrap().clone();
-        if list.len() >= n {
-            list.sort_by_key(|a| a["start"].as_i64().unwrap());
-            return list;
-        }
-        assert!(
-            t.elapsed() < within,
-            "only {} activations of {name} within {within:?}",
-            list.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path = format!("activations?name={name}&docs=true&limit=200");
+    let mut list = s.list_at_least(&path, GUEST, n, within).await;
+    list.sort_by_key(|a| a["start"].as_i64().unwrap());
+    list
 }
 
 /// The dead letters of the caller's namespace once there are at least `n`.
 async fn dead_letters(s: &Server, auth: &str, n: usize, within: Duration) -> Vec<Value> {
-    let t = Instant::now();
-    loop {
-        let (st, v) = s.req(Method::GET, "deadletters", auth, None).await;
-        assert_eq!(st, 200, "{v}");
-        let list = v.as_array().unwrap().clone();
-        if list.len() >= n {
-            return list;
-        }
-        assert!(
-            t.elapsed() < within,
-            "only {} dead letters within {within:?}",
-            list.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.list_at_least("deadletters", auth, n, within).await
 }
 
 #[tokio::test]

@@ -84,47 +84,17 @@ async fn lifecycle(s: &Server, action: &str, trigger: &str, event: &str) -> (u16
 
 /// Results of the finished activations of `action`, waiting until there are at least `n`.
 async fn results(s: &Server, action: &str, n: usize, within: Duration) -> Vec<Value> {
-    let t = Instant::now();
-    loop {
-        let (st, list) = s
-            .get(&format!("activations?name={action}&docs=true&limit=200"))
-            .await;
-        assert_eq!(st, 200);
-        let got: Vec<Value> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["response"]["result"].clone())
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            t.elapsed() < within,
-            "{action}: {} of {n} activations within {within:?}",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let path = format!("activations?name={action}&docs=true&limit=200");
+    s.list_at_least(&path, GUEST, n, within)
+        .await
+        .iter()
+        .map(|a| a["response"]["result"].clone())
+        .collect()
 }
 
 /// The namespace's dead letters (the delivery store) once there are at least `n`.
 async fn dead_letters(s: &Server, n: usize, within: Duration) -> Vec<Value> {
-    let t = Instant::now();
-    loop {
-        let (st, v) = s.get("deadletters").await;
-        assert_eq!(st, 200, "{v}");
-        let list = v.as_array().unwrap().clone();
-        if list.len() >= n {
-            return list;
-        }
-        assert!(
-            t.elapsed() < within,
-            "{} of {n} dead letters within {within:?}",
-            list.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.list_at_least("deadletters", GUEST, n, within).await
 }
 
 fn assert_cloudevent(ev: &Value, ty: &str) {

@@ -19,59 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Echoes stdin to stdout and logs `echo: starting` on stderr; spins forever when the input's
 /// byte 8 is `t` (as in `{"loop":true}`).
-const ECHO_WAT: &str = r#"
-(module
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 2048) "echo: starting\n")
-  (func (export "_start")
-    (local $n i32)
-    (i32.store (i32.const 32) (i32.const 2048))
-    (i32.store (i32.const 36) (i32.const 15))
-    (drop (call $fd_write (i32.const 2) (i32.const 32) (i32.const 1) (i32.const 40)))
-    (loop $again
-      (i32.store (i32.const 0) (i32.const 4096))
-      (i32.store (i32.const 4) (i32.const 1024))
-      (i32.store (i32.const 8) (i32.const 0))
-      (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-      (local.set $n (i32.load (i32.const 8)))
-      (if (i32.eq (i32.load8_u (i32.const 4104)) (i32.const 116))
-        (then (loop $spin (br $spin))))
-      (if (i32.gt_u (local.get $n) (i32.const 0))
-        (then
-          (i32.store (i32.const 4) (local.get $n))
-          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-          (br $again)))))
-)
-"#;
+const ECHO_WAT: &str = include_str!("../../nimbus-wasm/tests/fixtures/echo.wat");
 
 /// Grows memory 1 MiB at a time until refused, then traps.
-const BOMB_WAT: &str = r#"
-(module
-  (memory 1)
-  (func (export "_start")
-    (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
-    unreachable)
-)
-"#;
+const BOMB_WAT: &str = include_str!("../../nimbus-wasm/tests/fixtures/bomb.wat");
 
 /// Increments a global and a byte of memory and prints both: `{"g":1,"m":1}` on a fresh instance.
-const COUNTER_WAT: &str = r#"
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $g (mut i32) (i32.const 0))
-  (data (i32.const 100) "{\"g\":0,\"m\":0}")
-  (func (export "_start")
-    (global.set $g (i32.add (global.get $g) (i32.const 1)))
-    (i32.store8 (i32.const 105) (i32.add (i32.const 48) (global.get $g)))
-    (i32.store8 (i32.const 111) (i32.add (i32.load8_u (i32.const 111)) (i32.const 1)))
-    (i32.store (i32.const 0) (i32.const 100))
-    (i32.store (i32.const 4) (i32.const 13))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
-)
-"#;
+const COUNTER_WAT: &str = include_str!("../../nimbus-wasm/tests/fixtures/counter.wat");
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)

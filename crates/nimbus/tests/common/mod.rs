@@ -118,6 +118,32 @@ impl Server {
             .await
     }
 
+    /// Polls the list at `path` (as `auth`) until it holds at least `n` entries; fails the test
+    /// after `within`.
+    pub async fn list_at_least(
+        &self,
+        path: &str,
+        auth: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<Value> {
+        let t = Instant::now();
+        loop {
+            let (st, v) = self.req(reqwest::Method::GET, path, auth, None).await;
+            assert_eq!(st, 200, "GET {path}: {v}");
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.len() >= n {
+                return list;
+            }
+            assert!(
+                t.elapsed() < within,
+                "GET {path}: {} of {n} entries within {within:?}",
+                list.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Polls an activation until it is recorded.
     pub async fn wait_activation(&self, id: &str, within: Duration) -> Value {
         let t = Instant::now();
