@@ -141,7 +141,13 @@ impl DeliveryQueue for SqliteStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let json = encode(op, record)?;
         let record = record.clone();
-        self.write(op, Durability::Full, move |c| {
+        // Only accepted work needs the fsync; a fire that queued nothing is just a record.
+        let durability = if encoded.is_empty() {
+            Durability::Normal
+        } else {
+            Durability::Full
+        };
+        self.write(op, durability, move |c| {
             // The batch runs this job in a savepoint: an error rolls back all of it.
             for (item, payload, s) in &encoded {
                 insert_scheduled(c, op, item, payload, s)?;
