@@ -17,7 +17,7 @@ use crate::fire::{Backoff, Fired, Firer};
 use base64::Engine;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -41,6 +41,9 @@ enum Format {
 struct Config {
     host: String,
     port: u16,
+    /// `mqtts://`: TLS, verifying the broker against `ca_cert` (PEM) or the system's roots.
+    tls: bool,
+    ca_cert: Option<String>,
     topic: String,
     qos: QoS,
     username: Option<String>,
@@ -50,19 +53,25 @@ struct Config {
     concurrency: usize,
 }
 
-/// Parses `mqtt://host[:port]` (also `tcp://` or a bare `host[:port]`).
-pub(crate) fn parse_url(url: &str) -> FeedResult<(String, u16)> {
-    let rest = if let Some(r) = url
+/// Parses `mqtt://host[:port]` (also `tcp://` or a bare `host[:port]`; port 1883) or
+/// `mqtts://host[:port]` (also `ssl://`; TLS, port 8883). Returns host, port and whether TLS.
+pub(crate) fn parse_url(url: &str) -> FeedResult<(String, u16, bool)> {
+    let (rest, tls) = if let Some(r) = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
     {
-        r
+        (r, false)
+    } else if let Some(r) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (r, true)
     } else if url.contains("://") {
         return Err(invalid(format!(
-            "'url' must be mqtt://host[:port] ('{url}': only plain MQTT over TCP is supported)."
+            "'url' must be mqtt://host[:port] or mqtts://host[:port], not '{url}'."
         )));
     } else {
-        url
+        (url, false)
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
@@ -71,14 +80,54 @@ pub(crate) fn parse_url(url: &str) -> FeedResult<(String, u16)> {
             p.parse::<u16>()
                 .map_err(|_| invalid(format!("'url' has an invalid port: '{url}'.")))?,
         ),
-        None => (rest, 1883),
+        None => (rest, if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() || host.contains('/') || host.contains('@') {
         return Err(invalid(format!(
-            "'url' must be mqtt://host[:port], not '{url}'."
+            "'url' must be mqtt://host[:port] or mqtts://host[:port], not '{url}'."
         )));
     }
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
+}
+
+/// The certificates of a PEM bundle; an error names what is wrong with it.
+fn pem_certificates(pem: &str) -> FeedResult<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("'caCert' is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "'caCert' holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----).",
+        ));
+    }
+    Ok(certs)
+}
+
+/// The TLS client configuration of an `mqtts://` feed: the broker is verified against `caCert`
+/// when given, else against the system's root certificates.
+fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_cert {
+        Some(pem) => {
+            for cert in pem_certificates(pem).map_err(|e| e.to_string())? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("'caCert' is not a usable CA certificate: {e}"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system bundle may hold certificates rustls cannot use; skip those.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 fn validate_filter(f: &str) -> FeedResult<()> {
@@ -109,7 +158,14 @@ fn str_param(p: &Map<String, Value>, k: &str) -> FeedResult<Option<String>> {
 fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     let url = str_param(p, "url")?
         .ok_or_else(|| invalid("The MQTT feed needs 'url', e.g. mqtt://127.0.0.1:1883."))?;
-    let (host, port) = parse_url(&url)?;
+    let (host, port, tls) = parse_url(&url)?;
+    let ca_cert = str_param(p, "caCert")?;
+    if let Some(pem) = &ca_cert {
+        if !tls {
+            return Err(invalid("'caCert' is for mqtts:// URLs."));
+        }
+        pem_certificates(pem)?;
+    }
     let topic = str_param(p, "topic")?.ok_or_else(|| {
         invalid("The MQTT feed needs 'topic', a topic filter such as sensors/+/temp.")
     })?;
@@ -152,6 +208,8 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     Ok(Config {
         host,
         port,
+        tls,
+        ca_cert,
         topic,
         qos,
         username,
@@ -249,6 +307,19 @@ pub(crate) async fn run(firer: Firer) {
     opts.set_max_packet_size(2 * 1024 * 1024, 64 * 1024);
     if let Some(u) = &cfg.username {
         opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    if cfg.tls {
+        match tls_config(&cfg) {
+            Ok(c) => {
+                opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                    Arc::new(c),
+                )));
+            }
+            Err(e) => {
+                tracing::error!(trigger = %reg.trigger, error = %e, "MQTT TLS configuration is unusable; feed not started");
+                return;
+            }
+        }
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
@@ -352,16 +423,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ca_certificates_are_checked_when_the_feed_is_created() {
+        let mut p = Map::new();
+        p.insert("url".into(), json!("mqtts://127.0.0.1"));
+        p.insert("topic".into(), json!("t"));
+        p.insert("caCert".into(), json!("not a certificate"));
+        let e = parse(&p).unwrap_err().to_string();
+        assert!(e.contains("caCert"), "{e}");
+        p.insert("url".into(), json!("mqtt://127.0.0.1"));
+        p.insert(
+            "caCert".into(),
+            json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        );
+        let e = parse(&p).unwrap_err().to_string();
+        assert!(e.contains("mqtts://"), "{e}");
+        p.remove("caCert");
+        p.insert("url".into(), json!("mqtts://127.0.0.1"));
+        let cfg = parse(&p).unwrap();
+        assert!(cfg.tls && cfg.port == 8883);
+        // Without caCert: the system's roots.
+        assert!(tls_config(&cfg).is_ok());
+    }
+
+    #[test]
     fn urls_and_filters() {
         assert_eq!(
             parse_url("mqtt://127.0.0.1:1883").unwrap(),
-            ("127.0.0.1".into(), 1883)
+            ("127.0.0.1".into(), 1883, false)
         );
         assert_eq!(
             parse_url("broker.local").unwrap(),
-            ("broker.local".into(), 1883)
+            ("broker.local".into(), 1883, false)
         );
-        assert!(parse_url("mqtts://h:8883").is_err());
+        assert_eq!(parse_url("mqtts://h").unwrap(), ("h".into(), 8883, true));
+        assert_eq!(parse_url("ssl://h:9883").unwrap(), ("h".into(), 9883, true));
+        assert!(parse_url("ws://h:8883").is_err());
         assert!(parse_url("mqtt://h:notaport").is_err());
         assert!(validate_filter("sensors/+/temp").is_ok());
         assert!(validate_filter("sensors/#").is_ok());

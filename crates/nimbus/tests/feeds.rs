@@ -252,6 +252,179 @@ async fn mqtt_feed_fires_rule_and_dead_letters_malformed_messages() {
     );
 }
 
+/// A Mosquitto of its own with a TLS listener on a free port, its CA and server certificate
+/// made with openssl for 127.0.0.1; killed on drop.
+struct TlsBroker {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn tls_broker() -> TlsBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    let openssl = || std::process::Command::new("openssl");
+    run(openssl()
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=nimbus test CA", "-keyout"])
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")));
+    run(openssl()
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr")));
+    std::fs::write(p("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(openssl()
+        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("san.ext"))
+        .arg("-out")
+        .arg(p("server.pem")));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = format!(
+        "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\nuser root\n",
+        p("ca.pem").display(),
+        p("server.pem").display(),
+        p("server.key").display()
+    );
+    std::fs::write(p("mosquitto.conf"), conf).unwrap();
+    let child = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(p("mosquitto.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto (Debian package mosquitto)");
+    let t = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "TLS broker did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    TlsBroker {
+        child,
+        port,
+        ca: p("ca.pem"),
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn mqtt_feed_over_tls_verifies_the_broker() {
+    let broker = tls_broker().await;
+    let s = Server::start(&["--dev"]).await;
+    let ca = std::fs::read_to_string(&broker.ca).unwrap();
+    let topic = uniq("nimbus-tls/");
+    let trigger = uniq("mqtls");
+    let action = pipeline(&s, &trigger).await;
+    create_feed(
+        &s,
+        "mqtt/subscribe",
+        &trigger,
+        json!({"url": format!("mqtts://127.0.0.1:{}", broker.port), "topic": topic, "caCert": ca}),
+    )
+    .await;
+    // A feed trusting only the system's roots cannot verify this broker: it never delivers.
+    let untrusting = uniq("mqtls");
+    let action2 = pipeline(&s, &untrusting).await;
+    create_feed(
+        &s,
+        "mqtt/subscribe",
+        &untrusting,
+        json!({"url": format!("mqtts://127.0.0.1:{}", broker.port), "topic": topic}),
+    )
+    .await;
+    let t = Instant::now();
+    let got = loop {
+        run(std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "--cafile",
+            ])
+            .arg(&broker.ca)
+            .args(["-q", "1", "-t", &topic, "-m", r#"{"temp": 42}"#]));
+        let got = results(&s, &action, 0, Duration::from_secs(1)).await;
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no message over TLS");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(got[0]["payload"]["temp"], 42);
+    assert_eq!(got[0]["topic"], topic.as_str());
+    assert!(
+        results(&s, &action2, 0, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+
+    // A bad CA is refused when the feed is created, with the reason.
+    let third = uniq("mqtls");
+    pipeline(&s, &third).await;
+    let (st, v) = feed(
+        &s,
+        "mqtt/subscribe",
+        json!({"lifecycleEvent": "CREATE", "triggerName": format!("/guest/{third}"), "authKey": GUEST,
+               "url": "mqtts://127.0.0.1:8883", "topic": "t", "caCert": "garbage"}),
+    )
+    .await;
+    // (A feed action's error is an application error of its activation, hence 502.)
+    assert_eq!(st, 502, "{v}");
+    assert!(
+        v["response"]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("caCert"),
+        "{v}"
+    );
+}
+
 #[tokio::test]
 async fn feed_create_rejects_bad_parameters_and_foreign_triggers() {
     let s = Server::start(&["--dev"]).await;
