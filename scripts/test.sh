@@ -19,8 +19,10 @@ command -v slirp4netns >/dev/null 2>&1 || need_apt+=(slirp4netns)
 # The IoT example's end-to-end test publishes with mosquitto_pub and checks tables with psql.
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# The TLS feed tests make a CA with openssl and start brokers of their own.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -19,6 +19,7 @@ mod fire;
 mod mqtt;
 mod nats;
 mod postgres;
+mod tls;
 pub mod webhook;
 
 use async_trait::async_trait;

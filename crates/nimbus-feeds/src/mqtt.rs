@@ -90,46 +90,6 @@ pub(crate) fn parse_url(url: &str) -> FeedResult<(String, u16, bool)> {
     Ok((host.to_string(), port, tls))
 }
 
-/// The certificates of a PEM bundle; an error names what is wrong with it.
-fn pem_certificates(pem: &str) -> FeedResult<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    use rustls::pki_types::pem::PemObject as _;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("'caCert' is not valid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid(
-            "'caCert' holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----).",
-        ));
-    }
-    Ok(certs)
-}
-
-/// The TLS client configuration of an `mqtts://` feed: the broker is verified against `caCert`
-/// when given, else against the system's root certificates.
-fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_cert {
-        Some(pem) => {
-            for cert in pem_certificates(pem).map_err(|e| e.to_string())? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("'caCert' is not a usable CA certificate: {e}"))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // A system bundle may hold certificates rustls cannot use; skip those.
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-}
-
 fn validate_filter(f: &str) -> FeedResult<()> {
     let bad = || invalid(format!("'topic' is not a valid MQTT topic filter: '{f}'."));
     if f.is_empty() || f.len() > 65_535 || f.contains('\0') {
@@ -164,7 +124,7 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
         if !tls {
             return Err(invalid("'caCert' is for mqtts:// URLs."));
         }
-        pem_certificates(pem)?;
+        crate::tls::pem_certificates(pem)?;
     }
     let topic = str_param(p, "topic")?.ok_or_else(|| {
         invalid("The MQTT feed needs 'topic', a topic filter such as sensors/+/temp.")
@@ -309,7 +269,7 @@ pub(crate) async fn run(firer: Firer) {
         opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
     }
     if cfg.tls {
-        match tls_config(&cfg) {
+        match crate::tls::client_config(cfg.ca_cert.as_deref()) {
             Ok(c) => {
                 opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                     Arc::new(c),
@@ -442,7 +402,7 @@ mod tests {
         let cfg = parse(&p).unwrap();
         assert!(cfg.tls && cfg.port == 8883);
         // Without caCert: the system's roots.
-        assert!(tls_config(&cfg).is_ok());
+        assert!(crate::tls::client_config(cfg.ca_cert.as_deref()).is_ok());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `/whisk.system/nats/subscribe`: NATS messages fire the trigger.
 //!
-//! Parameters: `url` (`nats://host[:port]`), and either `subject` (core NATS, at-most-once) or
-//! `stream` (a JetStream stream; optional `subject` narrows it with a filter) with `durable`
-//! (the durable pull consumer's name; default derived from the trigger). Optional `username` /
-//! `password` or `token`, and `payloadFormat` as for MQTT.
+//! Parameters: `url` (`nats://host[:port]`, or `tls://host[:port]` with an optional `caCert`
+//! PEM to verify the server against instead of the system's roots), and either `subject` (core
+//! NATS, at-most-once) or `stream` (a JetStream stream; optional `subject` narrows it with a
+//! filter) with `durable` (the durable pull consumer's name; default derived from the trigger).
+//! Optional `username` / `password` or `token`, and `payloadFormat` as for MQTT.
 //!
 //! JetStream messages are acknowledged only after the fire was durably accepted (or the
 //! message durably dead-lettered); an unacknowledged message is redelivered by the server
@@ -22,6 +23,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 struct Config {
     url: String,
+    /// `tls://` URL: TLS, verifying the server against `ca_cert` (PEM) or the system's roots.
+    tls: bool,
+    ca_cert: Option<String>,
     subject: Option<String>,
     stream: Option<String>,
     durable: Option<String>,
@@ -42,10 +46,18 @@ fn s(p: &Map<String, Value>, k: &str) -> FeedResult<Option<String>> {
 fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     let url = s(p, "url")?
         .ok_or_else(|| invalid("The NATS feed needs 'url', e.g. nats://127.0.0.1:4222."))?;
-    if !url.starts_with("nats://") && url.contains("://") {
+    let tls = url.starts_with("tls://");
+    if !url.starts_with("nats://") && !tls && url.contains("://") {
         return Err(invalid(format!(
-            "'url' must be nats://host[:port], not '{url}'."
+            "'url' must be nats://host[:port] or tls://host[:port], not '{url}'."
         )));
+    }
+    let ca_cert = s(p, "caCert")?;
+    if let Some(pem) = &ca_cert {
+        if !tls {
+            return Err(invalid("'caCert' is for tls:// URLs."));
+        }
+        crate::tls::pem_certificates(pem)?;
     }
     let subject = s(p, "subject")?;
     let stream = s(p, "stream")?;
@@ -79,6 +91,8 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     }
     Ok(Config {
         url,
+        tls,
+        ca_cert,
         subject,
         stream,
         durable,
@@ -126,7 +140,11 @@ async fn process(
             extra.insert("subject".into(), json!(subject));
             extra.insert("payload".into(), p);
             extra.insert("receivedAt".into(), json!(now.timestamp_millis()));
-            let host = cfg.url.trim_start_matches("nats://").trim_end_matches('/');
+            let host = cfg
+                .url
+                .trim_start_matches("nats://")
+                .trim_start_matches("tls://")
+                .trim_end_matches('/');
             let ev = CloudEvent::new(
                 id,
                 format!("nats://{host}/{subject}"),
@@ -167,6 +185,11 @@ async fn connect(cfg: &Config, feed: String) -> Result<async_nats::Client, Strin
     }
     if let Some(t) = &cfg.token {
         opts = opts.token(t.clone());
+    }
+    if cfg.tls {
+        opts = opts
+            .require_tls(true)
+            .tls_client_config(crate::tls::client_config(cfg.ca_cert.as_deref())?);
     }
     opts.connect(cfg.url.as_str())
         .await

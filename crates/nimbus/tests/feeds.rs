@@ -252,8 +252,8 @@ async fn mqtt_feed_fires_rule_and_dead_letters_malformed_messages() {
     );
 }
 
-/// A Mosquitto of its own with a TLS listener on a free port, its CA and server certificate
-/// made with openssl for 127.0.0.1; killed on drop.
+/// A broker of its own (Mosquitto or nats-server) with a TLS listener on a free port, its CA and
+/// server certificate made with openssl for 127.0.0.1; killed on drop.
 struct TlsBroker {
     child: std::process::Child,
     port: u16,
@@ -277,7 +277,13 @@ fn run(cmd: &mut std::process::Command) {
     );
 }
 
-async fn tls_broker() -> TlsBroker {
+#[derive(Clone, Copy)]
+enum BrokerKind {
+    Mosquitto,
+    Nats,
+}
+
+async fn tls_broker(kind: BrokerKind) -> TlsBroker {
     let dir = tempfile::tempdir().unwrap();
     let p = |f: &str| dir.path().join(f);
     let openssl = || std::process::Command::new("openssl");
@@ -297,8 +303,8 @@ async fn tls_broker() -> TlsBroker {
             "-nodes",
             "-subj",
             "/CN=127.0.0.1",
-            "-keyout",
         ])
+        .arg("-keyout")
         .arg(p("server.key"))
         .arg("-out")
         .arg(p("server.csr")));
@@ -319,20 +325,40 @@ async fn tls_broker() -> TlsBroker {
         .local_addr()
         .unwrap()
         .port();
-    let conf = format!(
-        "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\nuser root\n",
-        p("ca.pem").display(),
-        p("server.pem").display(),
-        p("server.key").display()
-    );
-    std::fs::write(p("mosquitto.conf"), conf).unwrap();
-    let child = std::process::Command::new("mosquitto")
-        .arg("-c")
-        .arg(p("mosquitto.conf"))
+    let mut cmd = match kind {
+        BrokerKind::Mosquitto => {
+            let conf = format!(
+                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\nuser root\n",
+                p("ca.pem").display(),
+                p("server.pem").display(),
+                p("server.key").display()
+            );
+            std::fs::write(p("mosquitto.conf"), conf).unwrap();
+            let mut c = std::process::Command::new("mosquitto");
+            c.arg("-c").arg(p("mosquitto.conf"));
+            c
+        }
+        BrokerKind::Nats => {
+            let mut c = std::process::Command::new("nats-server");
+            c.args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--tls",
+                "--tlscert",
+            ])
+            .arg(p("server.pem"))
+            .arg("--tlskey")
+            .arg(p("server.key"));
+            c
+        }
+    };
+    let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("mosquitto (Debian package mosquitto)");
+        .expect("the broker binary (Debian packages mosquitto, nats-server)");
     let t = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -353,8 +379,50 @@ async fn tls_broker() -> TlsBroker {
 }
 
 #[tokio::test]
+async fn nats_feed_over_tls() {
+    let broker = tls_broker(BrokerKind::Nats).await;
+    let s = Server::start(&["--dev"]).await;
+    let url = format!("tls://127.0.0.1:{}", broker.port);
+    let nc = async_nats::ConnectOptions::new()
+        .add_root_certificates(broker.ca.clone())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let trigger = uniq("ntls");
+    let action = pipeline(&s, &trigger).await;
+    let subject = format!("nimbustls.{}", uniq("s"));
+    let ca = std::fs::read_to_string(&broker.ca).unwrap();
+    create_feed(
+        &s,
+        "nats/subscribe",
+        &trigger,
+        json!({"url": url, "subject": subject, "caCert": ca}),
+    )
+    .await;
+    let t = Instant::now();
+    let got = loop {
+        nc.publish(subject.clone(), r#"{"v": 7}"#.into())
+            .await
+            .unwrap();
+        nc.flush().await.unwrap();
+        let got = results(&s, &action, 0, Duration::from_secs(1)).await;
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no NATS message over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(got[0]["payload"]["v"], 7);
+    assert_eq!(got[0]["subject"], subject.as_str());
+}
+
+#[tokio::test]
 async fn mqtt_feed_over_tls_verifies_the_broker() {
-    let broker = tls_broker().await;
+    let broker = tls_broker(BrokerKind::Mosquitto).await;
     let s = Server::start(&["--dev"]).await;
     let ca = std::fs::read_to_string(&broker.ca).unwrap();
     let topic = uniq("nimbus-tls/");
