@@ -399,7 +399,7 @@ impl Feeds {
     fn describe(&self, reg: &FeedRegistration, provider: Provider) -> Value {
         let mut config = reg.config.clone();
         if let Some(o) = config.as_object_mut() {
-            for k in ["password", "url"] {
+            for k in ["password", "token", "clientKey", "url"] {
                 if k == "url" && provider != Provider::Postgres {
                     continue;
                 }
@@ -437,7 +437,7 @@ impl Feeds {
 
 fn mask(key: &str, v: &Value) -> Value {
     match (key, v.as_str()) {
-        ("password", Some(_)) => json!("********"),
+        ("password" | "token" | "clientKey", Some(_)) => json!("********"),
         // A connection string may embed a password: hide it, keep the rest readable.
         ("url", Some(s)) => json!(postgres::redact(s)),
         _ => v.clone(),

@@ -41,9 +41,9 @@ enum Format {
 struct Config {
     host: String,
     port: u16,
-    /// `mqtts://`: TLS, verifying the broker against `ca_cert` (PEM) or the system's roots.
+    /// `mqtts://`: TLS with these settings (see `crate::tls`).
     tls: bool,
-    ca_cert: Option<String>,
+    tls_settings: crate::tls::TlsSettings,
     topic: String,
     qos: QoS,
     username: Option<String>,
@@ -119,13 +119,7 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     let url = str_param(p, "url")?
         .ok_or_else(|| invalid("The MQTT feed needs 'url', e.g. mqtt://127.0.0.1:1883."))?;
     let (host, port, tls) = parse_url(&url)?;
-    let ca_cert = str_param(p, "caCert")?;
-    if let Some(pem) = &ca_cert {
-        if !tls {
-            return Err(invalid("'caCert' is for mqtts:// URLs."));
-        }
-        crate::tls::pem_certificates(pem)?;
-    }
+    let tls_settings = crate::tls::parse_settings(p, tls, "mqtts://")?;
     let topic = str_param(p, "topic")?.ok_or_else(|| {
         invalid("The MQTT feed needs 'topic', a topic filter such as sensors/+/temp.")
     })?;
@@ -169,7 +163,7 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
         host,
         port,
         tls,
-        ca_cert,
+        tls_settings,
         topic,
         qos,
         username,
@@ -269,7 +263,7 @@ pub(crate) async fn run(firer: Firer) {
         opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
     }
     if cfg.tls {
-        match crate::tls::client_config(cfg.ca_cert.as_deref()) {
+        match crate::tls::client_config(&cfg.tls_settings) {
             Ok(c) => {
                 opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                     Arc::new(c),
@@ -402,7 +396,10 @@ mod tests {
         let cfg = parse(&p).unwrap();
         assert!(cfg.tls && cfg.port == 8883);
         // Without caCert: the system's roots.
-        assert!(crate::tls::client_config(cfg.ca_cert.as_deref()).is_ok());
+        assert!(crate::tls::client_config(&cfg.tls_settings).is_ok());
+        p.insert("clientCert".into(), json!("garbage"));
+        let e = parse(&p).unwrap_err().to_string();
+        assert!(e.contains("clientKey"), "{e}");
     }
 
     #[test]

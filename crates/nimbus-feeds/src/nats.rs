@@ -1,7 +1,7 @@
 //! `/whisk.system/nats/subscribe`: NATS messages fire the trigger.
 //!
-//! Parameters: `url` (`nats://host[:port]`, or `tls://host[:port]` with an optional `caCert`
-//! PEM to verify the server against instead of the system's roots), and either `subject` (core
+//! Parameters: `url` (`nats://host[:port]`, or `tls://host[:port]` with optional `caCert`,
+//! `clientCert` and `clientKey` PEM, see `crate::tls`), and either `subject` (core
 //! NATS, at-most-once) or `stream` (a JetStream stream; optional `subject` narrows it with a
 //! filter) with `durable` (the durable pull consumer's name; default derived from the trigger).
 //! Optional `username` / `password` or `token`, and `payloadFormat` as for MQTT.
@@ -23,9 +23,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 struct Config {
     url: String,
-    /// `tls://` URL: TLS, verifying the server against `ca_cert` (PEM) or the system's roots.
+    /// `tls://` URL: TLS with these settings (see `crate::tls`).
     tls: bool,
-    ca_cert: Option<String>,
+    tls_settings: crate::tls::TlsSettings,
     subject: Option<String>,
     stream: Option<String>,
     durable: Option<String>,
@@ -52,13 +52,7 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
             "'url' must be nats://host[:port] or tls://host[:port], not '{url}'."
         )));
     }
-    let ca_cert = s(p, "caCert")?;
-    if let Some(pem) = &ca_cert {
-        if !tls {
-            return Err(invalid("'caCert' is for tls:// URLs."));
-        }
-        crate::tls::pem_certificates(pem)?;
-    }
+    let tls_settings = crate::tls::parse_settings(p, tls, "tls://")?;
     let subject = s(p, "subject")?;
     let stream = s(p, "stream")?;
     if subject.is_none() && stream.is_none() {
@@ -92,7 +86,7 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
     Ok(Config {
         url,
         tls,
-        ca_cert,
+        tls_settings,
         subject,
         stream,
         durable,
@@ -189,7 +183,7 @@ async fn connect(cfg: &Config, feed: String) -> Result<async_nats::Client, Strin
     if cfg.tls {
         opts = opts
             .require_tls(true)
-            .tls_client_config(crate::tls::client_config(cfg.ca_cert.as_deref())?);
+            .tls_client_config(crate::tls::client_config(&cfg.tls_settings)?);
     }
     opts.connect(cfg.url.as_str())
         .await

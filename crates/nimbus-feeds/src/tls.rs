@@ -1,9 +1,84 @@
 //! TLS client settings shared by the message feeds (`mqtts://`, NATS `tls://`): rustls with the
-//! ring provider, verifying the server against a feed's `caCert` (PEM) or the system's roots.
+//! ring provider, verifying the server against a feed's `caCert` (PEM) or the system's roots,
+//! and presenting `clientCert` + `clientKey` (PEM) when the broker wants a client certificate
+//! (mutual TLS, as AWS IoT Core and most managed IoT brokers do).
 
 use crate::error::{FeedResult, invalid};
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Map, Value};
 use std::sync::Arc;
+
+/// The TLS parameters of a feed (all PEM).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsSettings {
+    pub(crate) ca_cert: Option<String>,
+    pub(crate) client_cert: Option<String>,
+    pub(crate) client_key: Option<String>,
+}
+
+fn pem_param(p: &Map<String, Value>, k: &str) -> FeedResult<Option<String>> {
+    match p.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(v)) if !v.trim().is_empty() => Ok(Some(v.clone())),
+        Some(_) => Err(invalid(format!("'{k}' must be a PEM string."))),
+    }
+}
+
+/// Reads and checks `caCert`, `clientCert` and `clientKey`; they are only for TLS URLs
+/// (`scheme`, e.g. `mqtts://`, names the one to use).
+pub(crate) fn parse_settings(
+    p: &Map<String, Value>,
+    tls: bool,
+    scheme: &str,
+) -> FeedResult<TlsSettings> {
+    let s = TlsSettings {
+        ca_cert: pem_param(p, "caCert")?,
+        client_cert: pem_param(p, "clientCert")?,
+        client_key: pem_param(p, "clientKey")?,
+    };
+    let any = s.ca_cert.is_some() || s.client_cert.is_some() || s.client_key.is_some();
+    if any && !tls {
+        return Err(invalid(format!(
+            "'caCert', 'clientCert' and 'clientKey' are for {scheme} URLs."
+        )));
+    }
+    if let Some(pem) = &s.ca_cert {
+        pem_certificates(pem)?;
+    }
+    match (&s.client_cert, &s.client_key) {
+        (Some(c), Some(k)) => {
+            client_identity(c, k)?;
+        }
+        (None, None) => {}
+        _ => {
+            return Err(invalid(
+                "'clientCert' and 'clientKey' go together (the client certificate and its key).",
+            ));
+        }
+    }
+    if tls {
+        // Everything rustls checks up front (e.g. an X.509 v1 client certificate, a key that
+        // does not fit) fails the CREATE rather than a feed that never starts.
+        client_config(&s).map_err(invalid)?;
+    }
+    Ok(s)
+}
+
+/// The client certificate chain and its private key.
+fn client_identity(
+    cert: &str,
+    key: &str,
+) -> FeedResult<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    use rustls::pki_types::pem::PemObject as _;
+    let chain = pem_certificates(cert)
+        .map_err(|e| invalid(e.to_string().replace("'caCert'", "'clientCert'")))?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| {
+        invalid(format!(
+            "'clientKey' is not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"
+        ))
+    })?;
+    Ok((chain, key))
+}
 
 /// The certificates of a PEM bundle; an error names what is wrong with it.
 pub(crate) fn pem_certificates(pem: &str) -> FeedResult<Vec<CertificateDer<'static>>> {
@@ -19,10 +94,11 @@ pub(crate) fn pem_certificates(pem: &str) -> FeedResult<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// A client configuration trusting `ca_cert` (PEM) when given, else the system's roots.
-pub(crate) fn client_config(ca_cert: Option<&str>) -> Result<rustls::ClientConfig, String> {
+/// A client configuration trusting `caCert` when given, else the system's roots, and
+/// presenting the client certificate when given.
+pub(crate) fn client_config(s: &TlsSettings) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_cert {
+    match s.ca_cert.as_deref() {
         Some(pem) => {
             for cert in pem_certificates(pem).map_err(|e| e.to_string())? {
                 roots
@@ -37,8 +113,19 @@ pub(crate) fn client_config(ca_cert: Option<&str>) -> Result<rustls::ClientConfi
             }
         }
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    match (&s.client_cert, &s.client_key) {
+        (Some(c), Some(k)) => {
+            let (chain, key) = client_identity(c, k).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate cannot be used: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }

@@ -120,6 +120,7 @@ impl WasiHttpHooks for OutboundHooks {
             tracing::debug!(uri = %request.uri(), "outbound HTTP request denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let request = detach_unsent_body(request);
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -128,6 +129,32 @@ impl WasiHttpHooks for OutboundHooks {
             ))
         })
     }
+}
+
+/// A GET or HEAD without a length sends no body: hyper drops the request's body as soon as the
+/// head is written. The guest may still be finishing that (empty) body, and its write then finds
+/// the stream closed — wstd reports "connection reset" on a request that actually succeeded
+/// (more often the busier the machine). Such a body is therefore taken off the request and
+/// drained on its own until the guest finishes it; what goes on the wire is unchanged.
+fn detach_unsent_body(request: http::Request<WasiBody>) -> http::Request<WasiBody> {
+    let (parts, body) = request.into_parts();
+    let unsent = matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return http::Request::from_parts(parts, body);
+    };
+    if !unsent {
+        return http::Request::from_parts(parts, body);
+    }
+    rt.spawn(async move {
+        let mut body = body;
+        while let Some(Ok(_)) = body.frame().await {}
+    });
+    let empty = http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    http::Request::from_parts(parts, empty)
 }
 
 #[cfg(test)]

@@ -258,6 +258,9 @@ struct TlsBroker {
     child: std::process::Child,
     port: u16,
     ca: std::path::PathBuf,
+    /// A client certificate and key signed by the same CA.
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -279,7 +282,8 @@ fn run(cmd: &mut std::process::Command) {
 
 #[derive(Clone, Copy)]
 enum BrokerKind {
-    Mosquitto,
+    /// Mosquitto requiring a client certificate (mutual TLS).
+    MosquittoMutual,
     Nats,
 }
 
@@ -308,6 +312,32 @@ async fn tls_broker(kind: BrokerKind) -> TlsBroker {
         .arg(p("server.key"))
         .arg("-out")
         .arg(p("server.csr")));
+    run(openssl()
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=nimbus-feed",
+        ])
+        .arg("-keyout")
+        .arg(p("client.key"))
+        .arg("-out")
+        .arg(p("client.csr")));
+    // X.509 v3 (an extension file): rustls refuses v1 client certificates.
+    std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(openssl()
+        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+        .arg(p("client.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("client.ext"))
+        .arg("-out")
+        .arg(p("client.pem")));
     std::fs::write(p("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     run(openssl()
         .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
@@ -326,9 +356,9 @@ async fn tls_broker(kind: BrokerKind) -> TlsBroker {
         .unwrap()
         .port();
     let mut cmd = match kind {
-        BrokerKind::Mosquitto => {
+        BrokerKind::MosquittoMutual => {
             let conf = format!(
-                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\nuser root\n",
+                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nallow_anonymous true\npersistence false\nuser root\n",
                 p("ca.pem").display(),
                 p("server.pem").display(),
                 p("server.key").display()
@@ -374,6 +404,8 @@ async fn tls_broker(kind: BrokerKind) -> TlsBroker {
         child,
         port,
         ca: p("ca.pem"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
         _dir: dir,
     }
 }
@@ -421,30 +453,41 @@ async fn nats_feed_over_tls() {
 }
 
 #[tokio::test]
-async fn mqtt_feed_over_tls_verifies_the_broker() {
-    let broker = tls_broker(BrokerKind::Mosquitto).await;
+async fn mqtt_feed_over_mutual_tls() {
+    let broker = tls_broker(BrokerKind::MosquittoMutual).await;
     let s = Server::start(&["--dev"]).await;
-    let ca = std::fs::read_to_string(&broker.ca).unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let (ca, cert, key) = (
+        read(&broker.ca),
+        read(&broker.client_cert),
+        read(&broker.client_key),
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let topic = uniq("nimbus-tls/");
-    let trigger = uniq("mqtls");
-    let action = pipeline(&s, &trigger).await;
-    create_feed(
-        &s,
-        "mqtt/subscribe",
-        &trigger,
-        json!({"url": format!("mqtts://127.0.0.1:{}", broker.port), "topic": topic, "caCert": ca}),
-    )
-    .await;
-    // A feed trusting only the system's roots cannot verify this broker: it never delivers.
-    let untrusting = uniq("mqtls");
-    let action2 = pipeline(&s, &untrusting).await;
-    create_feed(
-        &s,
-        "mqtt/subscribe",
-        &untrusting,
-        json!({"url": format!("mqtts://127.0.0.1:{}", broker.port), "topic": topic}),
-    )
-    .await;
+    let feed_with = |params: Value| {
+        let (s, topic, url) = (&s, topic.clone(), url.clone());
+        async move {
+            let trigger = uniq("mqtls");
+            let action = pipeline(s, &trigger).await;
+            let mut p = json!({"url": url, "topic": topic});
+            for (k, v) in params.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            let created = create_feed(s, "mqtt/subscribe", &trigger, p).await;
+            (action, created)
+        }
+    };
+    // Verifies the broker with our CA and presents the client certificate: receives.
+    let (action, created) =
+        feed_with(json!({"caCert": ca, "clientCert": cert, "clientKey": key})).await;
+    assert_eq!(
+        created["config"]["clientKey"], "********",
+        "the key is not shown back"
+    );
+    // No client certificate: the broker refuses the connection.
+    let (no_cert, _) = feed_with(json!({"caCert": ca})).await;
+    // The system's roots cannot verify this broker.
+    let (no_ca, _) = feed_with(json!({"clientCert": cert, "clientKey": key})).await;
     let t = Instant::now();
     let got = loop {
         run(std::process::Command::new("mosquitto_pub")
@@ -456,6 +499,10 @@ async fn mqtt_feed_over_tls_verifies_the_broker() {
                 "--cafile",
             ])
             .arg(&broker.ca)
+            .arg("--cert")
+            .arg(&broker.client_cert)
+            .arg("--key")
+            .arg(&broker.client_key)
             .args(["-q", "1", "-t", &topic, "-m", r#"{"temp": 42}"#]));
         let got = results(&s, &action, 0, Duration::from_secs(1)).await;
         if !got.is_empty() {
@@ -466,11 +513,9 @@ async fn mqtt_feed_over_tls_verifies_the_broker() {
     };
     assert_eq!(got[0]["payload"]["temp"], 42);
     assert_eq!(got[0]["topic"], topic.as_str());
-    assert!(
-        results(&s, &action2, 0, Duration::from_secs(1))
-            .await
-            .is_empty()
-    );
+    for a in [&no_cert, &no_ca] {
+        assert!(results(&s, a, 0, Duration::from_secs(1)).await.is_empty());
+    }
 
     // A bad CA is refused when the feed is created, with the reason.
     let third = uniq("mqtls");
