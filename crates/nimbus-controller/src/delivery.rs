@@ -285,22 +285,18 @@ impl Controller {
         }
     }
 
-    /// Queues `rule`'s action for `event` with the rule's retry policy and ordering key.
-    pub(crate) async fn enqueue_rule(
+    /// Queues an entry made by [`Controller::rule_item`].
+    pub(crate) async fn enqueue_item(
         &self,
-        who: &Identity,
-        rule: &Rule,
-        action: &FullyQualifiedName,
-        event: Map<String, Value>,
-        trigger_activation: Option<ActivationId>,
+        (item, schedule): (QueuedInvocation, Schedule),
     ) -> Result<ActivationId> {
-        let (item, schedule) = self.rule_item(who, rule, action, event, trigger_activation)?;
         self.store.enqueue_scheduled(&item, &schedule).await?;
         self.queue_wakeup.notify_one();
         Ok(item.activation_id)
     }
 
-    /// The queue entry that runs `rule`'s action for `event` (not queued yet).
+    /// The queue entry that runs `rule`'s action for `event` with the rule's retry policy and
+    /// ordering key (queued by `enqueue_item`, or by a trigger fire with its record).
     pub(crate) fn rule_item(
         &self,
         who: &Identity,
@@ -393,7 +389,9 @@ impl Controller {
             };
             let action = rule.action_fqn()?;
             self.resolve_action(who, &action).await?;
-            let aid = self.enqueue_rule(who, &rule, &action, event, None).await?;
+            let aid = self
+                .enqueue_item(self.rule_item(who, &rule, &action, event, None)?)
+                .await?;
             json!({"activationId": aid})
         } else if let Some(trigger) = details.get("trigger").and_then(Value::as_str) {
             let name = trigger.rsplit('/').next().unwrap_or(trigger).to_string();

@@ -248,7 +248,7 @@ impl Controller {
     }
 
     /// Queues an invocation on behalf of `who` without throttling (rules now go through
-    /// `enqueue_rule`, which adds their delivery policy).
+    /// `rule_item`, which adds their delivery policy).
     #[allow(dead_code)]
     pub(crate) async fn enqueue_for(
         &self,

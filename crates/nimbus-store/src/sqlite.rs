@@ -352,15 +352,6 @@ impl SqliteStore {
         true
     }
 
-    /// Returns once every deferred write queued before the call is committed: a no-op write
-    /// queued now commits after all of them (the writer takes jobs in order).
-    async fn settle_deferred(&self) -> StoreResult<()> {
-        if self.inner.deferred.load(Ordering::Acquire) == 0 {
-            return Ok(());
-        }
-        self.write("settle", Durability::Normal, |_| Ok(())).await
-    }
-
     /// Runs `f` on a reader connection, in a blocking thread.
     async fn read<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
@@ -909,13 +900,19 @@ impl ActivationStore for SqliteStore {
         self.submit_deferred(op, move |c| upsert_activation(c, op, &a, &record))
     }
 
+    /// A no-op write queued now commits after every deferred record queued before it (the
+    /// writer takes jobs in order).
     async fn flush_deferred(&self) -> StoreResult<()> {
-        self.settle_deferred().await
+        if self.inner.deferred.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        self.write("flush deferred", Durability::Normal, |_| Ok(()))
+            .await
     }
 
     async fn get_activation(&self, ns: &str, id: &ActivationId) -> StoreResult<Option<Activation>> {
         let op = "get_activation";
-        self.settle_deferred().await?;
+        self.flush_deferred().await?;
         let (ns, id) = (ns.to_string(), id.clone());
         self.read(op, move |c| {
             let record: Option<String> = c
@@ -940,7 +937,7 @@ impl ActivationStore for SqliteStore {
         q: &ActivationQuery,
     ) -> StoreResult<Vec<Activation>> {
         let op = "list_activations";
-        self.settle_deferred().await?;
+        self.flush_deferred().await?;
         let (filter, mut args) = activation_filter(ns, q);
         args.extend(paging(q.skip, q.limit));
         self.read(op, move |c| {
@@ -965,7 +962,7 @@ impl ActivationStore for SqliteStore {
     }
 
     async fn count_activations(&self, ns: &str, q: &ActivationQuery) -> StoreResult<u64> {
-        self.settle_deferred().await?;
+        self.flush_deferred().await?;
         let (filter, args) = activation_filter(ns, q);
         self.count_where("count_activations", "activations", filter, args)
             .await
@@ -973,7 +970,7 @@ impl ActivationStore for SqliteStore {
 
     async fn usage(&self, ns: &str, since: Option<i64>, upto: Option<i64>) -> StoreResult<Usage> {
         let op = "usage";
-        self.settle_deferred().await?;
+        self.flush_deferred().await?;
         let (filter, args) = activation_filter(
             ns,
             &ActivationQuery {
@@ -1045,12 +1042,9 @@ impl ActivationStore for SqliteStore {
 impl InvocationQueue for SqliteStore {
     async fn enqueue(&self, item: &QueuedInvocation) -> StoreResult<()> {
         let op = "enqueue";
-        let payload = encode(op, &item.payload)?;
-        let item = item.clone();
-        self.write(op, Durability::Full, move |c| {
-            delivery::insert_scheduled(c, op, &item, &payload, &crate::Schedule::default())
-        })
-        .await
+        let row = delivery::QueueRow::new(op, item, &crate::Schedule::default())?;
+        self.write(op, Durability::Full, move |c| row.insert(c, op))
+            .await
     }
 
     async fn claim(&self, max: usize) -> StoreResult<Vec<QueuedInvocation>> {

@@ -7,6 +7,9 @@
 //! componentize-js and takes a few minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/examples.rs"]
+mod support;
+
 use base64::Engine as _;
 use nimbus_model::ActionLimits;
 use nimbus_runtime::{InstanceSpec, RunRequest, RunResult, Runtime};
@@ -15,48 +18,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// The directory holding the built examples (see the module docs).
-fn examples_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("NIMBUS_WASM_EXAMPLES") {
-            return PathBuf::from(dir);
-        }
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("target dir")
-            .to_path_buf();
-        let dir = target.join("wasm-examples");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-wasm-examples.sh");
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("run scripts/build-wasm-examples.sh");
-        assert!(
-            status.success(),
-            "scripts/build-wasm-examples.sh {} failed (see its output above)",
-            dir.display()
-        );
-        dir
-    })
-}
-
-/// One built example, e.g. `rust-wasi.wasm`.
-fn example(file: &str) -> Vec<u8> {
-    let path = examples_dir().join(file);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (build the examples with scripts/build-wasm-examples.sh)",
-            path.display()
-        )
-    })
-}
+use support::example;
 
 fn spec(kind: &str, bytes: &[u8]) -> InstanceSpec {
     InstanceSpec {

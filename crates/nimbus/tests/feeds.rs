@@ -299,57 +299,31 @@ async fn tls_broker(kind: BrokerKind) -> TlsBroker {
         .arg(p("ca.key"))
         .arg("-out")
         .arg(p("ca.pem")));
-    run(openssl()
-        .args([
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(p("server.key"))
-        .arg("-out")
-        .arg(p("server.csr")));
-    run(openssl()
-        .args([
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=nimbus-feed",
-        ])
-        .arg("-keyout")
-        .arg(p("client.key"))
-        .arg("-out")
-        .arg(p("client.csr")));
-    // X.509 v3 (an extension file): rustls refuses v1 client certificates.
-    std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    run(openssl()
-        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
-        .arg(p("client.csr"))
-        .arg("-CA")
-        .arg(p("ca.pem"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .arg("-extfile")
-        .arg(p("client.ext"))
-        .arg("-out")
-        .arg(p("client.pem")));
-    std::fs::write(p("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(openssl()
-        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
-        .arg(p("server.csr"))
-        .arg("-CA")
-        .arg(p("ca.pem"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .arg("-extfile")
-        .arg(p("san.ext"))
-        .arg("-out")
-        .arg(p("server.pem")));
+    // `<name>.key` and `<name>.pem`, signed by the CA, X.509 v3 with extension `ext` (rustls
+    // refuses v1 certificates).
+    let issue = |name: &str, subject: &str, ext: &str| {
+        std::fs::write(p(&format!("{name}.ext")), format!("{ext}\n")).unwrap();
+        run(openssl()
+            .args([
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout",
+            ])
+            .arg(p(&format!("{name}.key")))
+            .arg("-out")
+            .arg(p(&format!("{name}.csr"))));
+        run(openssl()
+            .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+            .arg(p(&format!("{name}.csr")))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p(&format!("{name}.ext")))
+            .arg("-out")
+            .arg(p(&format!("{name}.pem"))));
+    };
+    issue("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1");
+    issue("client", "/CN=nimbus-feed", "extendedKeyUsage=clientAuth");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -509,36 +509,9 @@ async fn cli_creates_an_action_from_a_wasm_file() {
     assert_eq!(v["response"]["result"], json!({"via": "cli"}), "{v}");
 }
 
-/// The built examples of `examples/wasm` (scripts/build-wasm-examples.sh, idempotent: the
-/// nimbus-wasm tests build the same directory).
-fn example(file: &str) -> Vec<u8> {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("NIMBUS_WASM_EXAMPLES") {
-            return PathBuf::from(dir);
-        }
-        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("target dir")
-            .to_path_buf();
-        let dir = target.join("wasm-examples");
-        let status = std::process::Command::new("bash")
-            .arg(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../scripts/build-wasm-examples.sh"),
-            )
-            .arg(&dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("run scripts/build-wasm-examples.sh");
-        assert!(
-            status.success(),
-            "scripts/build-wasm-examples.sh failed (see above)"
-        );
-        dir
-    });
-    std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
+#[path = "../../nimbus-wasm/tests/support/examples.rs"]
+mod examples_support;
+use examples_support::example;
 
 /// Every example of `examples/wasm`, deployed through the actions API as a user would (kind
 /// inferred from the binary) and run: commands through the invoke API, HTTP components as web

@@ -79,54 +79,75 @@ fn read_dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
 const DEAD_LETTER_COLUMNS: &str =
     "namespace, id, source, reason, event, attempts, details, created_at";
 
-/// Inserts one pending queue entry (`payload` already encoded); `Conflict` if its id is queued.
-pub(super) fn insert_scheduled(
-    c: &Connection,
-    op: &'static str,
-    item: &QueuedInvocation,
-    payload: &str,
-    s: &Schedule,
-) -> StoreResult<()> {
-    // `seq` only matters among rows of one key; one past the largest is enough since there is
-    // a single writer.
-    let n = exec_cached(
-        c,
-        "INSERT INTO invocation_queue
-                 (activation_id, namespace, payload, enqueued_at, attempts, state,
-                  claimed_at, not_before, order_key, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6, ?7,
-                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM invocation_queue))
-             ON CONFLICT (activation_id) DO NOTHING",
-        params![
-            item.activation_id.as_str(),
-            item.namespace,
-            payload,
-            item.enqueued_at,
-            i64::from(item.attempts),
-            s.not_before,
-            s.order_key
-        ],
-    )
-    .map_err(db_err(op))?;
-    if n == 0 {
-        return Err(StoreError::Conflict(format!(
-            "activation {} is already queued",
-            item.activation_id
-        )));
+/// The columns of one pending queue entry, with its payload already encoded (so the writer
+/// job owns only strings, not a copy of the payload's JSON tree).
+pub(super) struct QueueRow {
+    activation_id: String,
+    namespace: String,
+    payload: String,
+    enqueued_at: i64,
+    attempts: i64,
+    not_before: i64,
+    order_key: Option<String>,
+}
+
+impl QueueRow {
+    pub(super) fn new(
+        op: &'static str,
+        item: &QueuedInvocation,
+        s: &Schedule,
+    ) -> StoreResult<Self> {
+        Ok(QueueRow {
+            activation_id: item.activation_id.as_str().to_string(),
+            namespace: item.namespace.clone(),
+            payload: encode(op, &item.payload)?,
+            enqueued_at: item.enqueued_at,
+            attempts: i64::from(item.attempts),
+            not_before: s.not_before,
+            order_key: s.order_key.clone(),
+        })
     }
-    Ok(())
+
+    /// Inserts the entry; `Conflict` if its id is queued already.
+    pub(super) fn insert(&self, c: &Connection, op: &'static str) -> StoreResult<()> {
+        // `seq` only matters among rows of one key; one past the largest is enough since there
+        // is a single writer.
+        let n = exec_cached(
+            c,
+            "INSERT INTO invocation_queue
+                     (activation_id, namespace, payload, enqueued_at, attempts, state,
+                      claimed_at, not_before, order_key, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', NULL, ?6, ?7,
+                         (SELECT COALESCE(MAX(seq), 0) + 1 FROM invocation_queue))
+                 ON CONFLICT (activation_id) DO NOTHING",
+            params![
+                self.activation_id,
+                self.namespace,
+                self.payload,
+                self.enqueued_at,
+                self.attempts,
+                self.not_before,
+                self.order_key
+            ],
+        )
+        .map_err(db_err(op))?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "activation {} is already queued",
+                self.activation_id
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
     async fn enqueue_scheduled(&self, item: &QueuedInvocation, s: &Schedule) -> StoreResult<()> {
         let op = "enqueue_scheduled";
-        let payload = encode(op, &item.payload)?;
-        let (item, s) = (item.clone(), s.clone());
-        self.write(op, Durability::Full, move |c| {
-            insert_scheduled(c, op, &item, &payload, &s)
-        })
-        .await
+        let row = QueueRow::new(op, item, s)?;
+        self.write(op, Durability::Full, move |c| row.insert(c, op))
+            .await
     }
 
     async fn enqueue_fire(
@@ -135,22 +156,22 @@ impl DeliveryQueue for SqliteStore {
         record: &Activation,
     ) -> StoreResult<()> {
         let op = "enqueue_fire";
-        let encoded = items
+        let rows = items
             .iter()
-            .map(|(item, s)| Ok((item.clone(), encode(op, &item.payload)?, s.clone())))
+            .map(|(item, s)| QueueRow::new(op, item, s))
             .collect::<StoreResult<Vec<_>>>()?;
         let json = encode(op, record)?;
         let record = record.clone();
         // Only accepted work needs the fsync; a fire that queued nothing is just a record.
-        let durability = if encoded.is_empty() {
+        let durability = if rows.is_empty() {
             Durability::Normal
         } else {
             Durability::Full
         };
         self.write(op, durability, move |c| {
             // The batch runs this job in a savepoint: an error rolls back all of it.
-            for (item, payload, s) in &encoded {
-                insert_scheduled(c, op, item, payload, s)?;
+            for row in &rows {
+                row.insert(c, op)?;
             }
             upsert_activation(c, op, &record, &json)
         })
