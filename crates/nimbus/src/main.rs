@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod egress;
 mod faas;
 mod feeds;
 mod serve;

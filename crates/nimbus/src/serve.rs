@@ -70,6 +70,8 @@ pub struct ServeArgs {
     pub metrics_token: Option<String>,
     #[command(flatten)]
     pub wasm: crate::wasm::WasmArgs,
+    #[command(flatten)]
+    pub egress: crate::egress::EgressArgs,
 }
 
 fn init_tracing(format: &str) {
@@ -114,12 +116,15 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
     // The feed providers keep their registrations in the same database (cheap clone).
     let feed_store = store.clone();
+    let egress = crate::egress::policy(&a.egress, a.listen)?;
+    tracing::info!(policy = %egress, "egress policy");
     let mut warnings = Vec::new();
     let sandbox = if a.no_sandbox {
         warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
         None
     } else {
-        let sb = Sandbox::detect(Arc::new(RealHost));
+        let mut sb = Sandbox::detect(Arc::new(RealHost));
+        sb.set_egress(egress.scoped("sandbox"));
         warnings.extend(sb.warnings());
         Some(Arc::new(sb))
     };
@@ -162,7 +167,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
-    if let Some(wasm) = crate::wasm::runtime(&a.wasm, &a.data_dir)? {
+    if let Some(wasm) = crate::wasm::runtime(&a.wasm, &a.data_dir, egress.scoped("wasm"))? {
         runtimes.push(Arc::new(wasm));
     }
     let invoker = Invoker::new(
@@ -244,7 +249,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let feeds = crate::feeds::start(&controller, feed_store).await?;
+    let feeds = crate::feeds::start(&controller, feed_store, egress.scoped("feed")).await?;
 
     // --- OpenFaaS gateway (issue 6): same listener, same controller; see docs/openfaas.md ---
     let gateway = nimbus_openfaas::Gateway::new(
@@ -254,6 +259,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             mounts: a.data_dir.join("openfaas").join("mounts"),
             default_namespace: "guest".into(),
             dev: a.dev,
+            egress: egress.scoped("callback"),
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -272,7 +278,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         },
         nimbus_api::ConsoleOptions {
             // The OpenFaaS gateway_* metrics are served on the same /metrics.
-            metrics_sources: vec![Arc::new(GatewayMetricsSource(gateway.clone()))],
+            metrics_sources: vec![
+                Arc::new(GatewayMetricsSource(gateway.clone())),
+                Arc::new(crate::egress::EgressMetricsSource(egress.clone())),
+            ],
             metrics_token: a.metrics_token.clone().filter(|t| !t.is_empty()),
             metrics_open: a.listen.ip().is_loopback(),
         },
