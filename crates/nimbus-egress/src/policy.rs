@@ -174,10 +174,11 @@ impl EgressPolicy {
                 .allow
                 .iter()
                 .any(|e| e.is_single_address() && e.matches(addr));
+            // The table's reason says more ("loopback") where there is one.
             return if opened {
                 Ok(())
             } else {
-                Err(DenyReason::OwnAddress)
+                Err(classify(ip).unwrap_or(DenyReason::OwnAddress))
             };
         }
         if self.inner.allow.iter().any(|e| e.matches(addr)) {
@@ -379,13 +380,13 @@ mod tests {
         assert_eq!(p.decide(sa("127.0.0.1:5432")), Ok(()));
         assert_eq!(
             p.decide(sa("127.0.0.1:5433")),
-            Err(DenyReason::OwnAddress),
+            Err(DenyReason::Loopback),
             "only the opened port"
         );
         assert_eq!(p.decide(sa("127.0.0.2:5432")), Err(DenyReason::Loopback));
         assert_eq!(p.decide(sa("10.9.9.9:1")), Ok(()));
         // A network entry does not open the server's own address inside it.
-        assert_eq!(p.decide(sa("10.1.1.1:1")), Err(DenyReason::OwnAddress));
+        assert_eq!(p.decide(sa("10.1.1.1:1")), Err(DenyReason::Private));
         // A public own address is refused too, except the opened port.
         assert_eq!(p.decide(sa("192.0.2.2:3233")), Err(DenyReason::OwnAddress));
         assert_eq!(p.decide(sa("192.0.2.2:8080")), Ok(()));

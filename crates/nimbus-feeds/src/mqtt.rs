@@ -18,7 +18,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use nimbus_egress::EgressPolicy;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS, Transport};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -289,9 +289,6 @@ pub(crate) async fn run(firer: Firer) {
         0,
     );
     opts.set_transport(Transport::Unix);
-    // Covers the relay's connect and TLS handshake (each within the policy's timeout) and
-    // the broker's CONNACK.
-    opts.set_connection_timeout(2 * egress.connect_timeout().as_secs() + 5);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(cfg.qos == QoS::AtMostOnce);
     opts.set_manual_acks(true);
@@ -300,6 +297,11 @@ pub(crate) async fn run(firer: Firer) {
         opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    // Covers the relay's connect and TLS handshake (each within the policy's timeout) and the
+    // broker's CONNACK.
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(2 * egress.connect_timeout().as_secs() + 5);
+    eventloop.set_network_options(network);
     let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
     let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 

@@ -207,12 +207,16 @@ pub(crate) fn destinations(p: &Map<String, Value>) -> FeedResult<Vec<(String, u1
 async fn connect(
     egress: &EgressPolicy,
     url: &str,
-) -> Result<(tokio_postgres::Client, PgConnection), String> {
+) -> Result<(tokio_postgres::Client, PgConnection), ConnectFailure> {
     let cfg = url
         .parse::<tokio_postgres::Config>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
     let mut errors = Vec::new();
-    for (host, port, addr) in targets(&cfg).map_err(|e| e.to_string())? {
+    let targets = targets(&cfg).map_err(|e| match e {
+        FeedError::Forbidden(m) => ConnectFailure::Refused(m),
+        other => ConnectFailure::Failed(other.to_string()),
+    })?;
+    for (host, port, addr) in targets {
         let stream = match addr {
             Some(ip) => {
                 egress
@@ -223,6 +227,8 @@ async fn connect(
         };
         let stream = match stream {
             Ok(s) => s,
+            // A refused host refuses the whole connection string (no trying the next one).
+            Err(e) if e.is_refusal() => return Err(ConnectFailure::Refused(e.to_string())),
             Err(e) => {
                 errors.push(e.to_string());
                 continue;
@@ -239,7 +245,22 @@ async fn connect(
             )),
         }
     }
-    Err(errors.join("; "))
+    Err(ConnectFailure::Failed(errors.join("; ")))
+}
+
+/// Why [`connect`] failed: the egress policy refused a host, or none could be reached.
+#[derive(Debug)]
+enum ConnectFailure {
+    Refused(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Refused(m) | ConnectFailure::Failed(m) => f.write_str(m),
+        }
+    }
 }
 
 async fn install_with(
@@ -295,13 +316,12 @@ pub(crate) async fn install(egress: &EgressPolicy, reg: &FeedRegistration) -> Fe
         .map(parse)
         .transpose()?
         .ok_or_else(|| invalid("no configuration"))?;
-    let (client, conn) = connect(egress, &cfg.url).await.map_err(|e| {
-        let msg = format!("cannot connect to PostgreSQL ({}): {e}", redact(&cfg.url));
-        if e.contains("refused by the egress policy") {
-            FeedError::Forbidden(msg)
-        } else {
-            FeedError::Unavailable(msg)
-        }
+    let (client, conn) = connect(egress, &cfg.url).await.map_err(|e| match e {
+        ConnectFailure::Refused(m) => FeedError::Forbidden(m),
+        ConnectFailure::Failed(m) => FeedError::Unavailable(format!(
+            "cannot connect to PostgreSQL ({}): {m}",
+            redact(&cfg.url)
+        )),
     })?;
     let driver = tokio::spawn(conn);
     let r = tokio::time::timeout(
@@ -338,16 +358,16 @@ pub(crate) async fn uninstall(egress: &EgressPolicy, reg: &FeedRegistration) -> 
         .transpose()
         .map_err(|e| e.to_string())?
         .ok_or("no configuration")?;
-    let (client, conn) = connect(egress, &cfg.url).await?;
+    let (client, conn) = connect(egress, &cfg.url).await.map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
     let name = object_name(reg);
-    let drop_all = client.batch_execute(&format!(
+    let sql = format!(
         "DROP TRIGGER IF EXISTS {name} ON {}; DROP FUNCTION IF EXISTS {name}();
              DROP TABLE IF EXISTS {};",
         qualified(&cfg),
         changes_table(&cfg, &name)
-    ));
-    let r = match tokio::time::timeout(INSTALL_TIMEOUT, drop_all).await {
+    );
+    let r = match tokio::time::timeout(INSTALL_TIMEOUT, client.batch_execute(&sql)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "did not finish within {} s",

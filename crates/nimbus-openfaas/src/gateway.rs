@@ -85,9 +85,11 @@ pub struct Gateway {
     pub(crate) secrets: SecretStore,
     pub(crate) admin: (String, String),
     pub(crate) payload_secret: Vec<u8>,
-    http: reqwest::Client,
     callbacks: tokio::sync::Notify,
 }
+
+/// How long a callback POST may take.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn write_secret_file(path: &Path, value: &str) -> Result<()> {
     use std::io::Write;

@@ -202,7 +202,7 @@ async fn send_checked(
     let io: Box<dyn Stream> = if tls {
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|_| Error::HttpRequestUriInvalid)?;
-        let tls = tokio::time::timeout(connect_timeout, tls_connector().connect(name, stream))
+        let tls = tokio::time::timeout(connect_timeout, tls_connector()?.connect(name, stream))
             .await
             .map_err(|_| Error::ConnectionTimeout)?
             .map_err(Error::Tls)?;
@@ -243,7 +243,7 @@ async fn send_checked(
         idle: between_bytes,
         timer: Box::pin(tokio::time::sleep(between_bytes)),
     });
-    let io = Box::new(async move {
+    let io: ResponseFuture = Box::new(async move {
         if !conn_done {
             conn.await.map_err(|e| {
                 if e.is_timeout() {
@@ -262,26 +262,29 @@ trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'sta
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// TLS with the Mozilla roots (webpki-roots), as wasmtime's default sender.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+fn tls_connector() -> wasmtime_wasi_http::Result<tokio_rustls::TlsConnector> {
+    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.into(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        match rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|e| {
-                // The ring provider supports the default versions; this cannot happen.
-                tracing::error!(error = %e, "TLS client configuration");
-                rustls::ClientConfig::builder_with_protocol_versions(&[])
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            });
-        Arc::new(config)
+        {
+            Ok(b) => Some(Arc::new(
+                b.with_root_certificates(roots).with_no_client_auth(),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "no TLS client configuration for outbound HTTPS");
+                None
+            }
+        }
     });
-    tokio_rustls::TlsConnector::from(config.clone())
+    config
+        .clone()
+        .map(tokio_rustls::TlsConnector::from)
+        .ok_or(wasmtime_wasi_http::Error::ConfigurationError)
 }
 
 /// A response body that fails when no frame arrives within `idle`.
