@@ -185,17 +185,17 @@ impl HostOps for RealHost {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(input)
-                .map_err(|e| format!("writing to {}: {e}", program.display()))?;
-        }
+        // A write error (the program exited early) is reported after its own stderr.
+        let written = child.stdin.take().map(|mut stdin| stdin.write_all(input));
         let out = child
             .wait_with_output()
             .map_err(|e| format!("waiting for {}: {e}", program.display()))?;
         drop(ns);
         if out.status.success() {
-            Ok(())
+            match written {
+                Some(Err(e)) => Err(format!("writing to {}: {e}", program.display())),
+                _ => Ok(()),
+            }
         } else {
             Err(format!(
                 "{} failed ({}): {}",
