@@ -440,13 +440,13 @@ impl Relay {
 }
 
 async fn relay_one(
-    mut local: tokio::net::UnixStream,
+    local: tokio::net::UnixStream,
     egress: &EgressPolicy,
     host: &str,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<(), String> {
-    let mut remote = egress
+    let remote = egress
         .connect_tcp(host, port)
         .await
         .map_err(|e| match e.detail() {
@@ -454,15 +454,13 @@ async fn relay_one(
             d => format!("{e} ({d})"),
         })?;
     match tls {
-        None => tokio::io::copy_bidirectional(&mut local, &mut remote)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        None => splice(local, remote).await,
         Some(config) => {
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(bare.to_string())
                 .map_err(|e| format!("'{host}' is not a valid TLS server name: {e}"))?;
             let handshake = rumqttc::tokio_rustls::TlsConnector::from(config).connect(name, remote);
-            let mut secure = tokio::time::timeout(egress.connect_timeout(), handshake)
+            let secure = tokio::time::timeout(egress.connect_timeout(), handshake)
                 .await
                 .map_err(|_| {
                     format!(
@@ -472,12 +470,25 @@ async fn relay_one(
                     )
                 })?
                 .map_err(|e| format!("TLS with {}: {e}", nimbus_egress::host_port(host, port)))?;
-            tokio::io::copy_bidirectional(&mut local, &mut secure)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            splice(local, secure).await
         }
     }
+}
+
+/// Copies both ways until either side ends, then drops both: when rumqttc gives up a
+/// connection (keep-alive timeout) a broker that stopped answering is not waited for.
+async fn splice<A, B>(a: A, b: B) -> Result<(), String>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let r = tokio::select! {
+        r = tokio::io::copy(&mut ar, &mut bw) => r,
+        r = tokio::io::copy(&mut br, &mut aw) => r,
+    };
+    r.map(|_| ()).map_err(|e| e.to_string())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
