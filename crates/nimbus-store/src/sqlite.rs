@@ -93,6 +93,9 @@ const MAX_BATCH: usize = 256;
 /// How long a connection waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bytes a WAL is truncated to when it restarts (`PRAGMA journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// How often, at most, the writer copies the namespaces' byte counters into memory (for
 /// [`crate::StorageAccounting::admit`]).
 const USAGE_REFRESH: Duration = Duration::from_millis(100);
@@ -355,6 +358,11 @@ impl SqliteStore {
         writer
             .pragma_update(None, "synchronous", Durability::Full.pragma_value())
             .map_err(db_err("open database"))?;
+        // After a burst (or a full disk) the WAL is cut back to this size when it restarts,
+        // instead of keeping the space of its largest moment for good.
+        writer
+            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(db_err("open database"))?;
         migrate(&mut writer, path)?;
         let installation = integrity::verify_installation(&writer, path, fresh)?;
 
@@ -392,6 +400,24 @@ impl SqliteStore {
     /// The installation this database belongs to.
     pub fn installation(&self) -> &Installation {
         &self.inner.installation
+    }
+
+    /// Copies the WAL into the database file and truncates it (`wal_checkpoint(TRUNCATE)`),
+    /// e.g. at shutdown, so the file alone holds every commit.
+    pub async fn checkpoint(&self) -> StoreResult<()> {
+        let op = "checkpoint";
+        self.submit(op, Durability::Full, true, move |c| {
+            let busy: i64 = c
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(db_err(op))?;
+            if busy != 0 {
+                return Err(StoreError::Backend(format!(
+                    "{op}: the WAL is in use by another connection"
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The database file.

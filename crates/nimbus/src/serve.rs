@@ -161,6 +161,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     store.start_housekeeping(a.storage.retention_interval);
     // The feed providers keep their registrations in the same database (cheap clone).
     let feed_store = store.clone();
+    let shutdown_store = store.clone();
     let mut warnings = Vec::new();
     let sandbox = if a.no_sandbox {
         warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
@@ -348,6 +349,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     feeds.stop_all();
     controller.shutdown().await;
+    // A stopped server leaves everything in the database file and an empty WAL.
+    if let Err(e) = shutdown_store.checkpoint().await {
+        tracing::warn!(error = %e, "could not checkpoint the store");
+    }
     dispatcher.abort();
     // Give open HTTP exchanges a moment to deliver their answers, then stop regardless.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

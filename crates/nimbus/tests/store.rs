@@ -402,6 +402,9 @@ async fn admin_check_reports_a_corrupted_database() {
     s.sigterm();
     let o = nimbus(&["admin", "check"], &dir);
     assert!(o.status.success(), "{}", text(&o));
+    // A stopped server left every commit in the database file.
+    let wal = dir.join("nimbus.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
 
     corrupt(&dir.join("nimbus.db"));
     let o = nimbus(&["admin", "check"], &dir);

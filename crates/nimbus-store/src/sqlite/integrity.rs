@@ -233,14 +233,15 @@ fn write_seal(path: &Path, installation: &str, seal: i64) -> std::io::Result<()>
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = seal_path(path);
     let tmp = sibling(path, &format!(".seal.tmp.{}.{n}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
         writeln!(f, "nimbus-seal 1 {installation} {seal}")?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, &file).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+        f.sync_data()
+    });
+    written
+        .and_then(|_| std::fs::rename(&tmp, &file))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 /// After migrations: the installation record, and the seal against the side file.
@@ -417,7 +418,9 @@ pub fn check(path: &Path) -> CheckReport {
             .push(format!("the database {} does not exist", path.display()));
         return report;
     }
-    let conn = match open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+    // Read-only: a read-write connection that happens to be the last to close would checkpoint
+    // the WAL into the file, changing what is being examined.
+    let conn = match open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
         Ok(c) => c,
         Err(e) => {
             report
@@ -426,7 +429,6 @@ pub fn check(path: &Path) -> CheckReport {
             return report;
         }
     };
-    let _ = conn.pragma_update(None, "query_only", "ON");
     check_connection(&conn, path, &mut report);
     report
 }
@@ -589,8 +591,14 @@ pub fn backup(db: &Path, to: &Path) -> StoreResult<Copied> {
             to.display()
         )));
     }
-    preflight(db, &Expect::Existing("a backup was asked for".into()))?;
-    let src = open_existing(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    preflight(db, &Expect::Any)?;
+    if !db.exists() {
+        return Err(StoreError::Integrity(format!(
+            "there is no database at {} to back up",
+            db.display()
+        )));
+    }
+    let src = open_existing(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", db.display())))?;
     let partial = sibling(to, ".partial");
     let _ = std::fs::remove_file(&partial);

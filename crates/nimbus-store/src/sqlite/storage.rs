@@ -103,6 +103,8 @@ impl Shared {
     }
 
     /// Bytes available to this process on the store's filesystem (`None`: unknown).
+    // The field types are the platform's (`fsblkcnt_t`, `c_ulong`): u64 here, not everywhere.
+    #[allow(clippy::useless_conversion)]
     fn free_bytes(&self) -> Option<u64> {
         let st = nix::sys::statvfs::statvfs(&self.dir).ok()?;
         Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
