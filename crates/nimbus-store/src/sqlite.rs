@@ -1244,19 +1244,35 @@ impl ActivationStore for SqliteStore {
                 ..Default::default()
             },
         );
+        // Deleted records live on in `usage_rollup`, per whole UTC day.
+        let day_of = |ms: i64| ms.div_euclid(86_400_000);
+        let mut rollup_args = vec![
+            SqlValue::Text(ns.to_string()),
+            SqlValue::Integer(since.map_or(i64::MIN, day_of)),
+            SqlValue::Integer(upto.map_or(i64::MAX, day_of)),
+        ];
+        let mut all_args = args;
+        all_args.append(&mut rollup_args);
         self.read(op, move |c| {
             // Trigger records are not runs; sequences are counted as invocations but their
             // components carry the memory time, so a sequence adds no MB·ms of its own.
-            let mb_ms = "SUM(CASE WHEN kind <> 'sequence' THEN duration_ms * memory_mb ELSE 0 END)";
-            let sql = format!(
-                "SELECT path_tail, MAX(kind), COUNT(*), SUM(status_code <> 0), SUM(duration_ms), {mb_ms}
+            let runs = format!(
+                "SELECT path_tail, kind, start_ms / 86400000 AS day, 1 AS n, status_code <> 0 AS err,
+                        duration_ms AS ms,
+                        CASE WHEN kind <> 'sequence' THEN duration_ms * memory_mb ELSE 0 END AS mbms
                  FROM activations WHERE {filter} AND kind <> 'trigger'
-                 GROUP BY path_tail ORDER BY path_tail"
+                 UNION ALL
+                 SELECT path_tail, kind, day, invocations, errors, duration_ms, mb_ms
+                 FROM usage_rollup WHERE namespace = ? AND day BETWEEN ? AND ?"
+            );
+            let sql = format!(
+                "SELECT path_tail, MAX(kind), SUM(n), SUM(err), SUM(ms), SUM(mbms)
+                 FROM ({runs}) GROUP BY path_tail ORDER BY path_tail"
             );
             let functions = c
                 .prepare_cached(&sql)
                 .and_then(|mut st| {
-                    st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    st.query_map(rusqlite::params_from_iter(all_args.iter()), |r| {
                         Ok(UsageRow {
                             name: r.get(0)?,
                             kind: r.get(1)?,
@@ -1270,14 +1286,13 @@ impl ActivationStore for SqliteStore {
                 })
                 .map_err(db_err(op))?;
             let sql = format!(
-                "SELECT start_ms / 86400000, COUNT(*), SUM(status_code <> 0), SUM(duration_ms), {mb_ms}
-                 FROM activations WHERE {filter} AND kind <> 'trigger'
-                 GROUP BY start_ms / 86400000 ORDER BY 1"
+                "SELECT day, SUM(n), SUM(err), SUM(ms), SUM(mbms)
+                 FROM ({runs}) GROUP BY day ORDER BY 1"
             );
             let days = c
                 .prepare_cached(&sql)
                 .and_then(|mut st| {
-                    st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    st.query_map(rusqlite::params_from_iter(all_args.iter()), |r| {
                         Ok(UsageDay {
                             day: r.get(0)?,
                             invocations: to_u64(r.get(1)?),

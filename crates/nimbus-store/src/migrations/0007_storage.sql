@@ -90,3 +90,30 @@ CREATE TRIGGER usage_dead_letter_delete AFTER DELETE ON dead_letters BEGIN
     UPDATE namespace_usage SET bytes = bytes - octet_length(OLD.event) - octet_length(OLD.details)
     WHERE namespace = OLD.namespace;
 END;
+
+-- What deleted activation records (retention, or a user's delete) add to usage reports: per
+-- namespace, UTC day and function, the figures `usage` sums, so deleting records never changes
+-- a report (reports over deleted days are per whole day).
+CREATE TABLE usage_rollup (
+    namespace   TEXT    NOT NULL,
+    day         INTEGER NOT NULL, -- start_ms / 86400000
+    path_tail   TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    invocations INTEGER NOT NULL,
+    errors      INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    mb_ms       INTEGER NOT NULL,
+    PRIMARY KEY (namespace, day, path_tail)
+);
+CREATE TRIGGER usage_rollup_on_delete AFTER DELETE ON activations WHEN OLD.kind <> 'trigger' BEGIN
+    INSERT INTO usage_rollup (namespace, day, path_tail, kind, invocations, errors, duration_ms, mb_ms)
+    VALUES (OLD.namespace, OLD.start_ms / 86400000, OLD.path_tail, OLD.kind, 1, OLD.status_code <> 0,
+            OLD.duration_ms,
+            CASE WHEN OLD.kind <> 'sequence' THEN OLD.duration_ms * OLD.memory_mb ELSE 0 END)
+    ON CONFLICT (namespace, day, path_tail) DO UPDATE SET
+        kind = max(kind, excluded.kind),
+        invocations = invocations + excluded.invocations,
+        errors = errors + excluded.errors,
+        duration_ms = duration_ms + excluded.duration_ms,
+        mb_ms = mb_ms + excluded.mb_ms;
+END;

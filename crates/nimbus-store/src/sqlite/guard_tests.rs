@@ -147,7 +147,8 @@ async fn migration_counts_what_was_stored_before_it() {
              DROP TRIGGER usage_entity_update; DROP TRIGGER usage_entity_delete;
              DROP TRIGGER usage_queue_insert; DROP TRIGGER usage_queue_update;
              DROP TRIGGER usage_queue_delete; DROP TRIGGER usage_dead_letter_insert;
-             DROP TRIGGER usage_dead_letter_delete;",
+             DROP TRIGGER usage_dead_letter_delete; DROP TRIGGER usage_rollup_on_delete;
+             DROP TABLE usage_rollup;",
         )
         .unwrap();
         c.pragma_update(None, "user_version", before).unwrap();
@@ -709,4 +710,50 @@ async fn backup_while_writing_then_restore() {
     let err = restore(&file, &target).unwrap_err();
     assert!(matches!(err, StoreError::Integrity(_)), "{err:?}");
     drop(s);
+}
+
+#[tokio::test]
+async fn usage_reports_do_not_change_when_records_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_opts(&dir, OpenOptions::default()).unwrap();
+    let day = 86_400_000;
+    let now = now_millis();
+    for (n, (name, kind, ms, status)) in [
+        ("hello", "nodejs:20", 100, 0),
+        ("hello", "nodejs:20", 7, 1),
+        ("big", "python:3", 1500, 2),
+        ("seq", "sequence", 1600, 0),
+        ("t", "trigger", 0, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut a = record("a", n as u32, now - (n as i64) * day / 2, 10);
+        a.name = name.into();
+        a.duration = Some(ms);
+        a.annotations.set("kind", json!(kind));
+        a.annotations.set("limits", json!({"memory": 256}));
+        if status != 0 {
+            a.response =
+                ActivationResponse::error(nimbus_model::ResponseStatus::ApplicationError, "boom");
+        }
+        s.put_activation(&a).await.unwrap();
+    }
+    let before = s.usage("a", None, None).await.unwrap();
+    assert_eq!(before.functions.len(), 3);
+    s.set_namespace_limits(
+        "a",
+        &NamespaceLimits {
+            max_count: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.housekeeping_pass().await.unwrap(), 5);
+    assert_eq!(s.namespace_storage("a").await.unwrap().activations, 0);
+    assert_eq!(s.usage("a", None, None).await.unwrap(), before);
+    // Whole days of a range still count what was deleted.
+    let today = s.usage("a", Some(now), None).await.unwrap();
+    assert_eq!(today.days.len(), 1, "{today:?}");
 }
