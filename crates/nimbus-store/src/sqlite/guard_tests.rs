@@ -544,6 +544,19 @@ async fn lost_commits_are_detected_by_the_seal() {
         report.problems.iter().any(|p| p.contains("lost commits")),
         "{report:?}"
     );
+    // A WAL truncated in the middle: SQLite keeps the frames before the cut without a word;
+    // the last seal was after it.
+    let truncated = crash_copy(&dir, true);
+    let wal = truncated.path().join("nimbus.db-wal");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let m = integrity_message(open_opts(&truncated, existing()));
+    assert!(m.contains("lost commits"), "{m}");
     drop(s);
 }
 
@@ -756,4 +769,35 @@ async fn usage_reports_do_not_change_when_records_are_deleted() {
     // Whole days of a range still count what was deleted.
     let today = s.usage("a", Some(now), None).await.unwrap();
     assert_eq!(today.days.len(), 1, "{today:?}");
+}
+
+/// The cost of the usage triggers on the hottest write (`cargo test -p nimbus-store --
+/// --ignored --nocapture trigger_cost`): deferred records, with and without the triggers.
+#[tokio::test]
+#[ignore]
+async fn trigger_cost() {
+    async fn run(s: &SqliteStore, base: u32) -> Duration {
+        let now = now_millis();
+        let t = Instant::now();
+        for n in 0..20_000 {
+            s.put_activation_deferred(&record("a", base + n, now, 200));
+        }
+        s.flush_deferred().await.unwrap();
+        t.elapsed()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_opts(&dir, OpenOptions::default()).unwrap();
+    run(&s, 1_000_000).await; // warm-up
+    let with = run(&s, 0).await;
+    s.with_writer(|c| {
+        c.execute_batch(
+            "DROP TRIGGER usage_activation_insert; DROP TRIGGER usage_activation_update;",
+        )
+        .unwrap();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let without = run(&s, 100_000).await;
+    println!("20000 records: with triggers {with:?}, without {without:?}");
 }
