@@ -308,6 +308,8 @@ pub(super) struct Sealer {
     last: Instant,
     /// Something was committed since the last seal.
     dirty: bool,
+    /// The last attempt failed (warn once per run of failures).
+    failing: bool,
 }
 
 impl Sealer {
@@ -318,6 +320,7 @@ impl Sealer {
             interval,
             last: Instant::now(),
             dirty: false,
+            failing: false,
         }
     }
 
@@ -352,19 +355,28 @@ impl Sealer {
             return;
         }
         self.last = Instant::now();
-        match seal(conn, sync) {
+        let failed = match seal(conn, sync) {
             Ok(n) => {
                 self.dirty = false;
-                if let Err(e) = write_seal(&self.path, &self.installation, n) {
-                    // The database is ahead of the file: safe, only less is detected.
-                    tracing::warn!(error = %e, "could not write the store's seal file");
-                }
+                // The database ahead of the file is safe: only less is detected meanwhile.
+                write_seal(&self.path, &self.installation, n)
+                    .err()
+                    .map(|e| format!("could not write the seal file: {e}"))
             }
             Err(e) => {
                 shared.note_outcome(Some(&e));
-                tracing::warn!(error = %e, "could not seal the store; retrying");
+                Some(format!("could not seal the store: {e}"))
             }
+        };
+        match failed {
+            Some(e) if !self.failing => {
+                tracing::warn!(error = %e, "sealing the store failed; retrying after the next write");
+            }
+            Some(_) => {}
+            None if self.failing => tracing::info!("sealing the store works again"),
+            None => {}
         }
+        self.failing = failed.is_some();
     }
 }
 
