@@ -368,7 +368,7 @@ impl Sealer {
                 Some(format!("could not seal the store: {e}"))
             }
         };
-        match failed {
+        match &failed {
             Some(e) if !self.failing => {
                 tracing::warn!(error = %e, "sealing the store failed; retrying after the next write");
             }
