@@ -19,6 +19,12 @@ pub enum GatewayError {
     Throttled(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The namespace reached its storage quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The server's disk is full.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -33,6 +39,8 @@ impl GatewayError {
             GatewayError::TooLarge(_) => 413,
             GatewayError::Throttled(_) => 429,
             GatewayError::Unavailable(_) => 503,
+            GatewayError::QuotaExceeded(_) => 403,
+            GatewayError::InsufficientStorage(_) => 507,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -55,6 +63,8 @@ impl From<ControllerError> for GatewayError {
             ControllerError::TooLarge(m) => GatewayError::TooLarge(m),
             ControllerError::Throttled(m) => GatewayError::Throttled(m),
             ControllerError::Unavailable(m) => GatewayError::Unavailable(m),
+            ControllerError::QuotaExceeded(m) => GatewayError::QuotaExceeded(m),
+            ControllerError::InsufficientStorage(m) => GatewayError::InsufficientStorage(m),
             ControllerError::Internal(m) => GatewayError::Internal(m),
         }
     }

@@ -609,6 +609,13 @@ impl Gateway {
                 if let Some(c) = call_id {
                     r.call_id = c;
                 }
+                if a.annotations
+                    .get(nimbus_controller::RECORD_NOT_STORED)
+                    .is_some()
+                {
+                    r.headers
+                        .push(("X-Nimbus-Record".into(), "not-stored".into()));
+                }
                 Ok(r)
             }
             Ok(InvokeResponse::Accepted(id)) => Ok(FunctionResponse {
