@@ -16,7 +16,7 @@
 use crate::error::{GatewayError, Result};
 use base64::Engine;
 use nimbus_sandbox::sandbox::DEFAULT_PATH;
-use nimbus_sandbox::{Job, JobEnd, Network, Sandbox, SandboxSpec, run_job};
+use nimbus_sandbox::{CODE_DIR, Job, JobEnd, Network, Sandbox, SandboxSpec, run_job};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -375,6 +375,7 @@ pub const REGISTRY_ENV: &[&str] = &[
     "PIP_CERT",
     "PIP_DEFAULT_TIMEOUT",
     "NPM_CONFIG_REGISTRY",
+    "NODE_EXTRA_CA_CERTS",
     "npm_config_registry",
     "HTTP_PROXY",
     "HTTPS_PROXY",
@@ -485,6 +486,7 @@ impl Builder {
         step: &str,
         program: &Path,
         args: Vec<OsString>,
+        cwd: &Path,
     ) -> Result<()> {
         let scratch = out.join(SCRATCH);
         let dirs = [scratch.join("tmp"), scratch.join("npm-cache")];
@@ -498,6 +500,8 @@ impl Builder {
         spec.tmp_mb = self.limits.tmp_mb;
         spec.pids_max = self.limits.pids;
         spec.nofile = 4096;
+        // As seen inside; mapped back to the host path where nothing is mounted.
+        spec.cwd_inside = Path::new(CODE_DIR).join(cwd.strip_prefix(out).unwrap_or(Path::new("")));
         let inside = |p: &Path| -> String {
             match &self.sandbox {
                 Some(sb) => sb.path_inside(&spec, p),
@@ -613,7 +617,8 @@ impl Builder {
             out.join("packages").into_os_string(),
         ])
         .collect();
-        self.install(out, "pip install", &self.python, args).await
+        self.install(out, "pip install", &self.python, args, out)
+            .await
     }
 
     async fn npm_install(&self, out: &Path) -> Result<()> {
@@ -624,19 +629,15 @@ impl Builder {
         } else {
             self.npm.clone()
         };
+        // In the package's directory, not `--prefix`: that would also move npm's global
+        // configuration (`<prefix>/etc/npmrc`, where an operator sets registry and CA).
         args.extend(
-            [
-                "install",
-                "--omit=dev",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-            ]
-            .iter()
-            .map(OsString::from),
+            ["install", "--omit=dev", "--no-audit", "--no-fund"]
+                .iter()
+                .map(OsString::from),
         );
-        args.push(out.join("function").into_os_string());
-        self.install(out, "npm install", &program, args).await
+        self.install(out, "npm install", &program, args, &out.join("function"))
+            .await
     }
 }
 
@@ -738,4 +739,153 @@ pub async fn build_from_context(
     });
     build(&lang, &context.join("function"), out, builder, progress).await?;
     Ok(canonical_lang(&lang).to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use nimbus_sandbox::{CgroupManager, Entry, HostOps};
+    use std::os::fd::RawFd;
+
+    /// A root machine where bubblewrap works or not, and slirp4netns is installed or not.
+    #[derive(Debug)]
+    struct Host {
+        bwrap: bool,
+        slirp: bool,
+    }
+
+    impl HostOps for Host {
+        fn euid(&self) -> u32 {
+            0
+        }
+        fn which(&self, name: &str) -> Option<PathBuf> {
+            let have = match name {
+                "bwrap" => self.bwrap,
+                "slirp4netns" => self.slirp,
+                "setpriv" => true,
+                _ => false,
+            };
+            have.then(|| PathBuf::from("/usr/bin").join(name))
+        }
+        fn entry(&self, path: &Path) -> Entry {
+            if path == Path::new("/usr") {
+                Entry::Dir
+            } else {
+                Entry::Missing
+            }
+        }
+        fn probe(&self, _: &Path, _: &[OsString]) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        fn cgroups(&self) -> Option<Arc<dyn CgroupManager>> {
+            None
+        }
+        fn spawn_helper(
+            &self,
+            _: &Path,
+            _: &[OsString],
+            _: &[RawFd],
+        ) -> std::io::Result<std::process::Child> {
+            Err(std::io::Error::other("not in tests"))
+        }
+    }
+
+    async fn build_with(host: Host, requirements: &str) -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        let handler = tmp.path().join("handler");
+        std::fs::create_dir(&handler).unwrap();
+        std::fs::write(
+            handler.join("handler.py"),
+            "def handle(e, c):\n    return 1\n",
+        )
+        .unwrap();
+        std::fs::write(handler.join("requirements.txt"), requirements).unwrap();
+        let sb = Sandbox::detect(Arc::new(host));
+        let builder = Builder::sandboxed(Arc::new(sb), BuildLimits::default());
+        let mut steps = Vec::new();
+        let mut progress = |m: &str| steps.push(m.to_string());
+        build(
+            "python3-http",
+            &handler,
+            &tmp.path().join("out"),
+            &builder,
+            &mut progress,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn builds_with_dependencies_are_refused_without_the_sandbox() {
+        let e = build_with(
+            Host {
+                bwrap: false,
+                slirp: true,
+            },
+            "six\n",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status(), 403);
+        let m = e.to_string();
+        assert!(
+            m.contains("bubblewrap") && m.contains("--no-sandbox"),
+            "{m}"
+        );
+
+        let e = build_with(
+            Host {
+                bwrap: true,
+                slirp: false,
+            },
+            "six\n",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("outbound network"), "{e}");
+
+        // Nothing to install: no install step runs, nothing to refuse.
+        build_with(
+            Host {
+                bwrap: false,
+                slirp: false,
+            },
+            "# nothing\n",
+        )
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn tar_entries_get_readable_modes_and_links_are_skipped() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, mode) in [("a/secret.py", 0o600), ("a/run.sh", 0o700)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(mode);
+            h.set_cksum();
+            tar.append_data(&mut h, path, &b"x"[..]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        tar.append_link(&mut h, "a/link", "/etc/passwd").unwrap();
+        let data = tar.into_inner().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        unpack_tar(&data, tmp.path()).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(tmp.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("a/secret.py"), 0o644);
+        assert_eq!(mode("a/run.sh"), 0o755);
+        assert_eq!(mode("a"), 0o755);
+        assert!(std::fs::symlink_metadata(tmp.path().join("a/link")).is_err());
+    }
 }

@@ -144,7 +144,7 @@ async fn run_in(
                 c.args(&job.args)
                     .env_clear()
                     .envs(job.spec.env.iter().map(|(k, v)| (k, v)))
-                    .current_dir(&job.spec.code_dir);
+                    .current_dir(job.spec.host_cwd());
                 (c, None)
             }
         };

@@ -122,6 +122,16 @@ impl SandboxSpec {
         }
     }
 
+    /// `cwd_inside` as a host path, for running without bubblewrap: under [`CODE_DIR`] it is
+    /// the same place under `code_dir`, anything else is `code_dir` itself.
+    pub fn host_cwd(&self) -> PathBuf {
+        match self.cwd_inside.strip_prefix(CODE_DIR) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.code_dir.clone(),
+            Ok(rest) => self.code_dir.join(rest),
+            Err(_) => self.code_dir.clone(),
+        }
+    }
+
     /// The cgroup limits for an instance with `memory_bytes` of memory: memory, this spec's
     /// pids limit, and a CPU share proportional to memory.
     pub fn cgroup_limits(&self, memory_bytes: u64) -> CgroupLimits {
@@ -488,7 +498,7 @@ impl Sandbox {
                 program: program.to_path_buf(),
                 args: args.to_vec(),
                 env,
-                cwd: spec.code_dir.clone(),
+                cwd: spec.host_cwd(),
                 setup,
                 fds: fds.owned,
                 paths: map,
@@ -1690,5 +1700,15 @@ mod tests {
         let sb = Sandbox::detect(Arc::new(user));
         assert!(!sb.can_resize_tmp());
         assert!(sb.resize_tmp(42, 128).is_err());
+    }
+
+    #[test]
+    fn the_working_directory_maps_back_to_the_host_without_bwrap() {
+        let mut sp = SandboxSpec::new("/srv/build");
+        assert_eq!(sp.host_cwd(), PathBuf::from("/srv/build"));
+        sp.cwd_inside = PathBuf::from("/code/function");
+        assert_eq!(sp.host_cwd(), PathBuf::from("/srv/build/function"));
+        sp.cwd_inside = PathBuf::from("/tmp");
+        assert_eq!(sp.host_cwd(), PathBuf::from("/srv/build"));
     }
 }
