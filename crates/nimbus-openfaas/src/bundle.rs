@@ -465,13 +465,13 @@ impl Builder {
         let layers = sb.layers();
         if layers.bwrap.is_none() {
             return Err(GatewayError::Forbidden(format!(
-                "builds run their install scripts in the function sandbox, which does not work on this server ({}); install bubblewrap, or start the server with --no-sandbox to run build scripts unsandboxed (trusted code only)",
+                "builds run their install scripts in the function sandbox, which does not work on this machine ({}); install bubblewrap, or build with --no-sandbox (nimbus serve or nimbus up) to run install scripts unsandboxed (trusted code only)",
                 sb.warnings().join("; ")
             )));
         }
         if needs_network && !layers.outbound {
             return Err(GatewayError::Forbidden(
-                "installing dependencies needs the sandbox's outbound network, which this server cannot provide (slirp4netns must be installed and the server must run as root); vendor the dependencies into the handler instead, or start the server with --no-sandbox (trusted code only)"
+                "installing dependencies needs the sandbox's outbound network, which this machine cannot provide (slirp4netns must be installed and the builder must run as root); vendor the dependencies into the handler instead, or build with --no-sandbox (trusted code only)"
                     .into(),
             ));
         }

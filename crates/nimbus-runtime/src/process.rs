@@ -1069,6 +1069,9 @@ impl Drop for ProcessInstance {
             && let Some(pgid) = self.pgid
         {
             let _ = killpg(pgid, Signal::SIGKILL);
+            if let Some(f) = &self.freezer {
+                f.stop();
+            }
         }
     }
 }
