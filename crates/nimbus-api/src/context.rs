@@ -5,7 +5,8 @@ use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use base64::Engine;
+use axum_extra::headers::authorization::Basic;
+use axum_extra::headers::{Authorization, HeaderMapExt};
 use nimbus_controller::{ControllerError, Identity};
 use nimbus_model::ActivationId;
 
@@ -26,23 +27,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Tid {
     }
 }
 
-/// Decodes `Authorization: Basic base64(uuid:key)`.
+/// `Authorization: Basic base64(uuid:key)`, decoded.
 pub fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
-    let h = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, rest) = h.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let s = String::from_utf8(raw).ok()?;
-    let (u, k) = s.split_once(':')?;
-    Some((u.to_string(), k.to_string()))
+    let b = parts.headers.typed_get::<Authorization<Basic>>()?;
+    Some((b.username().to_string(), b.password().to_string()))
 }
 
 /// An authenticated caller plus the transaction id.

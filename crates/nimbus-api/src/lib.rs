@@ -3,6 +3,7 @@
 //! Handlers only parse (path, query, body, credentials), call the controller and map its answer
 //! or [`ControllerError`](nimbus_controller::ControllerError) to a response. No state lives here.
 
+pub mod access;
 mod console;
 mod context;
 mod cors;
@@ -13,6 +14,7 @@ mod info;
 mod parse;
 mod request_id;
 mod routes;
+pub mod server;
 mod web;
 
 use axum::Router;

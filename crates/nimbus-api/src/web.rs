@@ -182,7 +182,10 @@ async fn handle(
                 .get("x-require-whisk-auth")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if given != expected {
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                given.as_bytes(),
+                expected.as_bytes(),
+            )) {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "The supplied authentication is invalid",

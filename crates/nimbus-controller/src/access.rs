@@ -114,6 +114,25 @@ impl Controller {
     }
 }
 
+/// The annotation by which an owner opens a top-level action to anonymous callers of the
+/// OpenFaaS face (`/function/NAME.NAMESPACE`).
+pub const OPENFAAS_PUBLIC: &str = "openfaas-public";
+
+impl Controller {
+    /// Whether the top-level action `ns/name` may be called without credentials through the
+    /// OpenFaaS face: it was deployed through the OpenFaaS gateway (whose functions OpenFaaS
+    /// users expect to be public; only the gateway credential deploys there), or its owner
+    /// annotated it `openfaas-public: true`. Packaged actions never are.
+    pub async fn openfaas_public(&self, ns: &str, name: &str) -> Result<bool> {
+        if name.contains('/') {
+            return Ok(false);
+        }
+        Ok(self.load_action(ns, name).await?.is_some_and(|a| {
+            a.annotations.get("openfaas").is_some() || a.annotations.is_truthy(OPENFAAS_PUBLIC)
+        }))
+    }
+}
+
 /// A web-exported action found by its public URL.
 #[derive(Debug, Clone)]
 pub struct WebTarget {
@@ -159,26 +178,17 @@ impl Controller {
         })
     }
 
-    /// The identity web actions of `ns` run as (its first credential). Cached like
-    /// [`Controller::authenticate`]'s lookups: credentials are created, never rotated, while
-    /// the server runs; an unknown namespace is not cached.
+    /// The identity web actions of `ns` run as (its first credential usable in this mode),
+    /// cached for [`crate::AUTH_CACHE_TTL`] so a revocation takes effect within it. An unknown
+    /// namespace is not cached.
     async fn namespace_owner(&self, ns: &str) -> Result<Identity> {
-        if let Some(id) = self
-            .owner_cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(ns)
-        {
-            return Ok(id.clone());
+        if let Some(id) = self.owner_cache.get(ns) {
+            return Ok(id);
         }
-        let Some(cred) = self.store.credentials_of(ns).await?.into_iter().next() else {
+        let Some(owner) = self.namespace_identity(ns).await? else {
             return Err(ControllerError::not_found());
         };
-        let owner = Identity::from(cred);
-        self.owner_cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ns.to_string(), owner.clone());
+        self.owner_cache.insert(ns.to_string(), owner.clone());
         Ok(owner)
     }
 }

@@ -319,6 +319,7 @@ impl Controller {
                         Some(_) => r.action.annotations.is_truthy("provide-api-key"),
                     };
                     let timeout = Duration::from_millis(r.action.limits.timeout);
+                    let deadline = now_millis() + r.action.limits.timeout as i64;
                     let run = RunRequest {
                         value: params,
                         activation_id: id.to_string(),
@@ -326,8 +327,8 @@ impl Controller {
                         action_name,
                         action_version: r.action.version.to_string(),
                         transaction_id: id.to_string(),
-                        deadline: now_millis() + r.action.limits.timeout as i64,
-                        api_key: provide_key.then(|| who.api_key()),
+                        deadline,
+                        api_key: provide_key.then(|| self.function_key(who, deadline)),
                         timeout,
                         log_limit_bytes: (r.action.limits.logs as usize) * 1024 * 1024,
                     };
@@ -597,7 +598,6 @@ impl Controller {
             Ok(None) => Identity {
                 namespace: p.namespace.clone(),
                 uuid: p.uuid.clone(),
-                key: String::new(),
             },
             Err(e) => {
                 tracing::error!(error = %e, "credential lookup failed; retrying later");

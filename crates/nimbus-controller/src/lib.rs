@@ -33,9 +33,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub use access::WebTarget;
+pub use access::{OPENFAAS_PUBLIC, WebTarget};
 pub use activations::ActivationListQuery;
-pub use auth::{BootstrapKey, Identity, generate_key};
+pub use auth::{
+    AUTH_CACHE_TTL, BootstrapKey, DEV_KEYS, Identity, NewKey, generate_key, is_dev_uuid, keys,
+};
 pub use deadletters::NewDeadLetter;
 pub use delivery::RetryPolicy;
 pub use entities::Paging;
@@ -65,6 +67,8 @@ pub struct ControllerConfig {
     /// Root of per-function read-only mounts (OpenFaaS secrets): `<root>/<ns>/<action>` is bound
     /// at `/var/openfaas/secrets` when it exists. `None`: no mounts.
     pub function_mounts: Option<std::path::PathBuf>,
+    /// `--dev`: the public OpenWhisk development keys are accepted (and created at start-up).
+    pub dev: bool,
 }
 
 impl Default for ControllerConfig {
@@ -78,6 +82,7 @@ impl Default for ControllerConfig {
             dispatch_concurrency: 32,
             shutdown_grace: Duration::from_secs(30),
             function_mounts: None,
+            dev: false,
         }
     }
 }
@@ -86,9 +91,11 @@ pub struct Controller {
     store: Arc<dyn Store>,
     invoker: Arc<Invoker>,
     cfg: ControllerConfig,
-    auth_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
-    /// Namespace → the identity its web actions run as.
-    owner_cache: std::sync::RwLock<std::collections::HashMap<String, Identity>>,
+    /// Verified credentials by uuid, for [`auth::AUTH_CACHE_TTL`].
+    auth_cache: moka::sync::Cache<String, nimbus_store::Credential>,
+    /// Namespace → the identity its web actions run as (same expiry as credentials).
+    owner_cache: moka::sync::Cache<String, Identity>,
+    function_keys: auth::FunctionKeys,
     /// Triggers with their active rules, for fires (see `triggers.rs`).
     fire_cache: triggers::FireCache,
     action_cache: action_cache::ActionCache,
@@ -113,8 +120,15 @@ impl Controller {
             invoker,
             throttles: throttle::Throttles::new(cfg.limits.clone()),
             cfg,
-            auth_cache: Default::default(),
-            owner_cache: Default::default(),
+            auth_cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(auth::AUTH_CACHE_TTL)
+                .build(),
+            owner_cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(auth::AUTH_CACHE_TTL)
+                .build(),
+            function_keys: Default::default(),
             fire_cache: Default::default(),
             action_cache: Default::default(),
             inflight: Default::default(),

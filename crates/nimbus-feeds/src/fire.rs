@@ -78,7 +78,7 @@ impl Firer {
             .store()
             .credential_by_uuid(&self.reg.uuid)
             .await?;
-        let who = found.map(Identity::from);
+        let who = found.as_ref().map(Identity::from);
         *g = who.clone();
         Ok(who)
     }

@@ -68,6 +68,17 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Who calls a function through `/function` or `/async-function`.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No credentials: only functions their owner made public.
+    Anonymous,
+    /// The gateway's admin credential: every function.
+    Gateway,
+    /// An OpenWhisk credential (`uuid:key`): the functions of its own namespace.
+    Namespace(Identity),
+}
+
 /// A queued call whose result must be POSTed to a callback URL (kept on disk until delivered).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct PendingCallback {
@@ -217,21 +228,40 @@ impl Gateway {
         }
     }
 
+    /// The identity the gateway acts as in `ns` (its first credential usable in this mode).
     async fn identity(&self, ns: &str) -> Result<Identity> {
-        let creds = self
-            .controller
-            .store()
-            .credentials_of(ns)
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let c = creds.into_iter().next().ok_or_else(|| {
-            GatewayError::NotFound(format!("namespace {} not found", self.openfaas_ns(ns)))
-        })?;
-        Ok(Identity {
-            namespace: c.namespace,
-            uuid: c.uuid,
-            key: c.key,
-        })
+        self.controller
+            .namespace_identity(ns)
+            .await?
+            .ok_or_else(|| {
+                GatewayError::NotFound(format!("namespace {} not found", self.openfaas_ns(ns)))
+            })
+    }
+
+    /// Whether `caller` may call function `name` of namespace `ns`: the gateway credential
+    /// and the namespace's own credentials may call any of its functions; anyone else only
+    /// those its owner made public (see [`Controller::openfaas_public`]). A refusal reads
+    /// exactly like a missing function, so the URL space reveals nothing about private ones.
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        ns: &str,
+        name: &str,
+        label: &str,
+    ) -> Result<Identity> {
+        let not_found =
+            || GatewayError::NotFound(format!("error finding function {label}: not found"));
+        let who = match self.identity(ns).await {
+            Ok(w) => w,
+            Err(GatewayError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        let allowed = match caller {
+            Caller::Gateway => true,
+            Caller::Namespace(id) => id.namespace == ns,
+            Caller::Anonymous => false,
+        } || self.controller.openfaas_public(ns, name).await?;
+        if allowed { Ok(who) } else { Err(not_found()) }
     }
 
     pub async fn namespaces(&self) -> Result<Vec<String>> {
@@ -528,17 +558,20 @@ impl Gateway {
         p
     }
 
-    /// A synchronous call of `/function/<name>[.<ns>]`.
+    /// A synchronous call of `/function/<name>[.<ns>]` by `caller`.
     pub async fn invoke(
         &self,
         full_name: &str,
         req: FunctionRequest,
         call_id: Option<String>,
+        caller: &Caller,
     ) -> Result<FunctionResponse> {
         let (name, ns) = self.split_name(full_name);
         let ns = self.nimbus_ns(ns);
         let label = format!("{name}.{}", self.openfaas_ns(&ns));
-        let who = self.identity(&ns).await?;
+        // Authorised before anything is counted: metric labels are only ever names of
+        // functions the caller may reach.
+        let who = self.authorize(caller, &ns, name, &label).await?;
         let action = FullyQualifiedName::parse(&format!("/{ns}/{name}"), &ns)
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         let started = Instant::now();
@@ -600,12 +633,13 @@ impl Gateway {
         res
     }
 
-    /// `/async-function/<name>`: durably queued; the call id is the activation id.
+    /// `/async-function/<name>` by `caller`: durably queued; the call id is the activation id.
     pub async fn invoke_async(
         &self,
         full_name: &str,
         mut req: FunctionRequest,
         callback: Option<String>,
+        caller: &Caller,
     ) -> Result<String> {
         if let Some(url) = &callback {
             let ok = reqwest::Url::parse(url)
@@ -619,7 +653,7 @@ impl Gateway {
         let (name, ns) = self.split_name(full_name);
         let ns = self.nimbus_ns(ns);
         let label = format!("{name}.{}", self.openfaas_ns(&ns));
-        let who = self.identity(&ns).await?;
+        let who = self.authorize(caller, &ns, name, &label).await?;
         let action = FullyQualifiedName::parse(&format!("/{ns}/{name}"), &ns)
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         // The queue-worker always POSTs.

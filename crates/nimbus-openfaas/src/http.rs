@@ -1,7 +1,7 @@
 //! The thin HTTP layer: parse, call [`Gateway`], map errors. Mounted on Nimbus's listener.
 
 use crate::error::GatewayError;
-use crate::gateway::{FunctionRequest, Gateway};
+use crate::gateway::{Caller, FunctionRequest, Gateway};
 use crate::types::*;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -10,12 +10,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use base64::Engine;
+use axum_extra::headers::authorization::Basic;
+use axum_extra::headers::{Authorization, HeaderMapExt};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 type S = Arc<Gateway>;
 
@@ -91,38 +93,55 @@ async fn metrics(State(gw): State<S>) -> Response {
         .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether Basic `user:pass` is the gateway's admin credential (compared in constant time).
+fn is_gateway_credential(gw: &Gateway, basic: &Authorization<Basic>) -> bool {
+    let (au, ap) = gw.admin_credentials();
+    let user = basic.username().as_bytes().ct_eq(au.as_bytes());
+    let pass = basic.password().as_bytes().ct_eq(ap.as_bytes());
+    bool::from(user & pass)
 }
 
-/// Basic auth on `/system/*`. Anything else (no header, an empty `Bearer ` as faas-cli sends
-/// when not logged in, a wrong password) is anonymous and gets 401, never 400.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"Restricted\"")],
+        "invalid credentials\n",
+    )
+        .into_response()
+}
+
+/// Basic auth with the gateway credential on `/system/*`. Anything else (no header, an empty
+/// `Bearer ` as faas-cli sends when not logged in, a wrong password) gets 401, never 400.
 async fn basic_auth(State(gw): State<S>, req: Request, next: Next) -> Response {
     let ok = req
         .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            let (scheme, rest) = h.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("basic").then_some(rest.trim())
-        })
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .is_some_and(|s| {
-            let (u, p) = s.split_once(':').unwrap_or((&s, ""));
-            let (au, ap) = gw.admin_credentials();
-            constant_time_eq(u.as_bytes(), au.as_bytes())
-                & constant_time_eq(p.as_bytes(), ap.as_bytes())
-        });
+        .typed_get::<Authorization<Basic>>()
+        .is_some_and(|b| is_gateway_credential(&gw, &b));
     if ok {
         next.run(req).await
     } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"Restricted\"")],
-            "invalid credentials",
-        )
-            .into_response()
+        unauthorized()
+    }
+}
+
+/// Who calls `/function` or `/async-function`: no `Authorization` (or a non-Basic one, such
+/// as the empty `Bearer` faas-cli sends) is anonymous; Basic is either the gateway credential
+/// or an OpenWhisk `uuid:key`, and a Basic credential that is neither is refused (401).
+async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Response> {
+    let Some(basic) = headers.typed_get::<Authorization<Basic>>() else {
+        return Ok(Caller::Anonymous);
+    };
+    if is_gateway_credential(gw, &basic) {
+        return Ok(Caller::Gateway);
+    }
+    match gw
+        .controller
+        .authenticate(basic.username(), basic.password())
+        .await
+    {
+        Ok(who) => Ok(Caller::Namespace(who)),
+        Err(nimbus_controller::ControllerError::Unauthorized) => Err(unauthorized()),
+        Err(e) => Err(GatewayError::from(e).into_response()),
     }
 }
 
@@ -410,8 +429,17 @@ async fn call(
         .get("x-call-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let who = match caller(&gw, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // Credentials used to authorise the call are not the function's to see.
+    let mut headers = headers;
+    if !matches!(who, Caller::Anonymous) {
+        headers.remove(header::AUTHORIZATION);
+    }
     let req = function_request(&method, path, &uri, &headers, body);
-    match gw.invoke(&name, req, given_call_id).await {
+    match gw.invoke(&name, req, given_call_id, &who).await {
         Ok(r) => {
             let mut resp = Response::builder()
                 .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
@@ -465,8 +493,17 @@ async fn queue(
     let callback = headers
         .get("x-callback-url")
         .map(|v| v.to_str().map(str::to_string).unwrap_or_default());
+    let who = match caller(&gw, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // Credentials used to authorise the call are not the function's to see.
+    let mut headers = headers;
+    if !matches!(who, Caller::Anonymous) {
+        headers.remove(header::AUTHORIZATION);
+    }
     let req = function_request(&Method::POST, path, &uri, &headers, body);
-    match gw.invoke_async(&name, req, callback).await {
+    match gw.invoke_async(&name, req, callback, &who).await {
         Ok(id) => (StatusCode::ACCEPTED, [("X-Call-Id", id)]).into_response(),
         Err(e) => e.into_response(),
     }

@@ -85,12 +85,42 @@ pub struct QueuedInvocation {
     pub attempts: u32,
 }
 
-/// A namespace and one of its credentials.
+/// A namespace credential as stored. The secret half of a key (`uuid:secret`) is never kept:
+/// only its SHA-256 ([`key_digest`]), so a copy of the database does not give access.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NamespaceAuth {
+pub struct Credential {
     pub namespace: String,
     pub uuid: String,
-    pub key: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub key_digest: String,
+    /// After a rotation with a grace period: the digest of the previous secret, accepted until
+    /// `previous_expires` (epoch ms).
+    pub previous_digest: Option<String>,
+    pub previous_expires: Option<i64>,
+    /// Epoch ms of creation (0 for credentials migrated from before it was recorded).
+    pub created: i64,
+}
+
+impl Credential {
+    /// A new credential for `secret` (which is hashed here and not kept).
+    pub fn new(namespace: &str, uuid: &str, secret: &str, created: i64) -> Credential {
+        Credential {
+            namespace: namespace.to_string(),
+            uuid: uuid.to_string(),
+            key_digest: key_digest(secret),
+            previous_digest: None,
+            previous_expires: None,
+            created,
+        }
+    }
+}
+
+/// The stored form of a key's secret: lower-case hex SHA-256. Keys are 64 random alphanumerics
+/// (about 380 bits), so a fast hash is enough: there is no dictionary to guess from, and a slow
+/// KDF on every request would only cost CPU (docs/security.md).
+pub fn key_digest(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
 #[async_trait]
@@ -215,10 +245,22 @@ pub trait InvocationQueue: Send + Sync {
 #[async_trait]
 pub trait AuthStore: Send + Sync {
     /// Adds a credential; the namespace springs into existence with its first credential.
-    async fn add_credential(&self, auth: &NamespaceAuth) -> StoreResult<()>;
-    async fn credential_by_uuid(&self, uuid: &str) -> StoreResult<Option<NamespaceAuth>>;
-    async fn credentials_of(&self, ns: &str) -> StoreResult<Vec<NamespaceAuth>>;
+    async fn add_credential(&self, c: &Credential) -> StoreResult<()>;
+    async fn credential_by_uuid(&self, uuid: &str) -> StoreResult<Option<Credential>>;
+    /// A namespace's credentials, ordered by uuid.
+    async fn credentials_of(&self, ns: &str) -> StoreResult<Vec<Credential>>;
     async fn list_namespaces(&self) -> StoreResult<Vec<String>>;
+    /// Replaces the secret of credential `uuid` (its digest); with `previous_until`, the old
+    /// secret stays valid until then (epoch ms), otherwise it stops working at once. Returns
+    /// whether the credential exists.
+    async fn replace_key(
+        &self,
+        uuid: &str,
+        key_digest: &str,
+        previous_until: Option<i64>,
+    ) -> StoreResult<bool>;
+    /// Deletes credential `uuid`; returns whether it existed.
+    async fn delete_credential(&self, uuid: &str) -> StoreResult<bool>;
 }
 
 /// Everything the controller needs from storage.

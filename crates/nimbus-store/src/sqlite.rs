@@ -44,8 +44,9 @@
 //! `PRAGMA user_version`. The SQL avoids SQLite-only features so it can be ported to PostgreSQL.
 
 use crate::{
-    ActivationQuery, ActivationStore, AuthStore, EntityQuery, EntityStore, InvocationQueue,
-    NamespaceAuth, QueuedInvocation, StoreError, StoreResult, StoredDoc, Usage, UsageDay, UsageRow,
+    ActivationQuery, ActivationStore, AuthStore, Credential, EntityQuery, EntityStore,
+    InvocationQueue, QueuedInvocation, StoreError, StoreResult, StoredDoc, Usage, UsageDay,
+    UsageRow,
 };
 use async_trait::async_trait;
 use nimbus_model::{Activation, ActivationId, EntityKind};
@@ -58,13 +59,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 
+/// One schema migration: SQL, or a step that needs Rust (e.g. hashing existing keys).
+enum Migration {
+    Sql(&'static str),
+    Rust(fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>),
+}
+
 /// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/0001_initial.sql"),
-    include_str!("migrations/0002_delivery.sql"),
-    include_str!("migrations/0003_usage.sql"),
-    include_str!("migrations/0004_feeds.sql"),
-    include_str!("migrations/0005_queue_indexes.sql"),
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(include_str!("migrations/0001_initial.sql")),
+    Migration::Sql(include_str!("migrations/0002_delivery.sql")),
+    Migration::Sql(include_str!("migrations/0003_usage.sql")),
+    Migration::Sql(include_str!("migrations/0004_feeds.sql")),
+    Migration::Sql(include_str!("migrations/0005_queue_indexes.sql")),
+    Migration::Rust(migrations::hash_credentials),
 ];
 
 /// Number of reader connections.
@@ -217,17 +225,25 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         if version == target {
             return Ok(());
         }
-        let sql = usize::try_from(version)
+        let step = usize::try_from(version)
             .ok()
             .and_then(|i| MIGRATIONS.get(i))
             .ok_or_else(|| {
                 StoreError::Backend(format!("invalid database schema version {version}"))
             })?;
-        tx.execute_batch(sql).map_err(db_err(op))?;
+        match step {
+            Migration::Sql(sql) => tx.execute_batch(sql).map_err(db_err(op))?,
+            Migration::Rust(f) => f(&tx).map_err(db_err(op))?,
+        }
         tx.pragma_update(None, "user_version", version + 1)
             .map_err(db_err(op))?;
         tx.commit().map_err(db_err(op))?;
         tracing::info!(version = version + 1, "store schema migrated");
+        if matches!(step, Migration::Rust(_)) {
+            // Rust steps may delete secrets (plaintext keys): push the WAL into the file and
+            // truncate it so no copy of the old pages is left behind.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 }
 
@@ -1160,23 +1176,45 @@ impl InvocationQueue for SqliteStore {
     }
 }
 
+fn credential_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Credential> {
+    Ok(Credential {
+        uuid: r.get(0)?,
+        namespace: r.get(1)?,
+        key_digest: r.get(2)?,
+        previous_digest: r.get(3)?,
+        previous_expires: r.get(4)?,
+        created: r.get(5)?,
+    })
+}
+
+const CREDENTIAL_COLUMNS: &str =
+    "uuid, namespace, key_digest, previous_digest, previous_expires, created";
+
 #[async_trait]
 impl AuthStore for SqliteStore {
-    async fn add_credential(&self, auth: &NamespaceAuth) -> StoreResult<()> {
+    async fn add_credential(&self, c: &Credential) -> StoreResult<()> {
         let op = "add_credential";
-        let auth = auth.clone();
-        self.write(op, Durability::Full, move |c| {
-            let n = c
+        let c = c.clone();
+        self.write(op, Durability::Full, move |conn| {
+            let n = conn
                 .execute(
-                    "INSERT INTO credentials (uuid, namespace, key) VALUES (?1, ?2, ?3)
+                    "INSERT INTO credentials (uuid, namespace, key_digest, previous_digest, previous_expires, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (uuid) DO NOTHING",
-                    params![auth.uuid, auth.namespace, auth.key],
+                    params![
+                        c.uuid,
+                        c.namespace,
+                        c.key_digest,
+                        c.previous_digest,
+                        c.previous_expires,
+                        c.created
+                    ],
                 )
                 .map_err(db_err(op))?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!(
                     "credential {} already exists",
-                    auth.uuid
+                    c.uuid
                 )));
             }
             Ok(())
@@ -1184,43 +1222,27 @@ impl AuthStore for SqliteStore {
         .await
     }
 
-    async fn credential_by_uuid(&self, uuid: &str) -> StoreResult<Option<NamespaceAuth>> {
+    async fn credential_by_uuid(&self, uuid: &str) -> StoreResult<Option<Credential>> {
         let op = "credential_by_uuid";
         let uuid = uuid.to_string();
         self.read(op, move |c| {
-            c.prepare_cached("SELECT uuid, namespace, key FROM credentials WHERE uuid = ?1")
-                .and_then(|mut st| {
-                    st.query_row(params![uuid], |r| {
-                        Ok(NamespaceAuth {
-                            uuid: r.get(0)?,
-                            namespace: r.get(1)?,
-                            key: r.get(2)?,
-                        })
-                    })
-                    .optional()
-                })
-                .map_err(db_err(op))
+            c.prepare_cached(&format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE uuid = ?1"
+            ))
+            .and_then(|mut st| st.query_row(params![uuid], credential_row).optional())
+            .map_err(db_err(op))
         })
         .await
     }
 
-    async fn credentials_of(&self, ns: &str) -> StoreResult<Vec<NamespaceAuth>> {
+    async fn credentials_of(&self, ns: &str) -> StoreResult<Vec<Credential>> {
         let op = "credentials_of";
         let ns = ns.to_string();
         self.read(op, move |c| {
-            c.prepare_cached(
-                "SELECT uuid, namespace, key FROM credentials WHERE namespace = ?1 ORDER BY uuid",
-            )
-            .and_then(|mut st| {
-                st.query_map(params![ns], |r| {
-                    Ok(NamespaceAuth {
-                        uuid: r.get(0)?,
-                        namespace: r.get(1)?,
-                        key: r.get(2)?,
-                    })
-                })?
-                .collect()
-            })
+            c.prepare_cached(&format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE namespace = ?1 ORDER BY uuid"
+            ))
+            .and_then(|mut st| st.query_map(params![ns], credential_row)?.collect())
             .map_err(db_err(op))
         })
         .await
@@ -1234,6 +1256,81 @@ impl AuthStore for SqliteStore {
                 .map_err(db_err(op))
         })
         .await
+    }
+
+    async fn replace_key(
+        &self,
+        uuid: &str,
+        key_digest: &str,
+        previous_until: Option<i64>,
+    ) -> StoreResult<bool> {
+        let op = "replace_key";
+        let (uuid, digest) = (uuid.to_string(), key_digest.to_string());
+        self.write(op, Durability::Full, move |c| {
+            let n = c
+                .execute(
+                    "UPDATE credentials SET
+                       previous_digest = CASE WHEN ?3 IS NULL THEN NULL ELSE key_digest END,
+                       previous_expires = ?3,
+                       key_digest = ?2
+                     WHERE uuid = ?1",
+                    params![uuid, digest, previous_until],
+                )
+                .map_err(db_err(op))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_credential(&self, uuid: &str) -> StoreResult<bool> {
+        let op = "delete_credential";
+        let uuid = uuid.to_string();
+        self.write(op, Durability::Full, move |c| {
+            let n = c
+                .execute("DELETE FROM credentials WHERE uuid = ?1", params![uuid])
+                .map_err(db_err(op))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
+mod migrations {
+    //! Migration steps that need more than SQL.
+
+    use rusqlite::Transaction;
+
+    /// Version 6: credentials keep the SHA-256 of their secret instead of the secret. The old
+    /// table is rebuilt; `secure_delete` zeroes the freed pages that held the plaintext keys
+    /// (the caller then truncates the WAL).
+    pub(super) fn hash_credentials(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        tx.pragma_update(None, "secure_delete", "ON")?;
+        tx.execute_batch(
+            "CREATE TABLE credentials_v6 (
+                uuid             TEXT    NOT NULL PRIMARY KEY,
+                namespace        TEXT    NOT NULL,
+                key_digest       TEXT    NOT NULL, -- hex SHA-256 of the secret
+                previous_digest  TEXT,             -- accepted until previous_expires (rotation grace)
+                previous_expires INTEGER,          -- epoch ms
+                created          INTEGER NOT NULL DEFAULT 0
+             );",
+        )?;
+        let rows: Vec<(String, String, String)> = tx
+            .prepare("SELECT uuid, namespace, key FROM credentials")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (uuid, ns, key) in rows {
+            tx.execute(
+                "INSERT INTO credentials_v6 (uuid, namespace, key_digest) VALUES (?1, ?2, ?3)",
+                rusqlite::params![uuid, ns, crate::key_digest(&key)],
+            )?;
+        }
+        tx.execute_batch(
+            "DROP TABLE credentials;
+             ALTER TABLE credentials_v6 RENAME TO credentials;
+             CREATE INDEX credentials_by_namespace ON credentials (namespace);",
+        )?;
+        tx.pragma_update(None, "secure_delete", "OFF")
     }
 }
 

@@ -70,6 +70,16 @@ pub struct ServeArgs {
     /// listens on loopback (see docs/metrics.md).
     #[arg(long, env = "NIMBUS_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
+    /// Seconds a client may take to send a request head; also how long an idle keep-alive
+    /// connection is kept open.
+    #[arg(long, default_value_t = 15)]
+    pub header_read_timeout: u64,
+    /// Open HTTP connections at most.
+    #[arg(long, default_value_t = 8192)]
+    pub max_connections: usize,
+    /// Open HTTP connections per client address at most (0: no per-client cap).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
     #[command(flatten)]
     pub wasm: crate::wasm::WasmArgs,
 }
@@ -198,34 +208,37 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             api_host,
             shutdown_grace: Duration::from_secs(a.shutdown_grace),
             function_mounts: Some(a.data_dir.join("openfaas").join("mounts")),
+            dev: a.dev,
             ..Default::default()
         },
     );
 
     let keys = controller
-        .bootstrap_namespaces(a.dev)
+        .bootstrap_namespaces()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut system = None;
+    // New keys go to their 0600 files always, and to the terminal only when it is one: never
+    // into a log that a collector keeps.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for k in &keys {
-        let file = a.data_dir.join("auth").join(&k.auth.namespace);
-        if k.created || !file.exists() {
-            let path = write_auth_file(&a.data_dir, &k.auth.namespace, &k.auth.uuid, &k.auth.key)?;
-            if k.created {
+        if let Some(new) = &k.created {
+            let path = write_auth_file(&a.data_dir, &new.namespace, &new.uuid, &new.secret)?;
+            if tty {
                 println!(
-                    "namespace {} key: {}:{} (stored in {})",
-                    k.auth.namespace,
-                    k.auth.uuid,
-                    k.auth.key,
+                    "namespace {} key: {} (stored in {})",
+                    new.namespace,
+                    new.api_key(),
                     path.display()
                 );
+            } else {
+                tracing::info!(namespace = %new.namespace, file = %path.display(), "generated a key; it is stored in the file (mode 0600)");
             }
         }
-        if k.auth.namespace == "whisk.system" {
+        if k.namespace == "whisk.system" {
             system = Some(nimbus_controller::Identity {
-                namespace: k.auth.namespace.clone(),
-                uuid: k.auth.uuid.clone(),
-                key: k.auth.key.clone(),
+                namespace: k.namespace.clone(),
+                uuid: k.uuid.clone(),
             });
         }
     }
@@ -284,7 +297,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .merge(nimbus_openfaas::http::router(gateway))
-    .layer(axum::Extension(feeds.clone()));
+    .layer(axum::Extension(feeds.clone()))
+    // After the merge, so it covers both faces: a route without an access rule is refused.
+    .layer(axum::middleware::from_fn(nimbus_api::access::require_rule));
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
@@ -294,22 +309,28 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %a.listen, data_dir = %a.data_dir.display(), "nimbus is ready");
     eprintln!("nimbus listening on http://{}", a.listen);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    });
-    let server = tokio::spawn(async move { server.await });
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(nimbus_api::server::Phase::Serving);
+    let limits = nimbus_api::server::ServerLimits {
+        header_read_timeout: Duration::from_secs(a.header_read_timeout.max(1)),
+        max_connections: a.max_connections.max(1),
+        max_connections_per_ip: a.max_connections_per_ip,
+    };
+    let server = tokio::spawn(nimbus_api::server::serve(
+        listener,
+        app,
+        limits,
+        phase_rx,
+        Duration::from_secs(2),
+    ));
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing in-flight activations");
-    let _ = stop_tx.send(true);
+    tracing::info!("shutting down: new requests get 503; finishing in-flight activations");
+    let _ = phase_tx.send(nimbus_api::server::Phase::Draining);
     feeds.stop_all();
     controller.shutdown().await;
     dispatcher.abort();
-    // Give open HTTP exchanges a moment to deliver their answers, then stop regardless.
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = phase_tx.send(nimbus_api::server::Phase::Stopped);
+    // Open HTTP exchanges get a moment to deliver their answers, then the process stops.
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -118,13 +118,9 @@ async fn only_put_activation_runs_at_synchronous_normal() {
     s.put_activation(&activation("guest", 5, "a", None, 5))
         .await
         .unwrap();
-    s.add_credential(&NamespaceAuth {
-        namespace: "g".into(),
-        uuid: "u".into(),
-        key: "k".into(),
-    })
-    .await
-    .unwrap();
+    s.add_credential(&Credential::new("g", "u", "k", 1))
+        .await
+        .unwrap();
     assert_eq!(sync_level(&s).await, 2);
 
     s.put_activation(&activation("guest", 6, "a", None, 6))
@@ -669,13 +665,9 @@ async fn data_survives_reopen() {
         .unwrap();
         s.put_activation(&record).await.unwrap();
         s.enqueue(&queued(8, 80)).await.unwrap();
-        s.add_credential(&NamespaceAuth {
-            namespace: "guest".into(),
-            uuid: "u1".into(),
-            key: "k1".into(),
-        })
-        .await
-        .unwrap();
+        s.add_credential(&Credential::new("guest", "u1", "k1", 1))
+            .await
+            .unwrap();
     }
     // Reopening must not re-run migrations (which would fail on existing tables).
     let s = open(&dir);
@@ -693,18 +685,21 @@ async fn data_survives_reopen() {
         record
     );
     assert_eq!(s.claim(5).await.unwrap(), [queued(8, 80)]);
-    assert_eq!(s.credential_by_uuid("u1").await.unwrap().unwrap().key, "k1");
+    assert_eq!(
+        s.credential_by_uuid("u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .key_digest,
+        crate::key_digest("k1")
+    );
 }
 
 #[tokio::test]
 async fn auth_lookups() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let cred = |ns: &str, uuid: &str, key: &str| NamespaceAuth {
-        namespace: ns.into(),
-        uuid: uuid.into(),
-        key: key.into(),
-    };
+    let cred = |ns: &str, uuid: &str, key: &str| Credential::new(ns, uuid, key, 7);
     s.add_credential(&cred("zeta", "u3", "k3")).await.unwrap();
     s.add_credential(&cred("guest", "u2", "k2")).await.unwrap();
     s.add_credential(&cred("guest", "u1", "k1")).await.unwrap();
@@ -726,6 +721,72 @@ async fn auth_lookups() {
         "failed insert left nothing"
     );
     assert_eq!(s.list_namespaces().await.unwrap(), ["guest", "zeta"]);
+
+    // Rotation: the new digest replaces the old one; with a grace period the old one is kept.
+    assert!(
+        s.replace_key("u1", &crate::key_digest("n1"), Some(99))
+            .await
+            .unwrap()
+    );
+    let c = s.credential_by_uuid("u1").await.unwrap().unwrap();
+    assert_eq!(c.key_digest, crate::key_digest("n1"));
+    assert_eq!(c.previous_digest, Some(crate::key_digest("k1")));
+    assert_eq!(c.previous_expires, Some(99));
+    assert!(
+        s.replace_key("u1", &crate::key_digest("n2"), None)
+            .await
+            .unwrap()
+    );
+    let c = s.credential_by_uuid("u1").await.unwrap().unwrap();
+    assert_eq!((c.previous_digest, c.previous_expires), (None, None));
+    assert!(!s.replace_key("nope", "d", None).await.unwrap());
+    // Revocation.
+    assert!(s.delete_credential("u1").await.unwrap());
+    assert!(!s.delete_credential("u1").await.unwrap());
+    assert_eq!(s.credential_by_uuid("u1").await.unwrap(), None);
+}
+
+/// A database from before version 6 keeps working: its plaintext keys become digests and the
+/// plaintext is gone from the file.
+#[tokio::test]
+async fn credentials_migrate_to_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        let tx = c.transaction().unwrap();
+        for (i, m) in MIGRATIONS[..5].iter().enumerate() {
+            let Migration::Sql(sql) = m else { panic!() };
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .unwrap();
+        }
+        tx.execute(
+            "INSERT INTO credentials (uuid, namespace, key) VALUES ('u1', 'guest', 'PLAINTEXTSECRETKEY0123456789')",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let c = s.credential_by_uuid("u1").await.unwrap().unwrap();
+    assert_eq!(c.namespace, "guest");
+    assert_eq!(
+        c.key_digest,
+        crate::key_digest("PLAINTEXTSECRETKEY0123456789")
+    );
+    drop(s);
+    for f in ["old.db", "old.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(f)) {
+            assert!(
+                !bytes
+                    .windows(28)
+                    .any(|w| w == b"PLAINTEXTSECRETKEY0123456789"),
+                "plaintext key left in {f}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -1006,7 +1067,10 @@ async fn usage_migration_backfills_existing_records() {
     {
         // A database at schema version 1 holding one record.
         let c = Connection::open(&path).unwrap();
-        c.execute_batch(MIGRATIONS[0]).unwrap();
+        let Migration::Sql(first) = MIGRATIONS[0] else {
+            panic!("the first migration is SQL")
+        };
+        c.execute_batch(first).unwrap();
         c.pragma_update(None, "user_version", 1).unwrap();
         c.execute(
             "INSERT INTO activations (namespace, activation_id, name, path_tail, start_ms, end_ms, record)
