@@ -13,6 +13,9 @@ pub enum GatewayError {
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// This server refuses the operation by policy (e.g. an unsandboxed build).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -34,6 +37,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => 400,
             GatewayError::Unauthorized(_) => 401,
+            GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) => 404,
             GatewayError::Conflict(_) => 409,
             GatewayError::TooLarge(_) => 413,

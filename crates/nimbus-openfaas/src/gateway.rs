@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     pub default_namespace: String,
     /// `--dev`: fixed, documented credentials instead of generated ones.
     pub dev: bool,
+    /// How `POST /build` runs pip and npm (sandboxed unless the server runs `--no-sandbox`).
+    pub builder: crate::bundle::Builder,
 }
 
 /// An HTTP request handed to a function.

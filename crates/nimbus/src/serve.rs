@@ -64,6 +64,8 @@ pub struct ServeArgs {
     /// unprivileged uid). Only for debugging on a trusted machine.
     #[arg(long)]
     pub no_sandbox: bool,
+    #[command(flatten)]
+    pub build: crate::faas::BuildArgs,
     /// Bearer token for `/metrics`. Without it, `/metrics` is open only while the server
     /// listens on loopback (see docs/metrics.md).
     #[arg(long, env = "NIMBUS_METRICS_TOKEN")]
@@ -199,10 +201,13 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 "cgroupMemory": l.cgroup_memory,
                 "cgroupPids": l.cgroup_pids,
                 "cgroupCpu": l.cgroup_cpu,
+                "cgroupFreezer": l.cgroup_freezer,
             })
         }
     };
     tracing::info!(layers = %isolation, "function isolation");
+    // POST /build runs pip/npm in the same sandbox as functions (--no-sandbox: unsandboxed).
+    let builder = a.build.builder(sandbox.clone());
     let runtime = ProcessRuntime::new(ProcessRuntimeConfig {
         work_dir: a.data_dir.join("instances"),
         cgroups: !a.no_cgroups,
@@ -315,6 +320,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             mounts: a.data_dir.join("openfaas").join("mounts"),
             default_namespace: "guest".into(),
             dev: a.dev,
+            builder,
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
