@@ -37,6 +37,8 @@ impl ApiError {
             ControllerError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ControllerError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ControllerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControllerError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+            ControllerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ControllerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string(), code)

@@ -49,7 +49,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route(&format!("{ns}/instances"), get(list_instances))
         .route(&format!("{ns}/activations"), get(list_activations))
-        .route(&format!("{ns}/activations/{{id}}"), get(get_activation))
+        .route(
+            &format!("{ns}/activations/{{id}}"),
+            get(get_activation).delete(delete_activation),
+        )
         .route(
             &format!("{ns}/activations/{{id}}/result"),
             get(activation_result),
@@ -209,7 +212,13 @@ async fn limits(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>) -> 
         ));
     }
     let l = s.controller.limits();
+    let storage = s
+        .controller
+        .storage(&ctx.who, &ns)
+        .await
+        .map_err(ctl(&ctx.tid))?;
     ok(json!({
+        "storage": storage,
         "invocationsPerMinute": l.invocations_per_minute,
         "concurrentInvocations": l.concurrent_invocations,
         "firesPerMinute": l.fires_per_minute,
@@ -230,6 +239,19 @@ async fn limits(State(s): State<AppState>, ctx: Ctx, Path(ns): Path<String>) -> 
 fn with_activation_header(mut r: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
         r.headers_mut().insert("x-openwhisk-activation-id", v);
+    }
+    r
+}
+
+/// `x-nimbus-record: not-stored` on the answer of a blocking invoke whose record could not be
+/// stored (the store's disk was full): the caller has the only copy.
+pub(crate) fn with_record_header(mut r: Response, a: &Activation) -> Response {
+    if a.annotations
+        .get(nimbus_controller::RECORD_NOT_STORED)
+        .is_some()
+    {
+        r.headers_mut()
+            .insert("x-nimbus-record", HeaderValue::from_static("not-stored"));
     }
     r
 }
@@ -299,9 +321,9 @@ async fn invoke_action(
             } else {
                 serde_json::to_value(&*a).unwrap_or(Value::Null)
             };
-            Ok(with_activation_header(
-                (status, Json(body)).into_response(),
-                &id,
+            Ok(with_record_header(
+                with_activation_header((status, Json(body)).into_response(), &id),
+                &a,
             ))
         }
     }
@@ -414,6 +436,19 @@ async fn get_activation(
         .await
         .map_err(ctl(&ctx.tid))?;
     ok(serde_json::to_value(&a).unwrap_or(Value::Null))
+}
+
+/// `DELETE /activations/{id}` (a Nimbus extension: frees the record's bytes of the quota).
+async fn delete_activation(
+    State(s): State<AppState>,
+    ctx: Ctx,
+    Path((ns, id)): Path<(String, String)>,
+) -> ApiResult {
+    s.controller
+        .delete_activation(&ctx.who, &ns, &id)
+        .await
+        .map_err(ctl(&ctx.tid))?;
+    ok(json!({"activationId": id}))
 }
 
 async fn activation_result(

@@ -253,6 +253,7 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(a.activation_id.as_str()) {
         r.headers_mut().insert("x-openwhisk-activation-id", v);
     }
+    let mut r = crate::routes::with_record_header(r, &a);
     if !custom_options {
         r.headers_mut().insert(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,

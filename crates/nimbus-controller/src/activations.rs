@@ -2,7 +2,7 @@
 
 use crate::{Controller, ControllerError, Identity, Result};
 use nimbus_model::{Activation, ActivationId};
-use nimbus_store::ActivationQuery;
+use nimbus_store::{ActivationQuery, NamespaceStorage};
 use serde_json::{Value, json};
 
 /// `GET /activations` query, already parsed.
@@ -85,6 +85,25 @@ impl Controller {
     pub async fn activation_result(&self, who: &Identity, ns: &str, id: &str) -> Result<Value> {
         let a = self.get_activation(who, ns, id).await?;
         Ok(serde_json::to_value(&a.response).unwrap_or(Value::Null))
+    }
+
+    /// Deletes one of the namespace's activation records (frees its bytes of the quota).
+    pub async fn delete_activation(&self, who: &Identity, ns: &str, id: &str) -> Result<()> {
+        self.ensure_own(who, ns)?;
+        let Some(id) = ActivationId::parse(id) else {
+            return Err(ControllerError::not_found());
+        };
+        if self.store.delete_activation(&who.namespace, &id).await? {
+            Ok(())
+        } else {
+            Err(ControllerError::not_found())
+        }
+    }
+
+    /// The namespace's storage use, quota and retention.
+    pub async fn storage(&self, who: &Identity, ns: &str) -> Result<NamespaceStorage> {
+        self.ensure_own(who, ns)?;
+        Ok(self.store.namespace_storage(&who.namespace).await?)
     }
 
     pub async fn activation_logs(&self, who: &Identity, ns: &str, id: &str) -> Result<Value> {

@@ -467,8 +467,8 @@ impl Controller {
         record.annotations.set("rule", json!(info.rule));
         record.annotations.set("attempt", json!(info.attempt));
         let keyed = info.order_key.is_some();
-        let outcome = if record.response.success {
-            self.store.complete(id, &record).await
+        let finish = if record.response.success {
+            Finish::Complete
         } else {
             let now = now_millis();
             let delay = info.policy.delay_ms(info.attempt);
@@ -497,9 +497,13 @@ impl Controller {
                             attempts: 0,
                         };
                         tracing::info!(activation = %id, next = %next_id, delay_ms = delay, rule = %info.rule, "rule activation failed; retry scheduled");
-                        self.store.complete_and_retry(id, &record, &q, due).await
+                        Finish::Retry(q, due)
                     }
-                    Err(e) => Err(nimbus_store::StoreError::Backend(e.to_string())),
+                    Err(e) => {
+                        tracing::error!(error = %e, activation = %id, "could not encode a rule retry; it goes back to the queue");
+                        self.release_queued(id).await;
+                        return;
+                    }
                 }
             } else {
                 let why = if info.attempt >= info.policy.max_attempts {
@@ -530,22 +534,36 @@ impl Controller {
                 };
                 record.annotations.set("deadLetter", json!(dl.id));
                 tracing::warn!(activation = %id, dead_letter = %dl.id, rule = %info.rule, "rule activation dead-lettered");
-                self.store.complete_and_dead_letter(id, &record, &dl).await
+                Finish::DeadLetter(Box::new(dl))
             }
         };
-        match outcome {
-            Ok(()) => {
-                if keyed {
-                    // The next event of this key may run now.
-                    self.queue_wakeup.notify_one();
+        // Retried until stored, like any accepted work (see `persist_accepted`).
+        let stored = self
+            .persist_accepted(id, "a rule activation", || async {
+                match &finish {
+                    Finish::Complete => self.store.complete(id, &record).await,
+                    Finish::Retry(q, due) => {
+                        self.store.complete_and_retry(id, &record, q, *due).await
+                    }
+                    Finish::DeadLetter(dl) => {
+                        self.store.complete_and_dead_letter(id, &record, dl).await
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, activation = %id, "could not record a rule activation; it stays queued");
-                let _ = self.store.release(id).await;
-            }
+            })
+            .await;
+        if stored && keyed {
+            // The next event of this key may run now.
+            self.queue_wakeup.notify_one();
         }
     }
+}
+
+/// How a rule-fired attempt is recorded.
+enum Finish {
+    Complete,
+    /// The next attempt and when it is due.
+    Retry(QueuedInvocation, i64),
+    DeadLetter(Box<DeadLetter>),
 }
 
 /// A one-line reason from a failed activation.

@@ -23,6 +23,12 @@ pub enum ControllerError {
     NotAcceptable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The namespace reached its storage quota (nothing was stored).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The server's disk is full (nothing was stored): HTTP 507.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -55,6 +61,13 @@ impl From<StoreError> for ControllerError {
         match e {
             StoreError::Conflict(_) => {
                 ControllerError::Conflict("Concurrent modification to resource detected.".into())
+            }
+            e @ StoreError::QuotaExceeded { .. } => ControllerError::QuotaExceeded(format!("{e}.")),
+            StoreError::Full(m) => {
+                tracing::warn!(error = %m, "write refused: the store's disk is full");
+                ControllerError::InsufficientStorage(format!(
+                    "The server is out of storage space, nothing was stored: {m}"
+                ))
             }
             other => {
                 tracing::error!(error = %other, "store failure");

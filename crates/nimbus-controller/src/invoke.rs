@@ -61,6 +61,13 @@ pub(crate) struct QueuedPayload {
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Annotation on the record a blocking invoke answers with when that record could not be
+/// stored (its value: why). The APIs also answer with `x-nimbus-record: not-stored`.
+pub const RECORD_NOT_STORED: &str = "recordNotStored";
+
+/// Longest wait between two attempts to record finished accepted work.
+const PERSIST_RETRY_MAX: Duration = Duration::from_secs(2);
+
 fn annotation(key: &str, value: Value) -> nimbus_model::params::KeyValue {
     nimbus_model::params::KeyValue {
         key: key.to_string(),
@@ -145,6 +152,9 @@ impl Controller {
     ) -> Result<InvokeResponse> {
         // Check `final` before accepting anything.
         self.merge_params(&resolved, &req.params)?;
+        // New work of a namespace at its storage quota, or while the disk is below the reserve
+        // kept for accepted work, is refused before it runs.
+        self.store.admit(&who.namespace)?;
         let slot = self
             .throttles
             .admit_invoke(&who.namespace)
@@ -209,11 +219,17 @@ impl Controller {
                     .await;
                 // The caller gets the record at once; its write is queued in order (any read
                 // of activations made after this answer sees it) instead of awaited: waiting
-                // for the commit halved a web action's throughput (docs/benchmarks.md).
+                // for the commit halved a web action's throughput (docs/benchmarks.md). A
+                // store short of space declines to defer: then the write is awaited, and a
+                // failure is told to the caller rather than dropped silently.
+                let mut record = record;
                 if !this.store.put_activation_deferred(&record)
                     && let Err(e) = this.store.put_activation(&record).await
                 {
-                    tracing::error!(error = %e, "could not store activation record");
+                    tracing::error!(error = %e, activation = %record.activation_id, "could not store activation record");
+                    record
+                        .annotations
+                        .set(RECORD_NOT_STORED, json!(e.to_string()));
                 }
                 this.finished(&record);
                 let _ = tx.send(record);
@@ -584,12 +600,82 @@ impl Controller {
             self.finish_delivery(&item, p, record).await;
             return;
         }
-        if let Err(e) = self.store.complete(&id, &record).await {
-            tracing::error!(error = %e, activation = %id, "could not record a queued activation; it stays queued");
-            let _ = self.store.release(&id).await;
-            return;
+        let stored = self
+            .persist_accepted(&id, "a queued activation", || {
+                self.store.complete(&id, &record)
+            })
+            .await;
+        if stored {
+            self.finished(&record);
         }
-        self.finished(&record);
+    }
+
+    /// Records the end of accepted work with `write`. A full disk (or another store failure
+    /// that may pass) does not lose the run nor leave its entry claimed until a restart: the
+    /// entry stays claimed by this process and the write is retried, backing off up to
+    /// [`PERSIST_RETRY_MAX`], until it succeeds (as soon as space returns) or the server shuts
+    /// down (then the entry is released, or recovered at the next start, and runs again).
+    /// Errors that cannot pass (a conflict, a corrupt row) release the entry at once. Returns
+    /// whether `write` succeeded.
+    pub(crate) async fn persist_accepted<'a, F, Fut>(
+        &'a self,
+        id: &ActivationId,
+        what: &str,
+        mut write: F,
+    ) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = nimbus_store::StoreResult<()>> + 'a,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let e = match write().await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(activation = %id, attempts = failures + 1, "recorded {what} after the store recovered");
+                    }
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let transient = matches!(
+                e,
+                nimbus_store::StoreError::Full(_) | nimbus_store::StoreError::Backend(_)
+            );
+            if !transient || self.shutting_down.load(Ordering::SeqCst) {
+                tracing::error!(error = %e, activation = %id, "could not record {what}; it goes back to the queue");
+                self.release_queued(id).await;
+                return false;
+            }
+            if failures == 0 {
+                tracing::error!(error = %e, activation = %id, "could not record {what}; retrying until the store accepts it");
+            }
+            failures += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(PERSIST_RETRY_MAX);
+        }
+    }
+
+    /// Puts a claimed entry back to pending, retrying like [`Controller::persist_accepted`]
+    /// (a release is a write too, and fails on a full disk) but giving up at shutdown: start-up
+    /// returns whatever is still claimed.
+    pub(crate) async fn release_queued(&self, id: &ActivationId) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.release(id).await {
+                Ok(()) => return,
+                Err(e) if self.shutting_down.load(Ordering::SeqCst) => {
+                    tracing::warn!(error = %e, activation = %id, "could not release a queued activation; the next start re-queues it");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, activation = %id, "could not release a queued activation; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(PERSIST_RETRY_MAX);
+                }
+            }
+        }
     }
 
     async fn run_queued_payload(&self, id: &ActivationId, p: QueuedPayload) -> Option<Activation> {
@@ -601,7 +687,7 @@ impl Controller {
             },
             Err(e) => {
                 tracing::error!(error = %e, "credential lookup failed; retrying later");
-                let _ = self.store.release(id).await;
+                self.release_queued(id).await;
                 return None;
             }
         };

@@ -42,7 +42,7 @@ pub use deadletters::NewDeadLetter;
 pub use delivery::RetryPolicy;
 pub use entities::Paging;
 pub use error::{ControllerError, Result};
-pub use invoke::{InvokeRequest, InvokeResponse};
+pub use invoke::{InvokeRequest, InvokeResponse, RECORD_NOT_STORED};
 pub use native::{NativeActions, NativeOutcome};
 pub use nimbus_store::DeadLetter;
 pub use observe::{current_request_id, function_of, with_request_id};

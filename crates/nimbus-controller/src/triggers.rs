@@ -90,6 +90,7 @@ impl Controller {
         if rules.is_empty() {
             return Ok(None);
         }
+        self.store.admit(&who.namespace)?;
         self.throttles
             .admit_fire(&who.namespace)
             .inspect_err(|_| self.throttled(&who.namespace, "fires"))?;

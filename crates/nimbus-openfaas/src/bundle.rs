@@ -9,14 +9,21 @@
 //!
 //! Building (`nimbus up`, and `POST /build` from `faas-cli --remote-builder`) starts from a
 //! handler directory or an OpenFaaS shrinkwrapped build context (`function/` + template files),
-//! copies the code and installs `requirements.txt` with pip / `package.json` with npm.
+//! copies the code and installs `requirements.txt` with pip / `package.json` with npm. Those
+//! install steps run other people's code (setup.py, npm lifecycle scripts), so a [`Builder`]
+//! runs them in the function sandbox (see docs/security.md, "Builds").
 
 use crate::error::{GatewayError, Result};
 use base64::Engine;
+use nimbus_sandbox::sandbox::DEFAULT_PATH;
+use nimbus_sandbox::{CODE_DIR, Job, JobEnd, Network, Sandbox, SandboxSpec, run_job};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The languages (OpenFaaS template names) Nimbus bundles, with their Nimbus kind.
 pub const LANGS: &[(&str, &str)] = &[
@@ -128,17 +135,44 @@ pub fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
         Box::new(data)
     };
     let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(true);
+    ar.set_preserve_permissions(false);
     let entries = ar
         .entries()
         .map_err(|e| GatewayError::BadRequest(format!("not a tar archive: {e}")))?;
     for entry in entries {
         let mut entry =
             entry.map_err(|e| GatewayError::BadRequest(format!("bad tar entry: {e}")))?;
+        // Files and directories only: links could point out of the bundle, and devices or
+        // FIFOs have no place in one.
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            continue;
+        }
         // unpack_in refuses `..` and absolute paths.
         entry
             .unpack_in(dir)
             .map_err(|e| GatewayError::BadRequest(format!("cannot extract tar entry: {e}")))?;
+    }
+    normalise_modes(dir).map_err(|e| GatewayError::io("extracting the tar archive", e))
+}
+
+/// Directories 0755, files 0755 when any execute bit is set and 0644 otherwise: the sandbox
+/// user, which owns none of it, must read it all, whatever modes the archive stored.
+fn normalise_modes(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let meta = std::fs::symlink_metadata(e.path())?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                let mode = nimbus_runtime::process::normal_mode(Some(meta.permissions().mode()));
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode))?;
+            }
+        }
     }
     Ok(())
 }
@@ -296,16 +330,328 @@ impl<F: FnMut(&str)> BuildProgress for F {
     }
 }
 
+/// Limits of every install step of a build (`pip install`, `npm install`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Wall-clock time of one step.
+    pub timeout: Duration,
+    /// Memory of the step's processes (cgroup), MB.
+    pub memory_mb: u64,
+    /// CPU cap, thousandths of a CPU (cgroup CFS quota).
+    pub cpu_millicores: u64,
+    /// Processes and threads (cgroup `pids.max`).
+    pub pids: u64,
+    /// The step's private `/tmp` (RAM, counted against `memory_mb`), MB. pip and npm work in
+    /// `TMPDIR` on disk instead (inside the build directory, removed afterwards).
+    pub tmp_mb: u64,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        BuildLimits {
+            timeout: Duration::from_secs(300),
+            memory_mb: 1024,
+            cpu_millicores: 1000,
+            pids: 512,
+            tmp_mb: 64,
+        }
+    }
+}
+
+/// Lines of pip/npm output a failed step reports.
+pub const LOG_TAIL_LINES: usize = 40;
+/// Output kept per step (the end of it).
+const OUTPUT_TAIL_BYTES: usize = 64 << 10;
+/// Scratch space of a build inside its directory (pip's and npm's temporary files, npm's
+/// cache); removed after the build and never packaged.
+const SCRATCH: &str = ".nimbus-build";
+/// Registry settings taken from the environment of the process that builds (the operator's
+/// choice of package index, its CA bundle, an HTTP proxy); nothing else of that environment
+/// reaches a build.
+pub const REGISTRY_ENV: &[&str] = &[
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_DEFAULT_TIMEOUT",
+    "NPM_CONFIG_REGISTRY",
+    "NODE_EXTRA_CA_CERTS",
+    "npm_config_registry",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// How a build runs its install steps: in the function sandbox (the default), or directly as
+/// this process's user.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    sandbox: Option<Arc<Sandbox>>,
+    limits: BuildLimits,
+    python: PathBuf,
+    node: PathBuf,
+    /// npm's JavaScript entry point (run with `node`), or an `npm` executable.
+    npm: PathBuf,
+    /// Interpreter installations outside `/usr` (pyenv, nvm), bound read-only.
+    extra_ro: Vec<PathBuf>,
+    registry_env: Vec<(String, String)>,
+}
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(0);
+
+impl Builder {
+    /// Install steps run in `sandbox`, as its unprivileged user, with the build directory as
+    /// the only writable bind and outbound network; refused when bubblewrap does not work.
+    pub fn sandboxed(sandbox: Arc<Sandbox>, limits: BuildLimits) -> Self {
+        Self::new(Some(sandbox), limits)
+    }
+
+    /// Install steps run directly as this process's user, with the same clean environment and
+    /// timeout but no isolation: a server started with `--no-sandbox`, or `nimbus up` run by an
+    /// unprivileged user on their own machine.
+    pub fn unsandboxed(limits: BuildLimits) -> Self {
+        Self::new(None, limits)
+    }
+
+    fn new(sandbox: Option<Arc<Sandbox>>, limits: BuildLimits) -> Self {
+        use nimbus_runtime::process::{interpreter_prefix, resolve_in_path, resolve_python};
+        let python = resolve_python(&resolve_in_path(Path::new("python3")));
+        let node = resolve_in_path(Path::new("node"));
+        let npm = resolve_in_path(Path::new("npm"));
+        let npm = std::fs::canonicalize(&npm).unwrap_or(npm);
+        let mut extra_ro: Vec<PathBuf> = Vec::new();
+        for p in [&python, &node, &npm]
+            .into_iter()
+            .filter_map(|b| interpreter_prefix(b))
+        {
+            if !extra_ro.iter().any(|d| p.starts_with(d)) {
+                extra_ro.push(p);
+            }
+        }
+        let registry_env = REGISTRY_ENV
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        Builder {
+            sandbox,
+            limits,
+            python,
+            node,
+            npm,
+            extra_ro,
+            registry_env,
+        }
+    }
+
+    pub fn limits(&self) -> BuildLimits {
+        self.limits
+    }
+
+    /// Whether install steps run sandboxed.
+    pub fn is_sandboxed(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// Refuses a build this machine cannot run safely: the sandbox is required but bubblewrap
+    /// does not work, or dependencies must be downloaded but the sandbox has no outbound
+    /// network.
+    pub fn check(&self, needs_network: bool) -> Result<()> {
+        let Some(sb) = &self.sandbox else {
+            return Ok(());
+        };
+        let layers = sb.layers();
+        if layers.bwrap.is_none() {
+            return Err(GatewayError::Forbidden(format!(
+                "builds run their install scripts in the function sandbox, which does not work on this machine ({}); install bubblewrap, or build with --no-sandbox (nimbus serve or nimbus up) to run install scripts unsandboxed (trusted code only)",
+                sb.warnings().join("; ")
+            )));
+        }
+        if needs_network && !layers.outbound {
+            return Err(GatewayError::Forbidden(
+                "installing dependencies needs the sandbox's outbound network, which this machine cannot provide (slirp4netns must be installed and the builder must run as root); vendor the dependencies into the handler instead, or build with --no-sandbox (trusted code only)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs one install step with `out` (the bundle directory) as its writable directory.
+    /// `args` may name host paths under `out`; they are translated.
+    async fn install(
+        &self,
+        out: &Path,
+        step: &str,
+        program: &Path,
+        args: Vec<OsString>,
+        cwd: &Path,
+    ) -> Result<()> {
+        let scratch = out.join(SCRATCH);
+        let dirs = [scratch.join("tmp"), scratch.join("npm-cache")];
+        for d in &dirs {
+            std::fs::create_dir_all(d).map_err(|e| GatewayError::io("build scratch space", e))?;
+        }
+        let mut spec = SandboxSpec::new(out);
+        spec.code_writable = true;
+        spec.network = Network::Outbound;
+        spec.extra_ro = self.extra_ro.clone();
+        spec.tmp_mb = self.limits.tmp_mb;
+        spec.pids_max = self.limits.pids;
+        spec.nofile = 4096;
+        // As seen inside; mapped back to the host path where nothing is mounted.
+        spec.cwd_inside = Path::new(CODE_DIR).join(cwd.strip_prefix(out).unwrap_or(Path::new("")));
+        let inside = |p: &Path| -> String {
+            match &self.sandbox {
+                Some(sb) => sb.path_inside(&spec, p),
+                None => p.to_path_buf(),
+            }
+            .to_string_lossy()
+            .into_owned()
+        };
+        let mut path = String::new();
+        if let Some(bin) = self.node.parent().filter(|_| self.node.is_absolute())
+            && !DEFAULT_PATH.split(':').any(|d| Path::new(d) == bin)
+        {
+            path = format!("{}:", bin.display());
+        }
+        path.push_str(DEFAULT_PATH);
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), path),
+            ("HOME".into(), "/tmp".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("TMPDIR".into(), inside(&dirs[0])),
+            ("npm_config_cache".into(), inside(&dirs[1])),
+            ("npm_config_update_notifier".into(), "false".into()),
+            ("npm_config_fund".into(), "false".into()),
+            ("npm_config_audit".into(), "false".into()),
+            ("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()),
+            ("PIP_NO_INPUT".into(), "1".into()),
+        ];
+        env.extend(self.registry_env.iter().cloned());
+        spec.env = env;
+        let job = Job {
+            spec,
+            program: program.to_path_buf(),
+            args,
+            name: format!(
+                "build-{}-{}",
+                std::process::id(),
+                NEXT_JOB.fetch_add(1, Ordering::Relaxed)
+            ),
+            memory_bytes: self.limits.memory_mb.saturating_mul(1 << 20),
+            cpu_millicores: Some(self.limits.cpu_millicores),
+            timeout: self.limits.timeout,
+            output_tail: OUTPUT_TAIL_BYTES,
+        };
+        let sandbox = self.sandbox.as_deref();
+        if let Some(sb) = sandbox {
+            sb.lend_dir(out, &job.spec)
+                .map_err(|e| GatewayError::io("preparing the build directory", e))?;
+        }
+        let result = run_job(sandbox, &job).await;
+        // Taken back even after a failure: nothing in the server's data stays owned by the
+        // uid all sandboxes share.
+        if let Some(sb) = &self.sandbox {
+            let (sb2, out2) = (sb.clone(), out.to_path_buf());
+            let reclaimed = tokio::task::spawn_blocking(move || sb2.reclaim_dir(&out2))
+                .await
+                .map_err(|e| GatewayError::io("taking back the build directory", e))
+                .and_then(|r| {
+                    r.map_err(|e| GatewayError::io("taking back the build directory", e))
+                });
+            if let Err(e) = reclaimed {
+                let _ = std::fs::remove_dir_all(out);
+                return Err(e);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        let output = result.map_err(|e| GatewayError::Internal(format!("{step}: {e}")))?;
+        let tail = || {
+            let lines = output.last_lines(LOG_TAIL_LINES);
+            if lines.is_empty() {
+                " (no output)".to_string()
+            } else {
+                format!("; last output:\n{}", lines.join("\n"))
+            }
+        };
+        match output.end {
+            JobEnd::Exited(s) if s.success() => Ok(()),
+            JobEnd::Exited(s) => Err(GatewayError::BadRequest(format!(
+                "{step} failed ({s}){}",
+                tail()
+            ))),
+            JobEnd::TimedOut => Err(GatewayError::BadRequest(format!(
+                "{step} exceeded the build time limit of {} s{}",
+                self.limits.timeout.as_secs(),
+                tail()
+            ))),
+            JobEnd::MemoryExceeded => Err(GatewayError::BadRequest(format!(
+                "{step} exceeded the build memory limit of {} MB{}",
+                self.limits.memory_mb,
+                tail()
+            ))),
+        }
+    }
+
+    async fn pip_install(&self, out: &Path) -> Result<()> {
+        let args: Vec<OsString> = [
+            "-m",
+            "pip",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--progress-bar",
+            "off",
+            "-r",
+        ]
+        .iter()
+        .map(OsString::from)
+        .chain([
+            out.join("function")
+                .join("requirements.txt")
+                .into_os_string(),
+            "--target".into(),
+            out.join("packages").into_os_string(),
+        ])
+        .collect();
+        self.install(out, "pip install", &self.python, args, out)
+            .await
+    }
+
+    async fn npm_install(&self, out: &Path) -> Result<()> {
+        let mut args: Vec<OsString> = Vec::new();
+        let program = if self.npm.extension().is_some_and(|e| e == "js") {
+            args.push(self.npm.clone().into_os_string());
+            self.node.clone()
+        } else {
+            self.npm.clone()
+        };
+        // In the package's directory, not `--prefix`: that would also move npm's global
+        // configuration (`<prefix>/etc/npmrc`, where an operator sets registry and CA).
+        args.extend(
+            ["install", "--omit=dev", "--no-audit", "--no-fund"]
+                .iter()
+                .map(OsString::from),
+        );
+        self.install(out, "npm install", &program, args, &out.join("function"))
+            .await
+    }
+}
+
 /// Builds a bundle in `out` (emptied first) from `handler` (the function's code, which becomes
-/// `function/`) for `lang`, installing its dependencies.
-pub fn build(
+/// `function/`) for `lang`, installing its dependencies with `builder`.
+pub async fn build(
     lang: &str,
     handler: &Path,
     out: &Path,
-    progress: &mut dyn BuildProgress,
+    builder: &Builder,
+    progress: &mut (dyn BuildProgress + Send),
 ) -> Result<()> {
-    let lang = canonical_lang(lang);
-    if kind_of(lang).is_none() {
+    let lang = canonical_lang(lang).to_string();
+    if kind_of(&lang).is_none() {
         return Err(GatewayError::BadRequest(format!(
             "language '{lang}' is not supported; supported: {}",
             LANGS.iter().map(|l| l.0).collect::<Vec<_>>().join(", ")
@@ -317,51 +663,22 @@ pub fn build(
             handler.display()
         )));
     }
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| GatewayError::io("cleaning the bundle", e))?;
-    }
     progress.step("copying the handler");
-    copy_dir(handler, &out.join("function")).map_err(|e| GatewayError::io("copying", e))?;
-    std::fs::write(
-        out.join("nimbus.json"),
-        serde_json::json!({ "lang": lang }).to_string(),
-    )
-    .map_err(|e| GatewayError::io("writing nimbus.json", e))?;
-    let req = out.join("function").join("requirements.txt");
-    if lang.starts_with("python")
-        && std::fs::metadata(&req).is_ok_and(|m| m.len() > 0)
-        && std::fs::read_to_string(&req).is_ok_and(|s| {
-            s.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-    {
-        progress.step("pip install -r requirements.txt");
-        run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-warn-script-location",
-                "-r",
-            ])
-            .arg(&req)
-            .arg("--target")
-            .arg(out.join("packages")))?;
+    let (h, o, l) = (handler.to_path_buf(), out.to_path_buf(), lang.clone());
+    let (pip, npm) = tokio::task::spawn_blocking(move || prepare(&l, &h, &o))
+        .await
+        .map_err(|e| GatewayError::io("preparing the build", e))??;
+    // A build that installs nothing runs no code of its own: nothing to refuse.
+    if pip || npm {
+        builder.check(true)?;
     }
-    let pkg = out.join("function").join("package.json");
-    if lang == "node20" && pkg.is_file() {
+    if pip {
+        progress.step("pip install -r requirements.txt");
+        builder.pip_install(out).await?;
+    }
+    if npm {
         progress.step("npm install");
-        run(Command::new("npm")
-            .args([
-                "install",
-                "--omit=dev",
-                "--no-audit",
-                "--no-fund",
-                "--silent",
-            ])
-            .current_dir(out.join("function")))?;
+        builder.npm_install(out).await?;
     }
     if lang == "exec" {
         use std::os::unix::fs::PermissionsExt;
@@ -374,27 +691,35 @@ pub fn build(
     Ok(())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .map_err(|e| GatewayError::Internal(format!("cannot run {:?}: {e}", cmd.get_program())))?;
-    if !out.status.success() {
-        return Err(GatewayError::BadRequest(format!(
-            "{:?} failed ({}): {}",
-            cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+/// Empties `out`, copies the handler into `out/function` and writes `nimbus.json`. Returns
+/// whether pip and npm have something to install.
+fn prepare(lang: &str, handler: &Path, out: &Path) -> Result<(bool, bool)> {
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| GatewayError::io("cleaning the bundle", e))?;
     }
-    Ok(())
+    copy_dir(handler, &out.join("function")).map_err(|e| GatewayError::io("copying", e))?;
+    std::fs::write(
+        out.join("nimbus.json"),
+        serde_json::json!({ "lang": lang }).to_string(),
+    )
+    .map_err(|e| GatewayError::io("writing nimbus.json", e))?;
+    let req = out.join("function").join("requirements.txt");
+    let pip = lang.starts_with("python")
+        && std::fs::read_to_string(&req).is_ok_and(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        });
+    let npm = lang == "node20" && out.join("function").join("package.json").is_file();
+    Ok((pip, npm))
 }
 
 /// Builds from an OpenFaaS shrinkwrapped context (`function/` + template files; the language in
 /// `template.yml`), as `faas-cli build --shrinkwrap` / `--remote-builder` sends it.
-pub fn build_from_context(
+pub async fn build_from_context(
     context: &Path,
     out: &Path,
-    progress: &mut dyn BuildProgress,
+    builder: &Builder,
+    progress: &mut (dyn BuildProgress + Send),
 ) -> Result<String> {
     let lang = read_lang(context).unwrap_or_else(|| {
         // Templates without template.yml in the context: guess from the entry file.
@@ -412,6 +737,155 @@ pub fn build_from_context(
             "exec".into()
         }
     });
-    build(&lang, &context.join("function"), out, progress)?;
+    build(&lang, &context.join("function"), out, builder, progress).await?;
     Ok(canonical_lang(&lang).to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use nimbus_sandbox::{CgroupManager, Entry, HostOps};
+    use std::os::fd::RawFd;
+
+    /// A root machine where bubblewrap works or not, and slirp4netns is installed or not.
+    #[derive(Debug)]
+    struct Host {
+        bwrap: bool,
+        slirp: bool,
+    }
+
+    impl HostOps for Host {
+        fn euid(&self) -> u32 {
+            0
+        }
+        fn which(&self, name: &str) -> Option<PathBuf> {
+            let have = match name {
+                "bwrap" => self.bwrap,
+                "slirp4netns" => self.slirp,
+                "setpriv" => true,
+                _ => false,
+            };
+            have.then(|| PathBuf::from("/usr/bin").join(name))
+        }
+        fn entry(&self, path: &Path) -> Entry {
+            if path == Path::new("/usr") {
+                Entry::Dir
+            } else {
+                Entry::Missing
+            }
+        }
+        fn probe(&self, _: &Path, _: &[OsString]) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        fn cgroups(&self) -> Option<Arc<dyn CgroupManager>> {
+            None
+        }
+        fn spawn_helper(
+            &self,
+            _: &Path,
+            _: &[OsString],
+            _: &[RawFd],
+        ) -> std::io::Result<std::process::Child> {
+            Err(std::io::Error::other("not in tests"))
+        }
+    }
+
+    async fn build_with(host: Host, requirements: &str) -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        let handler = tmp.path().join("handler");
+        std::fs::create_dir(&handler).unwrap();
+        std::fs::write(
+            handler.join("handler.py"),
+            "def handle(e, c):\n    return 1\n",
+        )
+        .unwrap();
+        std::fs::write(handler.join("requirements.txt"), requirements).unwrap();
+        let sb = Sandbox::detect(Arc::new(host));
+        let builder = Builder::sandboxed(Arc::new(sb), BuildLimits::default());
+        let mut steps = Vec::new();
+        let mut progress = |m: &str| steps.push(m.to_string());
+        build(
+            "python3-http",
+            &handler,
+            &tmp.path().join("out"),
+            &builder,
+            &mut progress,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn builds_with_dependencies_are_refused_without_the_sandbox() {
+        let e = build_with(
+            Host {
+                bwrap: false,
+                slirp: true,
+            },
+            "six\n",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status(), 403);
+        let m = e.to_string();
+        assert!(
+            m.contains("bubblewrap") && m.contains("--no-sandbox"),
+            "{m}"
+        );
+
+        let e = build_with(
+            Host {
+                bwrap: true,
+                slirp: false,
+            },
+            "six\n",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("outbound network"), "{e}");
+
+        // Nothing to install: no install step runs, nothing to refuse.
+        build_with(
+            Host {
+                bwrap: false,
+                slirp: false,
+            },
+            "# nothing\n",
+        )
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn tar_entries_get_readable_modes_and_links_are_skipped() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, mode) in [("a/secret.py", 0o600), ("a/run.sh", 0o700)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(mode);
+            h.set_cksum();
+            tar.append_data(&mut h, path, &b"x"[..]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        tar.append_link(&mut h, "a/link", "/etc/passwd").unwrap();
+        let data = tar.into_inner().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        unpack_tar(&data, tmp.path()).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(tmp.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("a/secret.py"), 0o644);
+        assert_eq!(mode("a/run.sh"), 0o755);
+        assert_eq!(mode("a"), 0o755);
+        assert!(std::fs::symlink_metadata(tmp.path().join("a/link")).is_err());
+    }
 }

@@ -13,12 +13,21 @@ pub enum GatewayError {
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// This server refuses the operation by policy (e.g. an unsandboxed build).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
     Throttled(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The namespace reached its storage quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The server's disk is full.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -28,11 +37,14 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => 400,
             GatewayError::Unauthorized(_) => 401,
+            GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) => 404,
             GatewayError::Conflict(_) => 409,
             GatewayError::TooLarge(_) => 413,
             GatewayError::Throttled(_) => 429,
             GatewayError::Unavailable(_) => 503,
+            GatewayError::QuotaExceeded(_) => 403,
+            GatewayError::InsufficientStorage(_) => 507,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -55,6 +67,8 @@ impl From<ControllerError> for GatewayError {
             ControllerError::TooLarge(m) => GatewayError::TooLarge(m),
             ControllerError::Throttled(m) => GatewayError::Throttled(m),
             ControllerError::Unavailable(m) => GatewayError::Unavailable(m),
+            ControllerError::QuotaExceeded(m) => GatewayError::QuotaExceeded(m),
+            ControllerError::InsufficientStorage(m) => GatewayError::InsufficientStorage(m),
             ControllerError::Internal(m) => GatewayError::Internal(m),
         }
     }

@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub dev: bool,
     /// Where callbacks (`X-Callback-Url`) may be sent.
     pub egress: nimbus_egress::EgressPolicy,
+    /// How `POST /build` runs pip and npm (sandboxed unless the server runs `--no-sandbox`).
+    pub builder: crate::bundle::Builder,
 }
 
 /// An HTTP request handed to a function.
@@ -607,6 +609,13 @@ impl Gateway {
                 }
                 if let Some(c) = call_id {
                     r.call_id = c;
+                }
+                if a.annotations
+                    .get(nimbus_controller::RECORD_NOT_STORED)
+                    .is_some()
+                {
+                    r.headers
+                        .push(("X-Nimbus-Record".into(), "not-stored".into()));
                 }
                 Ok(r)
             }

@@ -534,20 +534,14 @@ async fn build(State(gw): State<S>, headers: HeaderMap, body: Bytes) -> Response
         )
             .into_response();
     }
-    let gw2 = gw.clone();
-    let result = tokio::task::spawn_blocking(move || build_blocking(&gw2, &body)).await;
-    let (status, line) = match result {
-        Ok(Ok((image, log))) => (
+    let (status, line) = match build_bundle(&gw, body).await {
+        Ok((image, log)) => (
             StatusCode::OK,
             serde_json::json!({"log": log, "image": image, "status": "success"}),
         ),
-        Ok(Err((image, e))) => (
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"log": [], "image": image, "status": "failed", "error": e.to_string()}),
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"log": [], "status": "failed", "error": e.to_string()}),
+        Err((image, log, e)) => (
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            serde_json::json!({"log": log, "image": image, "status": "failed", "error": e.to_string()}),
         ),
     };
     (
@@ -558,21 +552,35 @@ async fn build(State(gw): State<S>, headers: HeaderMap, body: Bytes) -> Response
         .into_response()
 }
 
-fn build_blocking(
-    gw: &Gateway,
-    body: &[u8],
-) -> Result<(String, Vec<String>), (String, GatewayError)> {
-    let tmp =
-        tempfile::tempdir().map_err(|e| (String::new(), GatewayError::io("temporary dir", e)))?;
-    crate::bundle::unpack_tar(body, tmp.path()).map_err(|e| (String::new(), e))?;
-    let config: serde_json::Value = std::fs::read(tmp.path().join("com.openfaas.docker.config"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let image = config["image"].as_str().unwrap_or_default().to_string();
+type BuildFailure = (String, Vec<String>, GatewayError);
+
+/// Unpacks the context, reads the image name, and builds the bundle under `bundles/` (the
+/// install steps through the gateway's [`crate::bundle::Builder`]).
+async fn build_bundle(gw: &Gateway, body: Bytes) -> Result<(String, Vec<String>), BuildFailure> {
+    let tmp = tempfile::tempdir().map_err(|e| {
+        (
+            String::new(),
+            Vec::new(),
+            GatewayError::io("temporary dir", e),
+        )
+    })?;
+    let dir = tmp.path().to_path_buf();
+    let image = tokio::task::spawn_blocking(move || -> crate::error::Result<String> {
+        crate::bundle::unpack_tar(&body, &dir)?;
+        let config: serde_json::Value = std::fs::read(dir.join("com.openfaas.docker.config"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(config["image"].as_str().unwrap_or_default().to_string())
+    })
+    .await
+    .map_err(|e| GatewayError::io("unpacking the build context", e))
+    .and_then(|r| r)
+    .map_err(|e| (String::new(), Vec::new(), e))?;
     if image.is_empty() {
         return Err((
             image,
+            Vec::new(),
             GatewayError::BadRequest("com.openfaas.docker.config names no image".into()),
         ));
     }
@@ -583,8 +591,18 @@ fn build_blocking(
         .join(crate::bundle::image_dir_name(&image));
     let mut log = Vec::new();
     let mut progress = |m: &str| log.push(m.to_string());
-    let lang = crate::bundle::build_from_context(&tmp.path().join("context"), &out, &mut progress)
-        .map_err(|e| (image.clone(), e))?;
-    log.push(format!("built {image} ({lang}) as a Nimbus bundle"));
-    Ok((image, log))
+    let built = crate::bundle::build_from_context(
+        &tmp.path().join("context"),
+        &out,
+        &gw.cfg.builder,
+        &mut progress,
+    )
+    .await;
+    match built {
+        Ok(lang) => {
+            log.push(format!("built {image} ({lang}) as a Nimbus bundle"));
+            Ok((image, log))
+        }
+        Err(e) => Err((image, log, e)),
+    }
 }

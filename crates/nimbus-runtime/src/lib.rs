@@ -5,6 +5,7 @@
 //! knows how to start, run and stop one instance. Process runtimes (Node.js, Python, exec) speak
 //! the ActionLoop protocol over pipes; a wasm runtime will sit beside them behind the same traits.
 
+pub mod idle;
 pub mod openfaas;
 pub mod process;
 

@@ -55,6 +55,7 @@
 //! to every run in flight) and enforces each run's deadline by killing the process. Python and
 //! `exec` instances, and N = 1, stay sequential. See docs/runtimes.md, "Concurrency".
 
+use crate::idle::IdleFreezer;
 use crate::{
     ConcurrentRunner, Instance, InstanceSpec, RunOutcome, RunRequest, RunResult, Runtime,
     RuntimeError, StemCell,
@@ -133,6 +134,9 @@ pub struct ProcessRuntimeConfig {
     /// Run every instance inside this Linux sandbox (namespaces, read-only root, seccomp,
     /// unprivileged uid, cgroup memory/pids/cpu). Its cgroup manager replaces `cgroups`.
     pub sandbox: Option<Arc<Sandbox>>,
+    /// Freeze an instance's cgroup this long after its last activation ended, and thaw it
+    /// before the next (see [`crate::idle`]); `None` leaves idle instances running.
+    pub freeze_idle_after: Option<Duration>,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -143,6 +147,7 @@ impl Default for ProcessRuntimeConfig {
             python_bin: PathBuf::from("python3"),
             cgroups: true,
             sandbox: None,
+            freeze_idle_after: Some(crate::idle::DEFAULT_FREEZE_AFTER),
         }
     }
 }
@@ -188,11 +193,12 @@ pub struct ProcessRuntime {
     /// Interpreter installations outside the system directories (e.g. a pyenv Python under
     /// `/root`), bound read-only into the sandbox at their own paths.
     interpreter_dirs: Vec<PathBuf>,
+    freeze_after: Option<Duration>,
 }
 
 /// The installation prefix of an interpreter that lives outside the system directories the
 /// sandbox binds anyway (`/usr`, `/bin`, `/lib`, ...): `<prefix>/bin/<binary>` gives `<prefix>`.
-fn interpreter_prefix(bin: &Path) -> Option<PathBuf> {
+pub fn interpreter_prefix(bin: &Path) -> Option<PathBuf> {
     let real = fs::canonicalize(bin).ok()?;
     let system = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
     if system.iter().any(|d| real.starts_with(d)) {
@@ -280,6 +286,7 @@ impl ProcessRuntime {
             sandbox: cfg.sandbox,
             launchers_dir: launchers,
             interpreter_dirs,
+            freeze_after: cfg.freeze_idle_after,
         })
     }
 
@@ -351,7 +358,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
 
 /// A bare program name is looked up in the server's `PATH`; not found, it is kept as is (and
 /// starting an instance of that kind will fail with a platform error).
-fn resolve_in_path(bin: &Path) -> PathBuf {
+pub fn resolve_in_path(bin: &Path) -> PathBuf {
     if bin.components().count() != 1 || bin.is_absolute() {
         return bin.to_path_buf();
     }
@@ -372,7 +379,7 @@ fn resolve_in_path(bin: &Path) -> PathBuf {
 
 /// Asks the interpreter for its real path: a pyenv shim is a script that needs the server's
 /// environment, which functions do not get.
-fn resolve_python(bin: &Path) -> PathBuf {
+pub fn resolve_python(bin: &Path) -> PathBuf {
     let out = std::process::Command::new(bin)
         .args(["-I", "-c", "import sys; print(sys.executable)"])
         .stdin(Stdio::null())
@@ -518,11 +525,11 @@ fn extract_zip(bytes: &[u8], dir: &Path) -> Result<(), RuntimeError> {
         }
         let target = dir.join(&rel);
         if entry.is_dir() {
-            fs::create_dir_all(&target).map_err(|e| bad(&e))?;
+            create_dirs(dir, &rel).map_err(|e| bad(&e))?;
             continue;
         }
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| bad(&e))?;
+        if let Some(parent) = rel.parent() {
+            create_dirs(dir, parent).map_err(|e| bad(&e))?;
         }
         let mut out = fs::File::create(&target).map_err(|e| bad(&e))?;
         let room = MAX_EXTRACTED_BYTES - total;
@@ -535,9 +542,34 @@ fn extract_zip(bytes: &[u8], dir: &Path) -> Result<(), RuntimeError> {
                 MAX_EXTRACTED_BYTES >> 20
             )));
         }
-        if let Some(mode) = entry.unix_mode() {
-            // Permission bits only (no setuid/setgid/sticky), and always readable/writable by us.
-            let _ = out.set_permissions(fs::Permissions::from_mode((mode & 0o777) | 0o600));
+        // The sandbox user is not the owner: whatever the archive says (Python's
+        // `zipfile.writestr` stores 0600), files are readable by all, and executable by all when
+        // any execute bit is set; never setuid/setgid/sticky.
+        out.set_permissions(fs::Permissions::from_mode(normal_mode(entry.unix_mode())))
+            .map_err(|e| bad(&e))?;
+    }
+    Ok(())
+}
+
+/// The mode an extracted file gets: 0755 when the archive marks it executable for anyone,
+/// else 0644.
+pub fn normal_mode(archived: Option<u32>) -> u32 {
+    match archived {
+        Some(m) if m & 0o111 != 0 => 0o755,
+        _ => 0o644,
+    }
+}
+
+/// Creates `base/rel` and its missing parents as 0755 directories (traversable by the sandbox
+/// user whatever the server's umask).
+fn create_dirs(base: &Path, rel: &Path) -> io::Result<()> {
+    let mut dir = base.to_path_buf();
+    for c in rel.components() {
+        dir.push(c);
+        match fs::create_dir(&dir) {
+            Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -959,6 +991,10 @@ struct ProcessInstance {
     memory_mb: u64,
     /// The code directory (the child's cwd); a stem cell's code is written here.
     code_dir: PathBuf,
+    /// Grace before an idle instance is frozen (`None`: never).
+    freeze_after: Option<Duration>,
+    /// Set once the instance serves activations (not while it is a stem cell).
+    freezer: Option<Arc<IdleFreezer>>,
 }
 
 impl ProcessInstance {
@@ -992,6 +1028,10 @@ impl ProcessInstance {
                 && e != Errno::ESRCH
             {
                 tracing::warn!(instance = %self.id, error = %e, "cannot kill the process group");
+            }
+            // Frozen processes only die once thawed; their SIGKILL is already pending.
+            if let Some(f) = &self.freezer {
+                f.stop();
             }
             if let Some((m, cg)) = &self.resources.cgroup
                 && let Err(e) = m.kill_all(cg)
@@ -1029,6 +1069,9 @@ impl Drop for ProcessInstance {
             && let Some(pgid) = self.pgid
         {
             let _ = killpg(pgid, Signal::SIGKILL);
+            if let Some(f) = &self.freezer {
+                f.stop();
+            }
         }
     }
 }
@@ -1093,6 +1136,26 @@ impl Instance for ProcessInstance {
         if !self.usable {
             return self.unusable_outcome();
         }
+        let freezer = self.freezer.clone();
+        if let Some(f) = &freezer {
+            f.busy();
+        }
+        let outcome = self.run_thawed(req).await;
+        if let Some(f) = &freezer
+            && outcome.reusable
+        {
+            f.idle();
+        }
+        outcome
+    }
+
+    async fn shutdown(mut self: Box<Self>) {
+        self.stop().await;
+    }
+}
+
+impl ProcessInstance {
+    async fn run_thawed(&mut self, req: RunRequest) -> RunOutcome {
         self.discard_unsolicited();
         let mut sink = LogSink::new(req.log_limit_bytes);
         let deadline = Instant::now() + req.timeout;
@@ -1146,10 +1209,6 @@ impl Instance for ProcessInstance {
             logs: sink.lines,
             reusable,
         }
-    }
-
-    async fn shutdown(mut self: Box<Self>) {
-        self.stop().await;
     }
 }
 
@@ -1225,6 +1284,12 @@ fn init_line(lang: Lang, spec: &InstanceSpec) -> Vec<u8> {
     let mut line = serde_json::to_vec(&init).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
     line
+}
+
+/// The size of an instance's private `/tmp` (MB): its memory limit, since tmpfs pages are
+/// memory charged to the instance's cgroup.
+pub fn tmp_mb(memory_mb: u64) -> u64 {
+    memory_mb.max(1)
 }
 
 fn log_limit(spec: &InstanceSpec) -> usize {
@@ -1383,6 +1448,15 @@ impl Runtime for ProcessRuntime {
         if lang == Lang::Exec {
             return Ok(None);
         }
+        // A stem cell's /tmp is sized for the largest function and shrunk to the function's
+        // memory limit at specialisation; where that cannot be done (bubblewrap without root),
+        // instances start afresh so that /tmp is the same size either way.
+        if let Some(sb) = &self.sandbox
+            && sb.layers().bwrap.is_some()
+            && !sb.can_resize_tmp()
+        {
+            return Ok(None);
+        }
         let deadline = Instant::now() + STEM_READY_TIMEOUT;
         let mut inst = self.launch(lang, Mode::Stem, STEM_MEMORY_MB).await?;
         let mut sink = LogSink::new(64 << 10);
@@ -1394,6 +1468,7 @@ impl Runtime for ProcessRuntime {
                     kind: kind.to_string(),
                     lang,
                     inst,
+                    sandbox: self.sandbox.clone(),
                 })))
             }
             Ok(ack) => {
@@ -1448,6 +1523,8 @@ impl ProcessRuntime {
                 killed: false,
                 memory_mb,
                 code_dir,
+                freeze_after: self.freeze_after,
+                freezer: None,
             }),
             Err(e) => {
                 resources.release().await;
@@ -1473,6 +1550,9 @@ impl ProcessRuntime {
         let cd = code_dir.clone();
         tokio::task::spawn_blocking(move || {
             fs::create_dir(&cd).map_err(|e| platform("cannot create the code directory", e))?;
+            // Traversable by the sandbox user whatever the server's umask.
+            fs::set_permissions(&cd, fs::Permissions::from_mode(0o755))
+                .map_err(|e| platform("cannot set the code directory's mode", e))?;
             match code {
                 Some((code, binary)) => materialise(lang, &code, binary, &cd),
                 None => Ok(()),
@@ -1485,9 +1565,10 @@ impl ProcessRuntime {
             let mut sp = SandboxSpec::new(&code_dir);
             sp.launcher_dir = Some(self.launchers_dir.clone());
             sp.extra_ro = self.interpreter_dirs.clone();
-            // tmpfs pages are charged to the instance's memory cgroup, so the memory limit
-            // bounds /tmp too.
-            sp.tmp_mb = memory_mb;
+            // tmpfs pages are charged to the instance's memory cgroup: /tmp reports the memory
+            // limit, which is what heap and /tmp together may use. A stem cell's is shrunk to
+            // its function's at specialisation.
+            sp.tmp_mb = tmp_mb(memory_mb);
             sp.network = match mode {
                 Mode::Normal(spec) if spec.outbound_network => Network::Outbound,
                 _ => Network::None,
@@ -1713,8 +1794,12 @@ fn concurrency(lang: Lang, spec: &InstanceSpec) -> Option<u64> {
     (lang == Lang::Node && spec.limits.concurrency > 1).then_some(spec.limits.concurrency)
 }
 
-/// An acknowledged instance as the [`Instance`] its spec asks for.
-fn into_instance(inst: ProcessInstance, lang: Lang, spec: &InstanceSpec) -> Box<dyn Instance> {
+/// An acknowledged instance as the [`Instance`] its spec asks for, frozen whenever it is idle
+/// (when the runtime freezes and its cgroup can).
+fn into_instance(mut inst: ProcessInstance, lang: Lang, spec: &InstanceSpec) -> Box<dyn Instance> {
+    if let (Some(grace), Some((m, cg))) = (inst.freeze_after, &inst.resources.cgroup) {
+        inst.freezer = IdleFreezer::new(m.clone(), cg.clone(), grace);
+    }
     match concurrency(lang, spec) {
         Some(n) => Box::new(ConcurrentInstance::new(inst, n)),
         None => Box::new(inst),
@@ -1835,6 +1920,7 @@ struct Shared {
     demux: std::sync::Mutex<Demux>,
     /// Tells the reader a run was added (its deadline may be the next one).
     wake: Notify,
+    freezer: Option<Arc<IdleFreezer>>,
 }
 
 impl Shared {
@@ -1886,7 +1972,28 @@ impl ConcurrentRunner for ConcurrentProcess {
             );
         }
         self.shared.wake.notify_one();
-        let line = request_line(&req);
+        let freezer = self.shared.freezer.clone();
+        if let Some(f) = &freezer {
+            f.busy();
+        }
+        let outcome = self.run_registered(&req, rx).await;
+        if let Some(f) = &freezer
+            && outcome.reusable
+        {
+            f.idle();
+        }
+        outcome
+    }
+}
+
+impl ConcurrentProcess {
+    /// Sends the request of a run registered in the demultiplexer and waits for its outcome.
+    async fn run_registered(
+        &self,
+        req: &RunRequest,
+        rx: oneshot::Receiver<RunOutcome>,
+    ) -> RunOutcome {
+        let line = request_line(req);
         let write = async {
             let mut stdin = self.shared.stdin.lock().await;
             let w = stdin
@@ -2064,6 +2171,7 @@ impl ConcurrentInstance {
             stdin: tokio::sync::Mutex::new(inst.pipes.stdin.take()),
             demux: std::sync::Mutex::new(Demux::default()),
             wake: Notify::new(),
+            freezer: inst.freezer.clone(),
         });
         let (stop, stop_rx) = oneshot::channel();
         let reader = tokio::spawn(serve_concurrent(inst, shared.clone(), stop_rx));
@@ -2106,6 +2214,8 @@ struct ProcessStemCell {
     kind: String,
     lang: Lang,
     inst: ProcessInstance,
+    /// To give the sandbox's /tmp the function's size.
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl ProcessStemCell {
@@ -2164,6 +2274,7 @@ impl StemCell for ProcessStemCell {
             kind,
             lang,
             mut inst,
+            sandbox,
         } = cell;
 
         let (code, binary, cd) = (spec.code.clone(), spec.binary, inst.code_dir.clone());
@@ -2188,6 +2299,18 @@ impl StemCell for ProcessStemCell {
             }
         }
         inst.memory_mb = spec.limits.memory;
+        if let Some(sb) = sandbox.as_ref().filter(|sb| sb.layers().bwrap.is_some()) {
+            let resized = match inst.child.id() {
+                Some(pid) => sb
+                    .resize_tmp(pid, tmp_mb(spec.limits.memory))
+                    .map_err(|e| e.to_string()),
+                None => Err("the process is gone".to_string()),
+            };
+            if let Err(e) = resized {
+                inst.stop().await;
+                return Err(platform("cannot size the stem cell's /tmp", e));
+            }
+        }
 
         // Nothing the idle launcher may have written belongs to the init.
         inst.discard_unsolicited();

@@ -53,6 +53,27 @@ pub trait HostOps: Send + Sync + fmt::Debug {
         args: &[OsString],
         input: &[u8],
     ) -> Result<(), String>;
+    /// Effective gid of the server.
+    fn egid(&self) -> u32 {
+        nix::unistd::getegid().as_raw()
+    }
+    /// Changes the owner of `dir` and everything under it, never following symbolic links.
+    fn chown_tree(&self, dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        let _ = (dir, uid, gid);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "changing owners is not supported by this host",
+        ))
+    }
+    /// Sets the size of the tmpfs mounted at `target` inside the sandbox started by bubblewrap
+    /// process `bwrap_pid` (a remount in that sandbox's mount namespace; needs root).
+    fn resize_tmpfs(&self, bwrap_pid: u32, target: &Path, size_bytes: u64) -> io::Result<()> {
+        let _ = (bwrap_pid, target, size_bytes);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "resizing a sandbox's tmpfs is not supported by this host",
+        ))
+    }
 }
 
 /// The real machine.
@@ -205,4 +226,113 @@ impl HostOps for RealHost {
             ))
         }
     }
+
+    fn chown_tree(&self, dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        // Iterative: a tree written by untrusted code may be arbitrarily deep.
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+            let meta = std::fs::symlink_metadata(&p)?;
+            if meta.is_dir() {
+                for e in std::fs::read_dir(&p)? {
+                    stack.push(e?.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resize_tmpfs(&self, bwrap_pid: u32, target: &Path, size_bytes: u64) -> io::Result<()> {
+        let inner = sandbox_process(bwrap_pid)?;
+        let ns = std::fs::File::open(format!("/proc/{inner}/ns/mnt"))?;
+        let root = std::fs::File::open(format!("/proc/{inner}/root"))?;
+        // The pid read from `children` could have been reused before the opens: check that it
+        // is still bubblewrap's child, now that the descriptors pin its namespace and root.
+        if parent_pid(inner)? != bwrap_pid {
+            return Err(io::Error::other("the sandbox's process went away"));
+        }
+        if std::fs::read_link(format!("/proc/{inner}/ns/mnt"))?
+            == std::fs::read_link("/proc/self/ns/mnt")?
+        {
+            return Err(io::Error::other(
+                "the sandbox has no mount namespace of its own",
+            ));
+        }
+        let target = target.to_path_buf();
+        // setns(CLONE_NEWNS) changes the calling thread's root and cwd, which threads share
+        // unless unshared: a throw-away thread does it with its own (CLONE_FS) and exits, so no
+        // thread of the server ever runs in the sandbox's namespace.
+        std::thread::Builder::new()
+            .name("nimbus-tmpfs".into())
+            .spawn(move || remount_in(&ns, &root, &target, size_bytes))?
+            .join()
+            .map_err(|_| io::Error::other("the remount thread panicked"))?
+    }
+}
+
+/// The first child of bubblewrap `bwrap_pid`: the sandbox's init, in the new namespaces.
+fn sandbox_process(bwrap_pid: u32) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{bwrap_pid}/task/{bwrap_pid}/children"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the sandbox has no process"))
+}
+
+/// The parent pid from `/proc/<pid>/stat` (the field after the parenthesised command name).
+fn parent_pid(pid: u32) -> io::Result<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat")))
+}
+
+/// Runs on its own thread: enters the mount namespace `ns`, moves to the sandbox's `root`, and
+/// remounts the tmpfs at `target` with `size=`, keeping its mount flags (a remount without
+/// `nosuid`/`nodev` would clear them).
+fn remount_in(
+    ns: &std::fs::File,
+    root: &std::fs::File,
+    target: &Path,
+    size_bytes: u64,
+) -> io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, setns, unshare};
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    unshare(CloneFlags::CLONE_FS)?;
+    setns(ns, CloneFlags::CLONE_NEWNS)?;
+    nix::unistd::fchdir(root)?;
+    nix::unistd::chroot(".")?;
+    let rel = target.strip_prefix("/").unwrap_or(target);
+    let fs = nix::sys::statfs::statfs(rel)?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return Err(io::Error::other(format!(
+            "{} in the sandbox is not a tmpfs",
+            target.display()
+        )));
+    }
+    let current = statvfs(rel)?.flags();
+    let mut flags = MsFlags::MS_REMOUNT;
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(st) {
+            flags |= ms;
+        }
+    }
+    mount(
+        None::<&str>,
+        rel,
+        None::<&str>,
+        flags,
+        Some(format!("size={size_bytes}").as_str()),
+    )?;
+    Ok(())
 }

@@ -73,8 +73,11 @@ pub enum Network {
 /// What one instance needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
-    /// Host directory with the function's code; read-only at [`CODE_DIR`].
+    /// Host directory with the function's code; read-only at [`CODE_DIR`] (unless
+    /// `code_writable`).
     pub code_dir: PathBuf,
+    /// Bind `code_dir` read-write (a build's output directory, the only writable bind).
+    pub code_writable: bool,
     /// Host directory with the launchers; read-only at [`LAUNCHER_DIR`].
     pub launcher_dir: Option<PathBuf>,
     /// More host paths bound read-only at the same path (interpreter installations outside
@@ -105,6 +108,7 @@ impl SandboxSpec {
     pub fn new(code_dir: impl Into<PathBuf>) -> Self {
         SandboxSpec {
             code_dir: code_dir.into(),
+            code_writable: false,
             launcher_dir: None,
             extra_ro: Vec::new(),
             ro_binds: Vec::new(),
@@ -116,6 +120,16 @@ impl SandboxSpec {
             pids_max: 64,
             env: Vec::new(),
             cwd_inside: PathBuf::from(CODE_DIR),
+        }
+    }
+
+    /// `cwd_inside` as a host path, for running without bubblewrap: under [`CODE_DIR`] it is
+    /// the same place under `code_dir`, anything else is `code_dir` itself.
+    pub fn host_cwd(&self) -> PathBuf {
+        match self.cwd_inside.strip_prefix(CODE_DIR) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.code_dir.clone(),
+            Ok(rest) => self.code_dir.join(rest),
+            Err(_) => self.code_dir.clone(),
         }
     }
 
@@ -184,6 +198,8 @@ pub struct Layers {
     pub cgroup_memory: bool,
     pub cgroup_pids: bool,
     pub cgroup_cpu: bool,
+    /// Idle instances can be frozen.
+    pub cgroup_freezer: bool,
 }
 
 /// How the uid switch is done, when it is.
@@ -353,6 +369,7 @@ impl Sandbox {
                 sb.layers.cgroup_memory = c.memory;
                 sb.layers.cgroup_pids = c.pids;
                 sb.layers.cgroup_cpu = c.cpu;
+                sb.layers.cgroup_freezer = c.freezer;
                 if !c.pids {
                     warnings.push(
                         "the cgroup pids controller is not usable: fork bombs are NOT contained"
@@ -362,6 +379,13 @@ impl Sandbox {
                 if !c.cpu {
                     warnings.push(
                         "the cgroup cpu controller is not usable: CPU shares are NOT enforced"
+                            .to_string(),
+                    );
+                }
+                if !c.freezer {
+                    warnings.push(
+                        "the cgroup freezer is not usable: idle instances are NOT frozen (work \
+                         they leave running keeps using CPU between activations)"
                             .to_string(),
                     );
                 }
@@ -497,7 +521,7 @@ impl Sandbox {
                 program: program.to_path_buf(),
                 args: args.to_vec(),
                 env,
-                cwd: spec.code_dir.clone(),
+                cwd: spec.host_cwd(),
                 setup,
                 fds: fds.owned,
                 paths: map,
@@ -576,7 +600,13 @@ impl Sandbox {
         for p in &spec.extra_ro {
             a.s("--ro-bind").p(p).p(p);
         }
-        a.s("--ro-bind").p(&spec.code_dir).s(CODE_DIR);
+        a.s(if spec.code_writable {
+            "--bind"
+        } else {
+            "--ro-bind"
+        })
+        .p(&spec.code_dir)
+        .s(CODE_DIR);
         for (host, inside) in &spec.ro_binds {
             a.s("--ro-bind").p(host).p(inside);
         }
@@ -654,6 +684,63 @@ impl Sandbox {
             paths: map,
             network,
         })
+    }
+
+    /// Where host path `p` appears inside a sandbox made from `spec` (unchanged without
+    /// bubblewrap, or when `p` is not under the code or launcher directory).
+    pub fn path_inside(&self, spec: &SandboxSpec, p: &Path) -> PathBuf {
+        PathMap::new(spec, self.layers.bwrap.is_some()).inside(p)
+    }
+
+    /// Hands `dir` (e.g. a build's output directory, bound with `code_writable`) to the
+    /// sandbox user: the tree is chowned to `spec.uid`/`spec.gid` so the sandboxed program can
+    /// write there. Nothing to do unless the uid switch is in force (a root server).
+    pub fn lend_dir(&self, dir: &Path, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        if !self.layers.uid_switch {
+            return Ok(());
+        }
+        self.ops
+            .chown_tree(dir, spec.uid, spec.gid)
+            .map_err(io_err(&format!(
+                "handing {} to the sandbox user",
+                dir.display()
+            )))
+    }
+
+    /// Takes back a directory lent with [`Sandbox::lend_dir`] once nothing runs in it any more:
+    /// the tree belongs to the server's uid/gid again (symbolic links are not followed), so
+    /// nothing in the server's data stays writable by the uid every sandbox shares.
+    pub fn reclaim_dir(&self, dir: &Path) -> Result<(), SandboxError> {
+        if !self.layers.uid_switch {
+            return Ok(());
+        }
+        self.ops
+            .chown_tree(dir, self.ops.euid(), self.ops.egid())
+            .map_err(io_err(&format!("taking back {}", dir.display())))
+    }
+
+    /// Whether [`Sandbox::resize_tmp`] works here: bubblewrap gives each instance a private
+    /// `/tmp` and the server is root (it must enter the sandbox's mount namespace).
+    pub fn can_resize_tmp(&self) -> bool {
+        self.layers.bwrap.is_some() && self.ops.euid() == 0
+    }
+
+    /// Sets the size of the private `/tmp` of a running sandbox to `mb` MB (a stem cell gets
+    /// its function's size when it is specialised). `bwrap_pid` is the pid of the spawned
+    /// [`Wrapped`] program (bubblewrap). Fails when the tmpfs already holds more than that.
+    pub fn resize_tmp(&self, bwrap_pid: u32, mb: u64) -> Result<(), SandboxError> {
+        if !self.can_resize_tmp() {
+            return Err(SandboxError::Io {
+                what: "resizing the sandbox's /tmp".into(),
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "needs bubblewrap and a root server",
+                ),
+            });
+        }
+        self.ops
+            .resize_tmpfs(bwrap_pid, Path::new("/tmp"), mb.max(1) << 20)
+            .map_err(io_err("resizing the sandbox's /tmp"))
     }
 
     /// `Network::Outbound`: after spawning the [`Wrapped`] command, connects the sandbox's
@@ -1064,7 +1151,8 @@ pub struct ChildSetup {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct SetupFds {
-    cgroup: [RawFd; 4],
+    /// One `cgroup.procs` per hierarchy: v1 memory, pids, cpu, cpuacct, freezer.
+    cgroup: [RawFd; 6],
     n_cgroup: usize,
     inherit: [RawFd; MAX_CHILD_FDS],
     n_inherit: usize,
@@ -1298,11 +1386,14 @@ mod tests {
                 programs: vec!["bwrap", "setpriv", "slirp4netns", "nft"],
                 entries,
                 probe_ok: true,
-                cgroups: Some(Arc::new(V1Manager::with_controllers(
-                    tmp.join("memory"),
-                    Some(tmp.join("pids")),
-                    Some(tmp.join("cpu")),
-                ))),
+                cgroups: Some(Arc::new(
+                    V1Manager::with_controllers(
+                        tmp.join("memory"),
+                        Some(tmp.join("pids")),
+                        Some(tmp.join("cpu")),
+                    )
+                    .with_accounting(Some(tmp.join("cpuacct")), Some(tmp.join("freezer"))),
+                )),
                 calls: Mutex::new(Vec::new()),
             }
         }
@@ -1358,6 +1449,23 @@ mod tests {
                 .push(format!("netns {pid} {}", program.display()));
             Err("not in tests".into())
         }
+        fn egid(&self) -> u32 {
+            self.euid
+        }
+        fn chown_tree(&self, dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("chown {} {uid}:{gid}", dir.display()));
+            Ok(())
+        }
+        fn resize_tmpfs(&self, pid: u32, target: &Path, size: u64) -> io::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("resize {pid} {} {size}", target.display()));
+            Ok(())
+        }
     }
 
     fn spec() -> SandboxSpec {
@@ -1402,7 +1510,7 @@ mod tests {
         let l = sb.layers();
         assert!(l.namespaces && l.filesystem && l.uid_switch && l.no_capabilities);
         assert!(l.seccomp && l.no_new_privs && l.rlimits && l.network_isolated && l.outbound);
-        assert!(l.cgroup_memory && l.cgroup_pids && l.cgroup_cpu);
+        assert!(l.cgroup_memory && l.cgroup_pids && l.cgroup_cpu && l.cgroup_freezer);
         // The probe ran bwrap with the same namespaces.
         let calls = fake.calls.lock().unwrap().clone();
         assert!(calls[0].starts_with("probe /usr/bin/bwrap"), "{calls:?}");
@@ -1731,6 +1839,8 @@ mod tests {
         assert!(warn.contains("setpriv"), "{warn}");
         assert!(warn.contains("fork bombs are NOT contained"));
         assert!(warn.contains("CPU shares are NOT enforced"));
+        assert!(warn.contains("idle instances are NOT frozen"), "{warn}");
+        assert!(!sb.layers().cgroup_freezer);
         let a = strings(&wrap(&sb, &spec()));
         assert!(!a.iter().any(|x| x.starts_with("--reuid")));
     }
@@ -1837,5 +1947,72 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("nft"), "{e}");
+    }
+
+    #[test]
+    fn a_writable_code_dir_is_the_only_writable_bind() {
+        let fake = Arc::new(Fake::root());
+        let sb = Sandbox::detect(fake.clone());
+        let mut sp = spec();
+        sp.code_writable = true;
+        let a = strings(&wrap(&sb, &sp));
+        assert!(has(&a, &["--bind", "/srv/fn/code", "/code"]));
+        assert!(!has(&a, &["--ro-bind", "/srv/fn/code", "/code"]));
+        assert_eq!(a.iter().filter(|x| *x == "--bind").count(), 1);
+        assert_eq!(
+            sb.path_inside(&sp, Path::new("/srv/fn/code/function/x")),
+            PathBuf::from("/code/function/x")
+        );
+    }
+
+    #[test]
+    fn lent_directories_are_chowned_to_the_sandbox_user_and_back() {
+        let fake = Arc::new(Fake::root());
+        let sb = Sandbox::detect(fake.clone());
+        fake.calls.lock().unwrap().clear();
+        sb.lend_dir(Path::new("/data/build"), &spec()).unwrap();
+        sb.reclaim_dir(Path::new("/data/build")).unwrap();
+        assert_eq!(
+            fake.calls.lock().unwrap().clone(),
+            ["chown /data/build 65534:65534", "chown /data/build 0:0"]
+        );
+        // Not root: the sandbox user is the server's own uid; nothing to hand over.
+        let mut user = Fake::root();
+        user.euid = 1000;
+        let user = Arc::new(user);
+        let sb = Sandbox::detect(user.clone());
+        user.calls.lock().unwrap().clear();
+        sb.lend_dir(Path::new("/data/build"), &spec()).unwrap();
+        sb.reclaim_dir(Path::new("/data/build")).unwrap();
+        assert!(user.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn tmp_is_resized_only_where_it_can_be() {
+        let fake = Arc::new(Fake::root());
+        let sb = Sandbox::detect(fake.clone());
+        assert!(sb.can_resize_tmp());
+        sb.resize_tmp(42, 128).unwrap();
+        assert!(
+            fake.calls
+                .lock()
+                .unwrap()
+                .contains(&format!("resize 42 /tmp {}", 128u64 << 20))
+        );
+        let mut user = Fake::root();
+        user.euid = 1000;
+        let sb = Sandbox::detect(Arc::new(user));
+        assert!(!sb.can_resize_tmp());
+        assert!(sb.resize_tmp(42, 128).is_err());
+    }
+
+    #[test]
+    fn the_working_directory_maps_back_to_the_host_without_bwrap() {
+        let mut sp = SandboxSpec::new("/srv/build");
+        assert_eq!(sp.host_cwd(), PathBuf::from("/srv/build"));
+        sp.cwd_inside = PathBuf::from("/code/function");
+        assert_eq!(sp.host_cwd(), PathBuf::from("/srv/build/function"));
+        sp.cwd_inside = PathBuf::from("/tmp");
+        assert_eq!(sp.host_cwd(), PathBuf::from("/srv/build"));
     }
 }

@@ -8,6 +8,7 @@
 pub mod delivery;
 pub mod feeds;
 pub mod sqlite;
+pub mod storage;
 
 use async_trait::async_trait;
 use nimbus_model::{Activation, ActivationId, EntityKind};
@@ -17,9 +18,10 @@ use thiserror::Error;
 
 pub use delivery::{DeadLetter, DeadLetterStore, DeliveryQueue, Schedule};
 pub use feeds::{FeedRegistration, FeedStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{Expect, OpenOptions, SqliteStore};
+pub use storage::{NamespaceLimits, NamespaceStorage, StorageAccounting, StorageLimits};
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// Insert of an existing key, or an update whose expected revision is stale.
     #[error("conflict: {0}")]
@@ -28,6 +30,25 @@ pub enum StoreError {
     Backend(String),
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
+    /// The disk holding the store is full (`SQLITE_FULL`, `ENOSPC`), or its free space fell
+    /// below the reserve kept for already accepted work. Nothing of the write was stored.
+    #[error("{0}")]
+    Full(String),
+    /// The namespace's stored bytes reached its storage quota; nothing was stored.
+    #[error(
+        "namespace {namespace} has used {} of its {} storage quota; delete actions, packages or dead letters, wait for activation retention to remove old records, or ask the operator to raise the quota",
+        storage::human_bytes(*used),
+        storage::human_bytes(*quota)
+    )]
+    QuotaExceeded {
+        namespace: String,
+        used: u64,
+        quota: u64,
+    },
+    /// The database cannot be trusted or does not match the data directory (missing, damaged,
+    /// newer schema, lost commits). The message says what is wrong and how to recover.
+    #[error("{0}")]
+    Integrity(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -73,6 +94,10 @@ pub struct ActivationQuery {
 }
 
 /// An accepted asynchronous invocation waiting in the durable queue.
+///
+/// The payload is opaque to the store except for one convention: a top-level `cause` string
+/// names an activation record the entry depends on (a trigger's record for a rule's
+/// activation), which retention keeps while the entry is queued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedInvocation {
     pub activation_id: ActivationId,
@@ -265,12 +290,24 @@ pub trait AuthStore: Send + Sync {
 
 /// Everything the controller needs from storage.
 pub trait Store:
-    EntityStore + ActivationStore + InvocationQueue + AuthStore + DeliveryQueue + DeadLetterStore
+    EntityStore
+    + ActivationStore
+    + InvocationQueue
+    + AuthStore
+    + DeliveryQueue
+    + DeadLetterStore
+    + StorageAccounting
 {
 }
 
 impl<
-    T: EntityStore + ActivationStore + InvocationQueue + AuthStore + DeliveryQueue + DeadLetterStore,
+    T: EntityStore
+        + ActivationStore
+        + InvocationQueue
+        + AuthStore
+        + DeliveryQueue
+        + DeadLetterStore
+        + StorageAccounting,
 > Store for T
 {
 }

@@ -41,12 +41,24 @@
 //!
 //! # Schema
 //! Migrations live in `src/migrations/NNNN_*.sql`, are applied in order and recorded in
-//! `PRAGMA user_version`. The SQL avoids SQLite-only features so it can be ported to PostgreSQL.
+//! `PRAGMA user_version`. The SQL avoids SQLite-only features so it can be ported to PostgreSQL
+//! (except the usage triggers of `0007`, which a port writes in PL/pgSQL).
+//!
+//! # Full disks and quotas
+//! `SQLITE_FULL` (SQLite's `ENOSPC`) becomes [`StoreError::Full`]. New work (entity writes,
+//! enqueues, records of blocking invokes) is also refused with `Full` while the free space of
+//! the store's filesystem is below the configured reserve, so the reserve stays for work
+//! already accepted (completions, retries, retention's deletes). New work of a namespace at its
+//! quota gets [`StoreError::QuotaExceeded`] (see [`crate::storage`]).
+//!
+//! # Integrity
+//! See `sqlite/integrity.rs`: the checks [`SqliteStore::open_with`] runs before it trusts a
+//! database, the seal that detects lost commits, and backup, restore and check.
 
 use crate::{
     ActivationQuery, ActivationStore, AuthStore, Credential, EntityQuery, EntityStore,
-    InvocationQueue, QueuedInvocation, StoreError, StoreResult, StoredDoc, Usage, UsageDay,
-    UsageRow,
+    InvocationQueue, QueuedInvocation, StorageLimits, StoreError, StoreResult, StoredDoc, Usage,
+    UsageDay, UsageRow,
 };
 use async_trait::async_trait;
 use nimbus_model::{Activation, ActivationId, EntityKind};
@@ -57,7 +69,10 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+pub use integrity::{CheckReport, Copied, Installation, backup, check, restore};
+use storage::Shared;
 
 /// One schema migration: SQL, or a step that needs Rust (e.g. hashing existing keys).
 enum Migration {
@@ -73,6 +88,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(include_str!("migrations/0004_feeds.sql")),
     Migration::Sql(include_str!("migrations/0005_queue_indexes.sql")),
     Migration::Rust(migrations::hash_credentials),
+    Migration::Sql(include_str!("migrations/0007_storage.sql")),
 ];
 
 /// Number of reader connections.
@@ -84,6 +100,51 @@ const MAX_BATCH: usize = 256;
 /// How long a connection waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bytes a WAL is truncated to when it restarts (`PRAGMA journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// How often, at most, the writer copies the namespaces' byte counters into memory (for
+/// [`crate::StorageAccounting::admit`]).
+const USAGE_REFRESH: Duration = Duration::from_millis(100);
+
+/// What [`SqliteStore::open_with`] may find.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Expect {
+    /// A missing or empty database is a new installation.
+    #[default]
+    Any,
+    /// The data directory shows an installation (the string says why, e.g. "it holds key
+    /// files in DIR/auth"): the database must exist and hold one.
+    Existing(String),
+}
+
+/// Settings of [`SqliteStore::open_with`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub expect: Expect,
+    /// Run `PRAGMA quick_check` before trusting the file.
+    pub quick_check: bool,
+    /// Server-wide storage limits.
+    pub limits: StorageLimits,
+    /// Free bytes of the filesystem kept for work already accepted: below it, new writes get
+    /// [`StoreError::Full`].
+    pub reserve_bytes: u64,
+    /// Longest time between a write and the seal that covers it (see `sqlite/integrity.rs`).
+    pub seal_interval: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            expect: Expect::Any,
+            quick_check: false,
+            limits: StorageLimits::default(),
+            reserve_bytes: 0,
+            seal_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// SQLite-backed implementation of every store trait. Cheap to clone (shared connections).
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -92,6 +153,9 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// Limits, counters and the disk state, shared with the writer thread.
+    shared: Arc<Shared>,
+    installation: Installation,
     /// Jobs for the writer thread; it stops when this sender is dropped.
     writer: mpsc::Sender<Job>,
     readers: Vec<Mutex<Connection>>,
@@ -129,13 +193,35 @@ impl Durability {
     }
 }
 
-/// Maps a SQLite error to `Backend`, naming the failed operation.
+/// Maps a SQLite error to `Full` (the disk is full) or `Backend`, naming the failed operation.
 fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => {
-            StoreError::Backend(format!("{op} failed, disk full (nothing was written): {e}"))
+    move |e| sql_error(op, &e)
+}
+
+fn sql_error(op: &str, e: &rusqlite::Error) -> StoreError {
+    if matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    ) {
+        return StoreError::Corrupt(format!("{op} failed: {e}"));
+    }
+    if is_disk_full(e) {
+        StoreError::Full(format!(
+            "{op} failed: the disk holding the store is full, nothing was written ({e}); free space on it (work already accepted is retried by itself)"
+        ))
+    } else {
+        StoreError::Backend(format!("{op} failed: {e}"))
+    }
+}
+
+/// `SQLITE_FULL`, or a failure to grow the WAL index (`SQLITE_IOERR_SHMSIZE`, what a full
+/// tmpfs gives when the `-shm` file must grow).
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            f.code == ErrorCode::DiskFull || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
         }
-        _ => StoreError::Backend(format!("{op} failed: {e}")),
+        _ => false,
     }
 }
 
@@ -206,7 +292,7 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> StoreResult<()> {
+fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     let op = "schema migration";
     let target = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
     loop {
@@ -218,9 +304,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db_err(op))?;
         if version > target {
-            return Err(StoreError::Backend(format!(
-                "database schema version {version} is newer than this build supports ({target})"
-            )));
+            return Err(integrity::newer_schema(path, version, target));
         }
         if version == target {
             return Ok(());
@@ -249,9 +333,25 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 
 impl SqliteStore {
     /// Opens (creating the file and its parent directories if needed) the database at `path`,
-    /// switches it to WAL mode and brings its schema up to date. Blocking: call it at start-up
-    /// or from `spawn_blocking`.
+    /// switches it to WAL mode and brings its schema up to date, with the default
+    /// [`OpenOptions`]. Blocking: call it at start-up or from `spawn_blocking`.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Like [`SqliteStore::open`], refusing with [`StoreError::Integrity`] a database that
+    /// cannot be trusted: its file missing or empty where `opts.expect` says there is an
+    /// installation, a `-wal` or seal file without it, a failed `quick_check`, a newer schema,
+    /// no installation record, or fewer commits than its seal file recorded.
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> StoreResult<SqliteStore> {
+        Self::open_checked(path, opts).map_err(|e| match e {
+            StoreError::Corrupt(m) => integrity::damaged(path, &m),
+            other => other,
+        })
+    }
+
+    fn open_checked(path: &Path, opts: &OpenOptions) -> StoreResult<SqliteStore> {
+        integrity::preflight(path, &opts.expect)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Backend(format!("cannot create directory {}: {e}", dir.display()))
@@ -260,6 +360,7 @@ impl SqliteStore {
         let mut writer = open_connection(path)?;
         // The writer thread's statements (BEGIN, SAVEPOINT, COMMIT) are cached as well.
         writer.set_prepared_statement_cache_capacity(64);
+        let fresh = integrity::inspect(&writer, path, opts)?;
         let mode: String = writer
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(db_err("enable WAL"))?;
@@ -272,7 +373,16 @@ impl SqliteStore {
         writer
             .pragma_update(None, "synchronous", Durability::Full.pragma_value())
             .map_err(db_err("open database"))?;
-        migrate(&mut writer)?;
+        // After a burst (or a full disk) the WAL is cut back to this size when it restarts,
+        // instead of keeping the space of its largest moment for good.
+        writer
+            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(db_err("open database"))?;
+        migrate(&mut writer, path)?;
+        let installation = integrity::verify_installation(&writer, path, fresh)?;
+
+        let shared = Arc::new(Shared::new(path, opts));
+        shared.reload(&writer)?;
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -282,13 +392,17 @@ impl SqliteStore {
             readers.push(Mutex::new(r));
         }
         let (jobs, queue) = mpsc::channel();
+        let sealer = integrity::Sealer::new(path, &installation.id, opts.seal_interval);
+        let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("nimbus-sqlite-writer".into())
-            .spawn(move || writer_thread(writer, queue))
+            .spawn(move || writer_thread(writer, queue, writer_shared, sealer))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
+                shared,
+                installation,
                 writer: jobs,
                 readers,
                 next_reader: AtomicUsize::new(0),
@@ -296,6 +410,29 @@ impl SqliteStore {
                 deferred: Arc::default(),
             }),
         })
+    }
+
+    /// The installation this database belongs to.
+    pub fn installation(&self) -> &Installation {
+        &self.inner.installation
+    }
+
+    /// Copies the WAL into the database file and truncates it (`wal_checkpoint(TRUNCATE)`),
+    /// e.g. at shutdown, so the file alone holds every commit.
+    pub async fn checkpoint(&self) -> StoreResult<()> {
+        let op = "checkpoint";
+        self.submit(op, Durability::Full, true, move |c| {
+            let busy: i64 = c
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(db_err(op))?;
+            if busy != 0 {
+                return Err(StoreError::Backend(format!(
+                    "{op}: the WAL is in use by another connection"
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The database file.
@@ -311,6 +448,23 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.submit(op, durability, false, f).await
+    }
+
+    /// [`SqliteStore::write`] for new work of namespace `ns` (not the completion of work already
+    /// accepted): refused with `Full` while the disk is below its reserve. `f` checks the quota
+    /// itself ([`storage::check_quota`]) since only it knows how much it adds.
+    async fn write_new<T, F>(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        f: F,
+    ) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.inner.shared.check_space()?;
         self.submit(op, durability, false, f).await
     }
 
@@ -430,26 +584,47 @@ where
             std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
                 .unwrap_or_else(|_| Err(StoreError::Backend(format!("{op} failed: it panicked"))))
         });
-        let ok = matches!(result, Some(Ok(_)));
-        let deliver: Deliver = Box::new(move |commit: Option<&str>| {
+        let ran = match &result {
+            Some(Ok(_)) => Ran::Ok,
+            Some(Err(StoreError::Full(_))) => Ran::Full,
+            _ => Ran::Failed,
+        };
+        let deliver: Deliver = Box::new(move |commit: Option<&StoreError>| {
             done(match (result, commit) {
                 (Some(Err(e)), _) => Err(e),
                 (Some(Ok(v)), None) => Ok(v),
-                (_, e) => Err(StoreError::Backend(format!(
-                    "{op} failed: {}",
-                    e.unwrap_or("the write was not run")
+                (_, Some(e)) => Err(batch_error(op, e)),
+                (None, None) => Err(StoreError::Backend(format!(
+                    "{op} failed: the write was not run"
                 ))),
             });
         });
-        (ok, deliver)
+        (ran, deliver)
     })
 }
 
+/// A job's error when its batch failed: the batch's error, under the job's name.
+fn batch_error(op: &str, e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Full(m) => StoreError::Full(format!("{op} failed: {m}")),
+        other => StoreError::Backend(format!("{op} failed: {other}")),
+    }
+}
+
+/// How a job's own statements went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Ok,
+    Failed,
+    /// Failed because the disk is full.
+    Full,
+}
+
 /// Delivers a job's result once its batch's fate is known (`Some(error)`: the commit failed).
-type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
-/// Runs a job on the writer connection (`None`: skips it); returns whether it succeeded, and
-/// its delivery.
-type RunJob = Box<dyn FnOnce(Option<&mut Connection>) -> (bool, Deliver) + Send>;
+type Deliver = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// Runs a job on the writer connection (`None`: skips it); returns how it went, and its
+/// delivery.
+type RunJob = Box<dyn FnOnce(Option<&mut Connection>) -> (Ran, Deliver) + Send>;
 
 /// One write for the writer thread.
 struct Job {
@@ -459,19 +634,56 @@ struct Job {
     run: RunJob,
 }
 
-/// The writer thread: takes the jobs waiting, commits them as one batch, answers them; stops
-/// when every sender is gone.
-fn writer_thread(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+/// The writer thread: takes the jobs waiting, commits them as one batch, answers them; between
+/// batches, copies the usage counters into memory and seals (see `integrity.rs`); stops when
+/// every sender is gone.
+fn writer_thread(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    mut sealer: integrity::Sealer,
+) {
     let mut next = None;
     // `synchronous` as last set on this connection (`open` sets FULL).
     let mut sync = Some(Durability::Full);
+    // Usage counters changed since they were last copied, and when that was.
+    let mut usage_dirty = false;
+    let mut usage_at = Instant::now();
     loop {
         let first = match next.take() {
             Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+            None => {
+                // Idle: wake up for the maintenance that is due, else wait for work.
+                let due = [
+                    usage_dirty.then(|| USAGE_REFRESH.saturating_sub(usage_at.elapsed())),
+                    sealer.due_in(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let got = match due {
+                    Some(wait) => queue.recv_timeout(wait),
+                    None => queue
+                        .recv()
+                        .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                };
+                match got {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if usage_dirty && usage_at.elapsed() >= USAGE_REFRESH {
+                            usage_dirty = false;
+                            usage_at = Instant::now();
+                            shared.refresh_usage(&conn);
+                        }
+                        sealer.seal_if_due(&conn, &mut sync, &shared);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        sealer.seal_now(&conn, &mut sync, &shared);
+                        return;
+                    }
+                }
+            }
         };
         if first.raw {
             sync = None; // the hook may change anything
@@ -490,35 +702,44 @@ fn writer_thread(mut conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, batch, &mut sync);
+        if commit_batch(&mut conn, batch, &mut sync, &shared) {
+            usage_dirty = true;
+            sealer.wrote();
+        }
+        if usage_dirty && usage_at.elapsed() >= USAGE_REFRESH {
+            usage_dirty = false;
+            usage_at = Instant::now();
+            shared.refresh_usage(&conn);
+        }
+        sealer.seal_if_due(&conn, &mut sync, &shared);
     }
 }
 
 /// Runs `batch` in one transaction, each job in a savepoint, and answers every job after the
-/// commit (or with the error that stopped the batch).
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sync: &mut Option<Durability>) {
+/// commit (or with the error that stopped the batch). Returns whether it committed.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    sync: &mut Option<Durability>,
+    shared: &Shared,
+) -> bool {
     let durability = batch
         .iter()
         .map(|j| j.durability)
         .max()
         .unwrap_or(Durability::Full);
-    // The pragma is parsed on every call: set it only when the batch needs another level.
-    let set_sync = if *sync == Some(durability) {
-        Ok(())
-    } else {
-        *sync = None;
-        conn.pragma_update(None, "synchronous", durability.pragma_value())
-            .map(|_| *sync = Some(durability))
-            .map_err(|e| e.to_string())
-    };
-    if let Err(e) = set_sync.and_then(|_| savepoint(conn, "BEGIN IMMEDIATE")) {
+    if let Err(e) =
+        set_synchronous(conn, sync, durability).and_then(|_| savepoint(conn, "BEGIN IMMEDIATE"))
+    {
+        shared.note_outcome(Some(&e));
         for job in batch {
             reject(job, &e);
         }
-        return;
+        return false;
     }
     let mut done: Vec<Deliver> = Vec::with_capacity(batch.len());
-    let mut broken: Option<String> = None;
+    let mut broken: Option<StoreError> = None;
+    let mut full = false;
     for job in batch {
         if let Some(e) = &broken {
             reject(job, e);
@@ -529,8 +750,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sync: &mut Option<Durabi
             broken = Some(e);
             continue;
         }
-        let (ok, deliver) = (job.run)(Some(conn));
-        let end = if ok {
+        let (ran, deliver) = (job.run)(Some(conn));
+        full |= ran == Ran::Full;
+        let end = if ran == Ran::Ok {
             savepoint(conn, "RELEASE nimbus_job")
         } else {
             savepoint(conn, "ROLLBACK TO nimbus_job")
@@ -545,29 +767,49 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, sync: &mut Option<Durabi
         Some(e) => Err(e),
         None => savepoint(conn, "COMMIT"),
     };
-    let err: Option<String> = outcome.err();
+    let err = outcome.err();
     if err.is_some() && !conn.is_autocommit() {
         // Nothing of a batch that cannot commit is written.
         let _ = conn.execute_batch("ROLLBACK");
     }
-    for deliver in done {
-        deliver(err.as_deref());
+    match &err {
+        Some(e) => shared.note_outcome(Some(e)),
+        None if full => shared.note_full(),
+        None => shared.note_outcome(None),
     }
+    for deliver in done {
+        deliver(err.as_ref());
+    }
+    err.is_none()
+}
+
+/// Sets `synchronous` when the connection is not at `level` already. The pragma is parsed on
+/// every call, hence the memory of the last level (`None`: unknown).
+fn set_synchronous(
+    conn: &Connection,
+    sync: &mut Option<Durability>,
+    level: Durability,
+) -> StoreResult<()> {
+    if *sync == Some(level) {
+        return Ok(());
+    }
+    *sync = None;
+    conn.pragma_update(None, "synchronous", level.pragma_value())
+        .map_err(db_err("set synchronous"))?;
+    *sync = Some(level);
+    Ok(())
 }
 
 /// One transaction-control statement (cached: they run for every job).
-fn savepoint(conn: &Connection, sql: &str) -> Result<(), String> {
+fn savepoint(conn: &Connection, sql: &str) -> StoreResult<()> {
     conn.prepare_cached(sql)
         .and_then(|mut st| st.execute([]))
         .map(|_| ())
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(ErrorCode::DiskFull) => format!("disk full (nothing was written): {e}"),
-            _ => e.to_string(),
-        })
+        .map_err(|e| sql_error("commit", &e))
 }
 
 /// Answers a job that never ran with the error that stopped its batch.
-fn reject(job: Job, error: &str) {
+fn reject(job: Job, error: &StoreError) {
     let (_, deliver) = (job.run)(None);
     deliver(Some(error));
 }
@@ -767,9 +1009,27 @@ impl EntityStore for SqliteStore {
         let op = "put_entity";
         let doc = encode(op, doc)?;
         let (ns, key) = (ns.to_string(), key.to_string());
+        let shared = Arc::clone(&self.inner.shared);
         let result = self
-            .write(op, Durability::Full, move |c| {
+            .write_new(op, Durability::Full, move |c| {
                 let what = format!("{} {ns}/{key}", kind.collection());
+                // Charged: what the document adds (an update that does not grow is free).
+                let old: i64 = match expected_rev {
+                    None => 0,
+                    Some(_) => c
+                        .prepare_cached(
+                            "SELECT octet_length(doc) FROM entities
+                             WHERE namespace = ?1 AND collection = ?2 AND key = ?3",
+                        )
+                        .and_then(|mut st| {
+                            st.query_row(params![ns, kind.collection(), key], |r| r.get(0))
+                                .optional()
+                        })
+                        .map_err(db_err(op))?
+                        .unwrap_or(0),
+                };
+                let grow = (doc.len() as u64).saturating_sub(to_u64(old));
+                storage::check_quota(c, &shared, &ns, grow)?;
                 match expected_rev {
                     None => {
                         let n = c
@@ -907,8 +1167,12 @@ impl ActivationStore for SqliteStore {
         .await
     }
 
+    /// Declined (so the caller writes and sees the outcome) when the disk is full or nearly.
     fn put_activation_deferred(&self, a: &Activation) -> bool {
         let op = "put_activation";
+        if !self.inner.shared.roomy() {
+            return false;
+        }
         let Ok(record) = encode(op, a) else {
             return false;
         };
@@ -995,19 +1259,35 @@ impl ActivationStore for SqliteStore {
                 ..Default::default()
             },
         );
+        // Deleted records live on in `usage_rollup`, per whole UTC day.
+        let day_of = |ms: i64| ms.div_euclid(86_400_000);
+        let mut rollup_args = vec![
+            SqlValue::Text(ns.to_string()),
+            SqlValue::Integer(since.map_or(i64::MIN, day_of)),
+            SqlValue::Integer(upto.map_or(i64::MAX, day_of)),
+        ];
+        let mut all_args = args;
+        all_args.append(&mut rollup_args);
         self.read(op, move |c| {
             // Trigger records are not runs; sequences are counted as invocations but their
             // components carry the memory time, so a sequence adds no MB·ms of its own.
-            let mb_ms = "SUM(CASE WHEN kind <> 'sequence' THEN duration_ms * memory_mb ELSE 0 END)";
-            let sql = format!(
-                "SELECT path_tail, MAX(kind), COUNT(*), SUM(status_code <> 0), SUM(duration_ms), {mb_ms}
+            let runs = format!(
+                "SELECT path_tail, kind, start_ms / 86400000 AS day, 1 AS n, status_code <> 0 AS err,
+                        duration_ms AS ms,
+                        CASE WHEN kind <> 'sequence' THEN duration_ms * memory_mb ELSE 0 END AS mbms
                  FROM activations WHERE {filter} AND kind <> 'trigger'
-                 GROUP BY path_tail ORDER BY path_tail"
+                 UNION ALL
+                 SELECT path_tail, kind, day, invocations, errors, duration_ms, mb_ms
+                 FROM usage_rollup WHERE namespace = ? AND day BETWEEN ? AND ?"
+            );
+            let sql = format!(
+                "SELECT path_tail, MAX(kind), SUM(n), SUM(err), SUM(ms), SUM(mbms)
+                 FROM ({runs}) GROUP BY path_tail ORDER BY path_tail"
             );
             let functions = c
                 .prepare_cached(&sql)
                 .and_then(|mut st| {
-                    st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    st.query_map(rusqlite::params_from_iter(all_args.iter()), |r| {
                         Ok(UsageRow {
                             name: r.get(0)?,
                             kind: r.get(1)?,
@@ -1021,14 +1301,13 @@ impl ActivationStore for SqliteStore {
                 })
                 .map_err(db_err(op))?;
             let sql = format!(
-                "SELECT start_ms / 86400000, COUNT(*), SUM(status_code <> 0), SUM(duration_ms), {mb_ms}
-                 FROM activations WHERE {filter} AND kind <> 'trigger'
-                 GROUP BY start_ms / 86400000 ORDER BY 1"
+                "SELECT day, SUM(n), SUM(err), SUM(ms), SUM(mbms)
+                 FROM ({runs}) GROUP BY day ORDER BY 1"
             );
             let days = c
                 .prepare_cached(&sql)
                 .and_then(|mut st| {
-                    st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    st.query_map(rusqlite::params_from_iter(all_args.iter()), |r| {
                         Ok(UsageDay {
                             day: r.get(0)?,
                             invocations: to_u64(r.get(1)?),
@@ -1059,8 +1338,12 @@ impl InvocationQueue for SqliteStore {
     async fn enqueue(&self, item: &QueuedInvocation) -> StoreResult<()> {
         let op = "enqueue";
         let row = delivery::QueueRow::new(op, item, &crate::Schedule::default())?;
-        self.write(op, Durability::Full, move |c| row.insert(c, op))
-            .await
+        let shared = Arc::clone(&self.inner.shared);
+        self.write_new(op, Durability::Full, move |c| {
+            row.check_quota(c, &shared)?;
+            row.insert(c, op)
+        })
+        .await
     }
 
     async fn claim(&self, max: usize) -> StoreResult<Vec<QueuedInvocation>> {
@@ -1336,7 +1619,13 @@ mod migrations {
 
 mod delivery;
 mod feeds;
+mod integrity;
+mod storage;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod guard_tests;

@@ -5,6 +5,7 @@ use crate::init_error;
 use nimbus_runtime::RuntimeError;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Most entries and bytes a bundled directory may unpack to.
@@ -133,6 +134,10 @@ pub(crate) fn extract_dir(zip: &[u8], dir: &str, target: &Path) -> Result<(), Ru
                 std::fs::create_dir_all(p).map_err(|e| platform(p, &e))?;
             }
             let mut out = std::fs::File::create(&out_path).map_err(|e| platform(&out_path, &e))?;
+            // Whatever mode the archive stores (0600 from Python's `zipfile.writestr`): the
+            // guest only reads, through this process.
+            out.set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| platform(&out_path, &e))?;
             let room = MAX_EXTRACTED_BYTES - total;
             total += io::copy(&mut (&mut entry).take(room + 1), &mut out).map_err(|e| bad(&e))?;
             if total > MAX_EXTRACTED_BYTES {

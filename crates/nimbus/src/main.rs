@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod datadir;
 mod egress;
 mod faas;
 mod feeds;
@@ -28,7 +29,7 @@ struct Cli {
 enum Cmd {
     /// Run the platform: API server, invoker and embedded store.
     Serve(serve::ServeArgs),
-    /// Administer a data directory (namespaces and keys).
+    /// Administer a data directory (namespaces, keys, storage limits, check, backup, restore).
     Admin(admin::AdminArgs),
     /// Benchmarks: warm/cold invocation latency against a baseline HTTP server (core), and cold
     /// starts with/without stem cells, bursts and idle memory (pool).

@@ -64,6 +64,8 @@ pub struct ServeArgs {
     /// unprivileged uid). Only for debugging on a trusted machine.
     #[arg(long)]
     pub no_sandbox: bool,
+    #[command(flatten)]
+    pub build: crate::faas::BuildArgs,
     /// Bearer token for `/metrics`. Without it, `/metrics` is open only while the server
     /// listens on loopback (see docs/metrics.md).
     #[arg(long, env = "NIMBUS_METRICS_TOKEN")]
@@ -82,6 +84,41 @@ pub struct ServeArgs {
     pub wasm: crate::wasm::WasmArgs,
     #[command(flatten)]
     pub egress: crate::egress::EgressArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Storage quotas, retention and the disk reserve (docs/security.md, "Quotas and retention").
+#[derive(Args, Clone)]
+pub struct StorageArgs {
+    /// Bytes each namespace may store: activation records (logs and results included),
+    /// actions and other entities (code included), queued payloads and dead letters. New work
+    /// of a namespace at its quota gets 403. Per namespace: `nimbus admin namespace limits`.
+    #[arg(long, default_value = "1GiB", value_parser = crate::datadir::parse_size)]
+    pub namespace_quota: u64,
+    /// Activation records older than this are deleted (e.g. 7d, 12h, 30m).
+    #[arg(long, default_value = "7d", value_parser = crate::datadir::parse_duration)]
+    pub activation_max_age: Duration,
+    /// Only the newest this many activation records of each namespace are kept.
+    #[arg(long, default_value_t = 10_000)]
+    pub activation_max_count: u64,
+    /// Free disk space kept for work already accepted: below it, new work gets 507 while
+    /// queued invocations still complete.
+    #[arg(long, default_value = "64MiB", value_parser = crate::datadir::parse_size)]
+    pub store_reserve: u64,
+    /// How often retention runs.
+    #[arg(long, default_value = "60s", value_parser = crate::datadir::parse_duration)]
+    pub retention_interval: Duration,
+}
+
+impl StorageArgs {
+    pub fn limits(&self) -> nimbus_store::StorageLimits {
+        nimbus_store::StorageLimits {
+            quota_bytes: self.namespace_quota,
+            max_age: self.activation_max_age,
+            max_count: self.activation_max_count,
+        }
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -121,13 +158,26 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let mut a = a;
     a.data_dir = std::fs::canonicalize(&a.data_dir)
         .with_context(|| format!("resolving {}", a.data_dir.display()))?;
+    // One server per data directory (a restore waits for it too).
+    let _lock = crate::datadir::lock(&a.data_dir, "nimbus serve")?;
     let db = a.data_dir.join("nimbus.db");
-    let store =
-        SqliteStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+    let store = SqliteStore::open_with(
+        &db,
+        &nimbus_store::OpenOptions {
+            expect: crate::datadir::expect(&a.data_dir),
+            quick_check: true,
+            limits: a.storage.limits(),
+            reserve_bytes: a.storage.store_reserve,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("opening the store {}", db.display()))?;
+    store.start_housekeeping(a.storage.retention_interval);
     // The feed providers keep their registrations in the same database (cheap clone).
     let feed_store = store.clone();
     let egress = crate::egress::policy(&a.egress, a.listen)?;
     tracing::info!(policy = %egress, "egress policy");
+    let shutdown_store = store.clone();
     let mut warnings = Vec::new();
     let sandbox = if a.no_sandbox {
         warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
@@ -156,10 +206,13 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 "cgroupMemory": l.cgroup_memory,
                 "cgroupPids": l.cgroup_pids,
                 "cgroupCpu": l.cgroup_cpu,
+                "cgroupFreezer": l.cgroup_freezer,
             })
         }
     };
     tracing::info!(layers = %isolation, "function isolation");
+    // POST /build runs pip/npm in the same sandbox as functions (--no-sandbox: unsandboxed).
+    let builder = a.build.builder(sandbox.clone());
     let runtime = ProcessRuntime::new(ProcessRuntimeConfig {
         work_dir: a.data_dir.join("instances"),
         cgroups: !a.no_cgroups,
@@ -273,6 +326,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             default_namespace: "guest".into(),
             dev: a.dev,
             egress: egress.scoped("callback"),
+            builder,
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -330,6 +384,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let _ = phase_tx.send(nimbus_api::server::Phase::Draining);
     feeds.stop_all();
     controller.shutdown().await;
+    // A stopped server leaves everything in the database file and an empty WAL.
+    if let Err(e) = shutdown_store.checkpoint().await {
+        tracing::warn!(error = %e, "could not checkpoint the store");
+    }
     dispatcher.abort();
     let _ = phase_tx.send(nimbus_api::server::Phase::Stopped);
     // Open HTTP exchanges get a moment to deliver their answers, then the process stops.
@@ -338,7 +396,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if !dir.exists() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -977,6 +977,123 @@ async fn callbacks_into_the_host_are_refused_by_the_egress_policy() {
     assert!(rx.try_recv().is_err(), "a refused callback was delivered");
 }
 
+/// A signed `POST /build` of a Node.js context whose `package.json` has `scripts`.
+async fn remote_build(s: &Server, image: &str, scripts: Value) -> (u16, Value) {
+    use hmac::{Hmac, Mac};
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    add(
+        "com.openfaas.docker.config",
+        json!({ "image": image }).to_string().as_bytes(),
+    );
+    add("context/template.yml", b"language: node20\n");
+    add(
+        "context/function/handler.js",
+        b"module.exports = async (event, context) => context.status(200).succeed(require('fs').readFileSync(__dirname + '/seen.txt', 'utf8').trim())\n",
+    );
+    add(
+        "context/function/package.json",
+        json!({"name": "scripted", "version": "1.0.0", "main": "handler.js", "scripts": scripts})
+            .to_string()
+            .as_bytes(),
+    );
+    let body = tar.into_inner().unwrap();
+    let secret = std::fs::read_to_string(s.dir.join("openfaas/payload-secret")).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.trim().as_bytes()).unwrap();
+    mac.update(&body);
+    let r = s
+        .client
+        .post(format!("{}/build", s.base))
+        .header(
+            "X-Build-Signature",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(r.text().await.unwrap().trim()).unwrap(),
+    )
+}
+
+/// Issue 13, item 6: `POST /build` runs npm lifecycle scripts in the function sandbox. A
+/// `postinstall` records `id -u` and tries to write outside the build directory: it ran as the
+/// unprivileged sandbox user (65534) and nothing appeared outside. A failing script's output
+/// comes back in the error.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_builds_run_install_scripts_in_the_sandbox() {
+    let s = Server::start(&["--dev"]).await;
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("pwned");
+    let home_target = format!("/root/nimbus-pwned-{}", std::process::id());
+    let script = format!(
+        "id -u > seen.txt; echo pwned > {}; echo pwned > {home_target}; echo pwned > ../../escaped; true",
+        target.display()
+    );
+    let (st, line) = remote_build(&s, "ttl.sh/scripted:1", json!({ "postinstall": script })).await;
+    assert_eq!(st, 200, "{line}");
+    assert_eq!(line["status"], "success", "{line}");
+    assert!(
+        !target.exists(),
+        "the install script wrote outside the build"
+    );
+    assert!(!Path::new(&home_target).exists());
+    let bundle = s.dir.join("openfaas/bundles/ttl.sh_scripted_1");
+    assert!(!bundle.parent().unwrap().join("escaped").exists());
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("function/seen.txt"))
+            .unwrap()
+            .trim(),
+        "65534"
+    );
+    // Nothing in the data dir stays owned by the sandbox user.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(bundle.join("function/seen.txt"))
+            .unwrap()
+            .uid(),
+        0
+    );
+    // The built function runs and reports what its build saw.
+    let (st, text) = sys(
+        &s,
+        Method::POST,
+        "/system/functions",
+        Some(json!({"service": "scripted", "image": "ttl.sh/scripted:1"})),
+    )
+    .await;
+    assert_eq!(st, 202, "{text}");
+    let r = s
+        .client
+        .get(format!("{}/function/scripted", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "65534");
+
+    // A failing install script: 400 with the end of npm's output in the error.
+    let (st, line) = remote_build(
+        &s,
+        "ttl.sh/failing:1",
+        json!({ "postinstall": "echo boom-marker-from-the-script >&2; exit 7" }),
+    )
+    .await;
+    assert_eq!(st, 400, "{line}");
+    assert_eq!(line["status"], "failed");
+    let error = line["error"].as_str().unwrap();
+    assert!(error.contains("npm install failed"), "{error}");
+    assert!(error.contains("boom-marker-from-the-script"), "{error}");
+}
+
 /// A real HTTP server on loopback receiving async-call callbacks at `/cb`: its port and the
 /// received (headers, body) pairs.
 async fn callback_server() -> (

@@ -60,8 +60,13 @@ pub struct CgroupHandle {
     name: String,
     path: PathBuf,
     /// cgroup v1 only: the instance's directories in the other controllers' hierarchies (pids,
-    /// cpu), each mounted separately. A process must be written into every one of them.
+    /// cpu, cpuacct, freezer), each mounted separately. A process must be written into every one
+    /// of them.
     extra_dirs: Vec<PathBuf>,
+    /// cgroup v1 only: which of `extra_dirs` is the cpu, cpuacct and freezer directory.
+    v1_cpu: Option<PathBuf>,
+    v1_cpuacct: Option<PathBuf>,
+    v1_freezer: Option<PathBuf>,
 }
 
 impl CgroupHandle {
@@ -94,6 +99,17 @@ impl CgroupHandle {
     pub fn extra_dirs(&self) -> &[PathBuf] {
         &self.extra_dirs
     }
+
+    fn new(name: &str, path: PathBuf) -> Self {
+        CgroupHandle {
+            name: name.to_string(),
+            path,
+            extra_dirs: Vec::new(),
+            v1_cpu: None,
+            v1_cpuacct: None,
+            v1_freezer: None,
+        }
+    }
 }
 
 /// Limits for one instance's cgroup.
@@ -125,6 +141,9 @@ pub struct Controllers {
     pub memory: bool,
     pub pids: bool,
     pub cpu: bool,
+    /// Instances can be frozen ([`CgroupManager::freeze`]): v1's `freezer` hierarchy, or v2's
+    /// `cgroup.freeze` (always there on a non-root v2 cgroup).
+    pub freezer: bool,
 }
 
 /// Memory that earns the default CPU share (OpenWhisk's 256 MB unit).
@@ -171,11 +190,43 @@ pub trait CgroupManager: Send + Sync + fmt::Debug {
             memory: true,
             pids: false,
             cpu: false,
+            freezer: false,
         }
     }
 
     /// Did the kernel OOM-kill a process of this cgroup because of its memory limit?
     fn memory_exceeded(&self, cg: &CgroupHandle) -> Result<bool, CgroupError>;
+
+    /// Freezes (`true`) or thaws (`false`) every process of the cgroup: frozen processes get no
+    /// CPU time until thawed. Returns after asking the kernel; a freeze completes asynchronously
+    /// ([`is_frozen`](Self::is_frozen) says when). `Ok(false)` when this manager has no freezer
+    /// for the cgroup. A frozen cgroup v1 process does not die of SIGKILL until thawed, so
+    /// callers thaw after killing.
+    fn freeze(&self, cg: &CgroupHandle, frozen: bool) -> Result<bool, CgroupError> {
+        let _ = (cg, frozen);
+        Ok(false)
+    }
+
+    /// Whether every process of the cgroup is frozen now (`None`: no freezer).
+    fn is_frozen(&self, cg: &CgroupHandle) -> Result<Option<bool>, CgroupError> {
+        let _ = cg;
+        Ok(None)
+    }
+
+    /// Total CPU time the cgroup's processes used (v1 `cpuacct.usage`, v2 `cpu.stat`
+    /// `usage_usec`), `None` without CPU accounting.
+    fn cpu_usage(&self, cg: &CgroupHandle) -> Result<Option<Duration>, CgroupError> {
+        let _ = cg;
+        Ok(None)
+    }
+
+    /// Caps the cgroup at `millicores` thousandths of one CPU (CFS bandwidth: v1
+    /// `cpu.cfs_quota_us`, v2 `cpu.max`, over a 100 ms period). `Ok(false)` without the cpu
+    /// controller.
+    fn set_cpu_max(&self, cg: &CgroupHandle, millicores: u64) -> Result<bool, CgroupError> {
+        let _ = (cg, millicores);
+        Ok(false)
+    }
 
     /// Moves process `pid` into the cgroup.
     fn add_pid(&self, cg: &CgroupHandle, pid: u32) -> Result<(), CgroupError> {
@@ -197,6 +248,9 @@ pub trait CgroupManager: Send + Sync + fmt::Debug {
             // ESRCH: it is already gone, which is what we want.
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        // A frozen v1 process only dies once thawed (the SIGKILL is already pending, so it
+        // runs no more of its own code).
+        self.freeze(cg, false)?;
         Ok(())
     }
 
@@ -254,6 +308,14 @@ pub trait CgroupManager: Send + Sync + fmt::Debug {
 
 fn libc_ebusy() -> i32 {
     nix::errno::Errno::EBUSY as i32
+}
+
+/// CFS bandwidth period used by [`CgroupManager::set_cpu_max`] (the kernel default, 100 ms).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The CFS quota for `millicores` over [`CPU_PERIOD_US`] (at least the kernel's 1 ms minimum).
+pub fn cpu_quota_us(millicores: u64) -> u64 {
+    (millicores.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
 }
 
 fn check_name(name: &str) -> Result<(), CgroupError> {
@@ -323,6 +385,8 @@ pub struct V1Manager {
     base: PathBuf,
     pids_base: Option<PathBuf>,
     cpu_base: Option<PathBuf>,
+    cpuacct_base: Option<PathBuf>,
+    freezer_base: Option<PathBuf>,
 }
 
 impl V1Manager {
@@ -334,6 +398,8 @@ impl V1Manager {
             base: base.into(),
             pids_base: None,
             cpu_base: None,
+            cpuacct_base: None,
+            freezer_base: None,
         }
     }
 
@@ -348,7 +414,22 @@ impl V1Manager {
             base: base.into(),
             pids_base,
             cpu_base,
+            cpuacct_base: None,
+            freezer_base: None,
         }
+    }
+
+    /// Also uses the `cpuacct` hierarchy (CPU usage, [`CgroupManager::cpu_usage`]; the same
+    /// directory as `cpu` where both are mounted together) and the `freezer` hierarchy
+    /// ([`CgroupManager::freeze`]) in [`CgroupManager::create_limited`].
+    pub fn with_accounting(
+        mut self,
+        cpuacct_base: Option<PathBuf>,
+        freezer_base: Option<PathBuf>,
+    ) -> Self {
+        self.cpuacct_base = cpuacct_base;
+        self.freezer_base = freezer_base;
+        self
     }
 
     fn ensure_base(&self) -> Result<(), CgroupError> {
@@ -374,16 +455,13 @@ impl CgroupManager for V1Manager {
             memory: true,
             pids: self.pids_base.is_some(),
             cpu: self.cpu_base.is_some(),
+            freezer: self.freezer_base.is_some(),
         }
     }
 
     fn create(&self, name: &str, memory_bytes: u64) -> Result<CgroupHandle, CgroupError> {
         let path = make_child(&self.base, name, &|| self.ensure_base())?;
-        let cg = CgroupHandle {
-            name: name.to_string(),
-            path,
-            extra_dirs: Vec::new(),
-        };
+        let cg = CgroupHandle::new(name, path);
         let setup = || -> Result<(), CgroupError> {
             let limit = cg.path.join("memory.limit_in_bytes");
             fs::write(&limit, memory_bytes.to_string()).map_err(io_err(&limit))?;
@@ -410,30 +488,52 @@ impl CgroupManager for V1Manager {
         limits: &CgroupLimits,
     ) -> Result<CgroupHandle, CgroupError> {
         let mut cg = self.create(name, limits.memory_bytes)?;
-        let mut extra = |base: &Path, file: &str, value: u64| -> Result<(), CgroupError> {
-            let dir = make_child(base, name, &|| ensure_dir(base))?;
-            cg.extra_dirs.push(dir.clone());
-            let p = dir.join(file);
-            fs::write(&p, value.to_string()).map_err(io_err(&p))
-        };
-        let mut result = Ok(());
-        if let (Some(base), Some(max)) = (&self.pids_base, limits.pids_max) {
-            result = extra(base, "pids.max", max);
-        }
-        if result.is_ok()
-            && limits.cpu_from_memory
-            && let Some(base) = &self.cpu_base
-        {
-            result = extra(base, "cpu.shares", cpu_shares_v1(limits.memory_bytes));
-        }
-        if let Err(e) = result {
-            for d in &cg.extra_dirs {
-                let _ = fs::remove_dir(d);
+        let mut extra: Vec<PathBuf> = Vec::new();
+        type Dirs = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+        let result = (|| -> Result<Dirs, CgroupError> {
+            let mut join = |base: &Path| -> Result<PathBuf, CgroupError> {
+                if let Some(d) = extra.iter().find(|d| d.parent() == Some(base)) {
+                    // cpu and cpuacct mounted together: one directory.
+                    return Ok(d.clone());
+                }
+                let dir = make_child(base, name, &|| ensure_dir(base))?;
+                extra.push(dir.clone());
+                Ok(dir)
+            };
+            if let (Some(base), Some(max)) = (&self.pids_base, limits.pids_max) {
+                let p = join(base)?.join("pids.max");
+                fs::write(&p, max.to_string()).map_err(io_err(&p))?;
             }
-            let _ = fs::remove_dir(&cg.path);
-            return Err(e);
+            let mut cpu = None;
+            if let Some(base) = &self.cpu_base {
+                let dir = join(base)?;
+                if limits.cpu_from_memory {
+                    let p = dir.join("cpu.shares");
+                    fs::write(&p, cpu_shares_v1(limits.memory_bytes).to_string())
+                        .map_err(io_err(&p))?;
+                }
+                cpu = Some(dir);
+            }
+            let cpuacct = self.cpuacct_base.as_deref().map(&mut join).transpose()?;
+            let freezer = self.freezer_base.as_deref().map(&mut join).transpose()?;
+            Ok((cpu, cpuacct, freezer))
+        })();
+        cg.extra_dirs = extra;
+        match result {
+            Ok((cpu, cpuacct, freezer)) => {
+                cg.v1_cpu = cpu;
+                cg.v1_cpuacct = cpuacct;
+                cg.v1_freezer = freezer;
+                Ok(cg)
+            }
+            Err(e) => {
+                for d in &cg.extra_dirs {
+                    let _ = fs::remove_dir(d);
+                }
+                let _ = fs::remove_dir(&cg.path);
+                Err(e)
+            }
         }
-        Ok(cg)
     }
 
     fn memory_exceeded(&self, cg: &CgroupHandle) -> Result<bool, CgroupError> {
@@ -446,6 +546,45 @@ impl CgroupManager for V1Manager {
         let p = cg.path.join("memory.failcnt");
         let text = fs::read_to_string(&p).map_err(io_err(&p))?;
         Ok(text.trim().parse::<u64>().unwrap_or(0) > 0)
+    }
+
+    fn freeze(&self, cg: &CgroupHandle, frozen: bool) -> Result<bool, CgroupError> {
+        let Some(dir) = &cg.v1_freezer else {
+            return Ok(false);
+        };
+        let p = dir.join("freezer.state");
+        fs::write(&p, if frozen { "FROZEN" } else { "THAWED" }).map_err(io_err(&p))?;
+        Ok(true)
+    }
+
+    fn is_frozen(&self, cg: &CgroupHandle) -> Result<Option<bool>, CgroupError> {
+        let Some(dir) = &cg.v1_freezer else {
+            return Ok(None);
+        };
+        let p = dir.join("freezer.state");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(Some(text.trim() == "FROZEN"))
+    }
+
+    fn cpu_usage(&self, cg: &CgroupHandle) -> Result<Option<Duration>, CgroupError> {
+        let Some(dir) = &cg.v1_cpuacct else {
+            return Ok(None);
+        };
+        let p = dir.join("cpuacct.usage");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(text.trim().parse::<u64>().ok().map(Duration::from_nanos))
+    }
+
+    fn set_cpu_max(&self, cg: &CgroupHandle, millicores: u64) -> Result<bool, CgroupError> {
+        let Some(dir) = &cg.v1_cpu else {
+            return Ok(false);
+        };
+        let period = dir.join("cpu.cfs_period_us");
+        fs::write(&period, CPU_PERIOD_US.to_string()).map_err(io_err(&period))?;
+        write_optional(
+            &dir.join("cpu.cfs_quota_us"),
+            &cpu_quota_us(millicores).to_string(),
+        )
     }
 }
 
@@ -468,6 +607,7 @@ impl V2Manager {
                 memory: true,
                 pids: true,
                 cpu: true,
+                freezer: true,
             },
         }
     }
@@ -492,6 +632,7 @@ impl V2Manager {
             memory: has("memory"),
             pids: has("pids"),
             cpu: has("cpu"),
+            freezer: true,
         }
     }
 }
@@ -532,6 +673,7 @@ impl CgroupManager for V2Manager {
             memory: true,
             pids: e.pids,
             cpu: e.cpu,
+            freezer: true,
         }
     }
 
@@ -546,11 +688,7 @@ impl CgroupManager for V2Manager {
     ) -> Result<CgroupHandle, CgroupError> {
         let memory_bytes = limits.memory_bytes;
         let path = make_child(&self.base, name, &|| self.ensure_base())?;
-        let cg = CgroupHandle {
-            name: name.to_string(),
-            path,
-            extra_dirs: Vec::new(),
-        };
+        let cg = CgroupHandle::new(name, path);
         let setup = || -> Result<(), CgroupError> {
             if let Some(max) = limits.pids_max
                 && !write_optional(&cg.path.join("pids.max"), &max.to_string())?
@@ -587,6 +725,25 @@ impl CgroupManager for V2Manager {
             || mountinfo::keyed_value(&text, "oom_group_kill").unwrap_or(0) > 0)
     }
 
+    fn freeze(&self, cg: &CgroupHandle, frozen: bool) -> Result<bool, CgroupError> {
+        v2_freeze(&cg.path, frozen)
+    }
+
+    fn is_frozen(&self, cg: &CgroupHandle) -> Result<Option<bool>, CgroupError> {
+        v2_is_frozen(&cg.path)
+    }
+
+    fn cpu_usage(&self, cg: &CgroupHandle) -> Result<Option<Duration>, CgroupError> {
+        v2_cpu_usage(&cg.path)
+    }
+
+    fn set_cpu_max(&self, cg: &CgroupHandle, millicores: u64) -> Result<bool, CgroupError> {
+        write_optional(
+            &cg.path.join("cpu.max"),
+            &format!("{} {CPU_PERIOD_US}", cpu_quota_us(millicores)),
+        )
+    }
+
     fn kill_all(&self, cg: &CgroupHandle) -> Result<(), CgroupError> {
         // cgroup.kill (5.14+) kills atomically, racing no fork.
         if write_optional(&cg.path.join("cgroup.kill"), "1")? {
@@ -598,6 +755,33 @@ impl CgroupManager for V2Manager {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         Ok(())
+    }
+}
+
+/// cgroup v2 `cgroup.freeze` of the cgroup at `dir` (`Ok(false)`: the file is absent, i.e. a
+/// kernel before 5.2 or the root cgroup).
+pub fn v2_freeze(dir: &Path, frozen: bool) -> Result<bool, CgroupError> {
+    write_optional(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+}
+
+/// cgroup v2: `frozen` of `cgroup.events` (every process of the cgroup is frozen).
+pub fn v2_is_frozen(dir: &Path) -> Result<Option<bool>, CgroupError> {
+    let p = dir.join("cgroup.events");
+    match fs::read_to_string(&p) {
+        Ok(text) => Ok(mountinfo::keyed_value(&text, "frozen").map(|v| v == 1)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CgroupError::Io { path: p, source: e }),
+    }
+}
+
+/// cgroup v2: `usage_usec` of `cpu.stat` (present on every non-root cgroup, cpu controller or
+/// not).
+pub fn v2_cpu_usage(dir: &Path) -> Result<Option<Duration>, CgroupError> {
+    let p = dir.join("cpu.stat");
+    match fs::read_to_string(&p) {
+        Ok(text) => Ok(mountinfo::keyed_value(&text, "usage_usec").map(Duration::from_micros)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CgroupError::Io { path: p, source: e }),
     }
 }
 
@@ -655,6 +839,16 @@ pub fn v1_other_dirs(
     (dir("pids"), dir("cpu"))
 }
 
+/// cgroup v1: this process's directory in the hierarchy of `controller` (pure, testable), e.g.
+/// `cpuacct` or `freezer`. `None` when that controller is not mounted as v1.
+pub fn v1_dir(mountinfo_text: &str, proc_cgroup_text: &str, controller: &str) -> Option<PathBuf> {
+    let mounts = mountinfo::parse_mountinfo(mountinfo_text);
+    let own = mountinfo::parse_proc_cgroup(proc_cgroup_text);
+    let path = mountinfo::v1_cgroup_path(&own, controller)?;
+    let m = mountinfo::v1_mount(&mounts, controller, path)?;
+    Some(mountinfo::cgroup_dir(m, path))
+}
+
 /// Finds a usable memory cgroup manager, or `None` (with a warning) when there is none or we
 /// may not write it (not root, read-only mount, no delegation). Never fails harder than that.
 pub fn detect() -> Option<Arc<dyn CgroupManager>> {
@@ -667,8 +861,9 @@ pub fn detect() -> Option<Arc<dyn CgroupManager>> {
     };
     let pc = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let others = v1_other_dirs(&mi, &pc);
+    let accounting = (v1_dir(&mi, &pc, "cpuacct"), v1_dir(&mi, &pc, "freezer"));
     for c in candidates(&mi, &pc) {
-        match probe(&c, &others) {
+        match probe(&c, &others, &accounting) {
             Ok(m) => {
                 tracing::info!(version = ?c.version, base = %c.base().display(), "cgroup memory limits enabled");
                 return Some(m);
@@ -686,6 +881,7 @@ pub fn detect() -> Option<Arc<dyn CgroupManager>> {
 fn probe(
     c: &Candidate,
     v1_others: &(Option<PathBuf>, Option<PathBuf>),
+    v1_accounting: &(Option<PathBuf>, Option<PathBuf>),
 ) -> Result<Arc<dyn CgroupManager>, String> {
     let base = c.base();
     let existed = base.exists();
@@ -723,7 +919,22 @@ fn probe(
             if cpu.is_none() {
                 tracing::warn!("no writable cgroup v1 cpu hierarchy: CPU shares are not enforced");
             }
-            Arc::new(V1Manager::with_controllers(&base, pids, cpu))
+            let cpuacct = v1_accounting
+                .0
+                .as_ref()
+                .and_then(|d| probe_v1_controller(d, "cpuacct.usage"));
+            let freezer = v1_accounting
+                .1
+                .as_ref()
+                .and_then(|d| probe_v1_controller(d, "freezer.state"));
+            if freezer.is_none() {
+                tracing::warn!(
+                    "no writable cgroup v1 freezer hierarchy: idle instances are NOT frozen"
+                );
+            }
+            Arc::new(
+                V1Manager::with_controllers(&base, pids, cpu).with_accounting(cpuacct, freezer),
+            )
         }
     };
     if !existed {
@@ -851,7 +1062,8 @@ mod tests {
             Controllers {
                 memory: true,
                 pids: true,
-                cpu: true
+                cpu: true,
+                freezer: false,
             }
         );
         let limits = CgroupLimits {
@@ -904,5 +1116,84 @@ mod tests {
         assert_eq!(read("pids.max"), "32");
         assert_eq!(read("cpu.weight"), "50");
         assert_eq!(cg.procs_paths(), vec![cg.procs_path()]);
+    }
+
+    /// Fake v1 trees: cpuacct and freezer join the instance, share a directory with cpu when
+    /// mounted together, and carry the freezer state, CPU usage and CFS quota.
+    #[test]
+    fn v1_manager_freezes_accounts_and_caps_cpu() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = V1Manager::with_controllers(
+            tmp.path().join("memory/nimbus"),
+            None,
+            Some(tmp.path().join("cpu,cpuacct/nimbus")),
+        )
+        .with_accounting(
+            Some(tmp.path().join("cpu,cpuacct/nimbus")),
+            Some(tmp.path().join("freezer/nimbus")),
+        );
+        assert!(m.controllers().freezer);
+        let limits = CgroupLimits {
+            memory_bytes: 256 << 20,
+            pids_max: Some(64),
+            cpu_from_memory: true,
+        };
+        let cg = m.create_limited("i1", &limits).unwrap();
+        assert_eq!(
+            cg.procs_paths(),
+            vec![
+                tmp.path().join("memory/nimbus/i1/cgroup.procs"),
+                tmp.path().join("cpu,cpuacct/nimbus/i1/cgroup.procs"),
+                tmp.path().join("freezer/nimbus/i1/cgroup.procs"),
+            ]
+        );
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert!(m.freeze(&cg, true).unwrap());
+        assert_eq!(read("freezer/nimbus/i1/freezer.state"), "FROZEN");
+        assert_eq!(m.is_frozen(&cg).unwrap(), Some(true));
+        // Killing thaws: a frozen v1 process would not die.
+        fs::write(cg.procs_path(), "").unwrap();
+        m.kill_all(&cg).unwrap();
+        assert_eq!(read("freezer/nimbus/i1/freezer.state"), "THAWED");
+        fs::write(
+            tmp.path().join("cpu,cpuacct/nimbus/i1/cpuacct.usage"),
+            "1500000\n",
+        )
+        .unwrap();
+        assert_eq!(m.cpu_usage(&cg).unwrap(), Some(Duration::from_micros(1500)));
+        assert!(m.set_cpu_max(&cg, 500).unwrap());
+        assert_eq!(read("cpu,cpuacct/nimbus/i1/cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu,cpuacct/nimbus/i1/cpu.cfs_period_us"), "100000");
+        // Without the hierarchies: nothing to freeze, no usage, no cap.
+        let plain = V1Manager::new(tmp.path().join("m2/nimbus"));
+        let cg2 = plain.create_limited("i2", &limits).unwrap();
+        assert!(!plain.freeze(&cg2, true).unwrap());
+        assert_eq!(plain.cpu_usage(&cg2).unwrap(), None);
+        assert!(!plain.set_cpu_max(&cg2, 500).unwrap());
+    }
+
+    #[test]
+    fn v2_freezes_and_accounts_through_core_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("cgroup.freeze"), "0").unwrap();
+        assert!(v2_freeze(dir, true).unwrap());
+        assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "1");
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        assert_eq!(v2_is_frozen(dir).unwrap(), Some(true));
+        fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v2_cpu_usage(dir).unwrap(),
+            Some(Duration::from_micros(2500))
+        );
+        assert_eq!(cpu_quota_us(250), 25_000);
+        assert_eq!(cpu_quota_us(1), 1000);
+        let missing = dir.join("gone");
+        assert_eq!(v2_is_frozen(&missing).unwrap(), None);
+        assert_eq!(v2_cpu_usage(&missing).unwrap(), None);
     }
 }

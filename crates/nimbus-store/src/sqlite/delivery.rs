@@ -108,6 +108,11 @@ impl QueueRow {
         })
     }
 
+    /// `QuotaExceeded` if the payload would take its namespace over its quota.
+    pub(super) fn check_quota(&self, c: &Connection, shared: &super::Shared) -> StoreResult<()> {
+        super::storage::check_quota(c, shared, &self.namespace, self.payload.len() as u64)
+    }
+
     /// Inserts the entry; `Conflict` if its id is queued already.
     pub(super) fn insert(&self, c: &Connection, op: &'static str) -> StoreResult<()> {
         // `seq` only matters among rows of one key; one past the largest is enough since there
@@ -146,8 +151,12 @@ impl DeliveryQueue for SqliteStore {
     async fn enqueue_scheduled(&self, item: &QueuedInvocation, s: &Schedule) -> StoreResult<()> {
         let op = "enqueue_scheduled";
         let row = QueueRow::new(op, item, s)?;
-        self.write(op, Durability::Full, move |c| row.insert(c, op))
-            .await
+        let shared = std::sync::Arc::clone(&self.inner.shared);
+        self.write_new(op, Durability::Full, move |c| {
+            row.check_quota(c, &shared)?;
+            row.insert(c, op)
+        })
+        .await
     }
 
     async fn enqueue_fire(
@@ -168,8 +177,11 @@ impl DeliveryQueue for SqliteStore {
         } else {
             Durability::Full
         };
-        self.write(op, durability, move |c| {
+        let shared = std::sync::Arc::clone(&self.inner.shared);
+        self.write_new(op, durability, move |c| {
             // The batch runs this job in a savepoint: an error rolls back all of it.
+            let grow: usize = rows.iter().map(|r| r.payload.len()).sum::<usize>() + json.len();
+            super::storage::check_quota(c, &shared, &record.namespace, grow as u64)?;
             for row in &rows {
                 row.insert(c, op)?;
             }

@@ -925,11 +925,11 @@ async fn full_disk_is_an_error_and_writes_nothing() {
         .put_entity("guest", EntityKind::Action, "big", &big, 1, None)
         .await
     {
-        Err(StoreError::Backend(msg)) => assert!(
-            msg.contains("put_entity") && msg.contains("disk full"),
+        Err(StoreError::Full(msg)) => assert!(
+            msg.contains("put_entity") && msg.contains("disk holding the store is full"),
             "{msg}"
         ),
-        other => panic!("expected a backend error, got {other:?}"),
+        other => panic!("expected a full-disk error, got {other:?}"),
     }
     assert!(
         s.get_entity("guest", EntityKind::Action, "big")
@@ -942,7 +942,7 @@ async fn full_disk_is_an_error_and_writes_nothing() {
     record.logs = vec!["y".repeat(200_000)];
     assert!(matches!(
         s.complete(&id(1), &record).await,
-        Err(StoreError::Backend(_))
+        Err(StoreError::Full(_))
     ));
     assert!(s.get_activation("guest", &id(1)).await.unwrap().is_none());
     assert_eq!(

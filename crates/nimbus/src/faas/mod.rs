@@ -57,6 +57,47 @@ pub struct UpArgs {
     pub filter: Option<String>,
     #[command(flatten)]
     pub gw: GatewayOpts,
+    /// Run pip/npm install scripts unsandboxed even as root (see docs/security.md, "Builds").
+    #[arg(long)]
+    pub no_sandbox: bool,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+/// Limits of the install steps (pip, npm) of a build.
+#[derive(Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// Seconds one install step (pip or npm) may take.
+    #[arg(long, default_value_t = 300)]
+    pub build_timeout: u64,
+    /// Memory (MB) of one install step.
+    #[arg(long, default_value_t = 1024)]
+    pub build_memory: u64,
+    /// CPUs one install step may use (e.g. 0.5, 2).
+    #[arg(long, default_value_t = 1.0)]
+    pub build_cpus: f64,
+}
+
+impl BuildArgs {
+    pub fn limits(&self) -> nimbus_openfaas::bundle::BuildLimits {
+        nimbus_openfaas::bundle::BuildLimits {
+            timeout: std::time::Duration::from_secs(self.build_timeout.max(1)),
+            memory_mb: self.build_memory.max(64),
+            cpu_millicores: ((self.build_cpus * 1000.0) as u64).max(10),
+            ..Default::default()
+        }
+    }
+
+    /// Sandboxed builds in `sandbox`; unsandboxed when it is `None` (`--no-sandbox`).
+    pub fn builder(
+        &self,
+        sandbox: Option<std::sync::Arc<nimbus_sandbox::Sandbox>>,
+    ) -> nimbus_openfaas::bundle::Builder {
+        match sandbox {
+            Some(sb) => nimbus_openfaas::bundle::Builder::sandboxed(sb, self.limits()),
+            None => nimbus_openfaas::bundle::Builder::unsandboxed(self.limits()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -316,6 +357,16 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         &a.gw,
         stack.provider.as_ref().and_then(|p| p.gateway.as_deref()),
     );
+    // Builds run here, on the CLI's machine. As root, install scripts run in the function
+    // sandbox (as on the server); as any other user they run as that user, who is already who
+    // they would run as by hand (see docs/security.md, "Builds").
+    let root = nimbus_sandbox::HostOps::euid(&nimbus_sandbox::RealHost) == 0;
+    let builder = if root && !a.no_sandbox {
+        let sb = nimbus_sandbox::Sandbox::detect(std::sync::Arc::new(nimbus_sandbox::RealHost));
+        a.build.builder(Some(std::sync::Arc::new(sb)))
+    } else {
+        a.build.builder(None)
+    };
     for (name, f) in &stack.functions {
         if a.filter.as_deref().is_some_and(|x| x != name) {
             continue;
@@ -329,14 +380,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         );
         bar.set_prefix(name.clone());
         bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        let lang = f.lang.clone();
-        let (h2, o2, b2) = (handler.clone(), out.clone(), bar.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut progress = |m: &str| b2.set_message(m.to_string());
-            nimbus_openfaas::bundle::build(&lang, &h2, &o2, &mut progress)
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!("building {name}: {e}"))?;
+        let b2 = bar.clone();
+        let mut progress = move |m: &str| b2.set_message(m.to_string());
+        nimbus_openfaas::bundle::build(&f.lang, &handler, &out, &builder, &mut progress)
+            .await
+            .map_err(|e| anyhow::anyhow!("building {name}: {e}"))?;
         bar.set_message("deploying");
         let mut annotations = strings(&f.annotations);
         if let Some(image) = &f.image {
