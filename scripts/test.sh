@@ -16,6 +16,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # The function sandbox: bubblewrap (namespaces, binds, seccomp) and slirp4netns (outbound network).
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v slirp4netns >/dev/null 2>&1 || need_apt+=(slirp4netns)
+# nft loads the egress policy into each outbound sandbox's network namespace.
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # The IoT example's end-to-end test publishes with mosquitto_pub and checks tables with psql.
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)

@@ -10,7 +10,9 @@
 //! [`FeedStore`] and runs one task per active registration; [`Feeds::resume`] restarts them after
 //! a restart. Events are fired through the controller as the trigger's owner; a fire returns once
 //! the rule activations are in the fsynced invocation queue, and only then are message-broker
-//! deliveries acknowledged. See `docs/events.md`.
+//! deliveries acknowledged. Every connection to a broker or database goes through the server's
+//! egress policy (checked at CREATE and at every connect, dialling the checked address). See
+//! `docs/events.md`.
 
 mod alarms;
 mod error;
@@ -24,6 +26,7 @@ pub mod webhook;
 
 use async_trait::async_trait;
 use nimbus_controller::{Controller, Identity, NativeActions, NativeOutcome};
+use nimbus_egress::EgressPolicy;
 use nimbus_model::{FullyQualifiedName, now_millis};
 use nimbus_store::{FeedRegistration, FeedStore};
 use serde_json::{Map, Value, json};
@@ -102,17 +105,42 @@ impl Provider {
         }
     }
 
+    /// The destinations a configuration connects to, checked against the egress policy now
+    /// so that a refused one fails the CREATE with the policy's message. A name that does not
+    /// resolve (yet) is accepted: the feed retries, and checks again at every connect.
+    async fn check_destinations(self, egress: &EgressPolicy, config: &Value) -> FeedResult<()> {
+        let Some(p) = config.as_object() else {
+            return Ok(());
+        };
+        let targets = match self {
+            Provider::Mqtt => vec![mqtt::destination(p)?],
+            Provider::Nats => vec![nats::destination(p)?],
+            Provider::Postgres => postgres::destinations(p)?,
+            _ => Vec::new(),
+        };
+        for (host, port) in targets {
+            match egress.resolve(&host, port).await {
+                Ok(_) => {}
+                Err(e) if e.is_refusal() => return Err(FeedError::Forbidden(e.to_string())),
+                Err(e) => {
+                    tracing::info!(host = %host, port, error = %e, detail = e.detail(), "feed destination does not resolve yet; accepted")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Side effects outside Nimbus when a registration is created (e.g. the database trigger).
-    async fn install(self, reg: &FeedRegistration) -> FeedResult<()> {
+    async fn install(self, egress: &EgressPolicy, reg: &FeedRegistration) -> FeedResult<()> {
         match self {
-            Provider::Postgres => postgres::install(reg).await,
+            Provider::Postgres => postgres::install(egress, reg).await,
             _ => Ok(()),
         }
     }
 
-    async fn uninstall(self, reg: &FeedRegistration) {
+    async fn uninstall(self, egress: &EgressPolicy, reg: &FeedRegistration) {
         if self == Provider::Postgres
-            && let Err(e) = postgres::uninstall(reg).await
+            && let Err(e) = postgres::uninstall(egress, reg).await
         {
             tracing::warn!(trigger = %reg.trigger, error = %e, "could not remove the database trigger");
         }
@@ -137,6 +165,8 @@ type Key = (String, String);
 
 pub(crate) struct Inner {
     pub(crate) controller: Arc<Controller>,
+    /// Where feeds may connect (brokers, databases); see `nimbus-egress`.
+    pub(crate) egress: EgressPolicy,
     pub(crate) store: Arc<dyn FeedStore>,
     pub(crate) dead: Arc<dyn DeadLetterSink>,
     running: Mutex<HashMap<Key, JoinHandle<()>>>,
@@ -208,10 +238,12 @@ impl Feeds {
         controller: Arc<Controller>,
         store: Arc<dyn FeedStore>,
         dead: Arc<dyn DeadLetterSink>,
+        egress: EgressPolicy,
     ) -> Feeds {
         Feeds {
             inner: Arc::new(Inner {
                 controller,
+                egress,
                 store,
                 dead,
                 running: Mutex::new(HashMap::new()),
@@ -334,6 +366,9 @@ impl Feeds {
                     (params, existing)
                 };
                 let config = provider.configure(merged, prev.as_ref().map(|p| &p.config))?;
+                provider
+                    .check_destinations(&self.inner.egress, &config)
+                    .await?;
                 let now = now_millis();
                 let reg = FeedRegistration {
                     namespace: ns.clone(),
@@ -349,10 +384,10 @@ impl Feeds {
                 if let Some(p) = &prev {
                     self.inner.stop(&key);
                     if let Some(old) = Provider::from_path(&p.provider) {
-                        old.uninstall(p).await;
+                        old.uninstall(&self.inner.egress, p).await;
                     }
                 }
-                provider.install(&reg).await?;
+                provider.install(&self.inner.egress, &reg).await?;
                 self.inner.store.put_feed(&reg).await?;
                 if !reg.paused {
                     self.inner.start(&reg);
@@ -367,7 +402,7 @@ impl Feeds {
             "DELETE" => {
                 let reg = existing.filter(mine).ok_or_else(not_registered)?;
                 self.inner.stop(&key);
-                provider.uninstall(&reg).await;
+                provider.uninstall(&self.inner.egress, &reg).await;
                 self.inner.store.delete_feed(&ns, &trigger).await?;
                 tracing::info!(trigger = %fqn, provider = provider.path(), "feed deleted");
                 Ok(json!({"deleted": true, "triggerName": fqn.to_string()}))

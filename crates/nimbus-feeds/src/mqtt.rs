@@ -9,7 +9,7 @@
 //! a message is acknowledged only after its fire was durably accepted (or it was durably
 //! dead-lettered), so a crash or a lost connection makes the broker deliver it again
 //! (at-least-once). The connection is re-established with exponential backoff; failures are
-//! logged, never fatal.
+//! logged, never fatal. Connections go through the egress policy (see [`Relay`]).
 
 use crate::error::{FeedResult, invalid};
 use crate::event::{CloudEvent, parse_body};
@@ -17,7 +17,8 @@ use crate::fire::{Backoff, Fired, Firer};
 use base64::Engine;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use nimbus_egress::EgressPolicy;
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS, Transport};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -179,6 +180,12 @@ pub(crate) fn configure(params: Map<String, Value>) -> FeedResult<Value> {
     Ok(Value::Object(params))
 }
 
+/// The broker the configuration connects to (host, port), for the egress check at CREATE.
+pub(crate) fn destination(p: &Map<String, Value>) -> FeedResult<(String, u16)> {
+    let cfg = parse(p)?;
+    Ok((cfg.host, cfg.port))
+}
+
 /// The event of one message, or why it is malformed.
 fn event(cfg: &Config, p: &Publish) -> Result<Map<String, Value>, String> {
     let payload = match cfg.format {
@@ -250,11 +257,38 @@ pub(crate) async fn run(firer: Firer) {
         }
         None => return,
     };
-    let mut opts = MqttOptions::new(
-        client_id(&cfg, &reg.namespace, &reg.trigger),
+    let feed = format!("{}/{}", reg.namespace, reg.trigger);
+    let tls = if cfg.tls {
+        match crate::tls::client_config(&cfg.tls_settings) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(trigger = %reg.trigger, error = %e, "MQTT TLS configuration is unusable; feed not started");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let egress = firer.inner().egress.clone();
+    let relay = match Relay::start(
+        egress.clone(),
         cfg.host.clone(),
         cfg.port,
+        tls,
+        feed.clone(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(feed = %feed, error = %e, "cannot set up the MQTT connection relay; feed not started");
+            return;
+        }
+    };
+    let mut opts = MqttOptions::new(
+        client_id(&cfg, &reg.namespace, &reg.trigger),
+        relay.path.to_string_lossy(),
+        0,
     );
+    opts.set_transport(Transport::Unix);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(cfg.qos == QoS::AtMostOnce);
     opts.set_manual_acks(true);
@@ -262,20 +296,12 @@ pub(crate) async fn run(firer: Firer) {
     if let Some(u) = &cfg.username {
         opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
     }
-    if cfg.tls {
-        match crate::tls::client_config(&cfg.tls_settings) {
-            Ok(c) => {
-                opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                    Arc::new(c),
-                )));
-            }
-            Err(e) => {
-                tracing::error!(trigger = %reg.trigger, error = %e, "MQTT TLS configuration is unusable; feed not started");
-                return;
-            }
-        }
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    // Covers the relay's connect and TLS handshake (each within the policy's timeout) and the
+    // broker's CONNACK.
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(2 * egress.connect_timeout().as_secs() + 5);
+    eventloop.set_network_options(network);
     let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
     let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
@@ -314,7 +340,6 @@ pub(crate) async fn run(firer: Firer) {
         })
     };
 
-    let feed = format!("{}/{}", reg.namespace, reg.trigger);
     let mut backoff = Backoff::default();
     let mut connected = false;
     // Aborting this task drops the guard, which stops the worker too; the worker ending (its
@@ -361,6 +386,109 @@ pub(crate) async fn run(firer: Firer) {
             }
         }
     }
+}
+
+/// The feed's connection to its broker. rumqttc 0.25 only dials by itself (it would resolve
+/// the name again and connect wherever it points), so its client connects to a private Unix
+/// socket (in a fresh 0700 directory) instead, and for each of those connections the relay
+/// connects to the broker through the egress policy (resolve, check every address, dial the
+/// checked one, within the policy's timeout), does TLS itself (SNI and verification for the
+/// configured host name) and copies bytes both ways. Dropping the relay closes the socket and
+/// every relayed connection.
+struct Relay {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _task: AbortOnDrop,
+}
+
+impl Relay {
+    fn start(
+        egress: EgressPolicy,
+        host: String,
+        port: u16,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        feed: String,
+    ) -> std::io::Result<Relay> {
+        let dir = tempfile::Builder::new().prefix("nimbus-mqtt-").tempdir()?;
+        let path = dir.path().join("broker.sock");
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        let task = tokio::spawn(async move {
+            // Relayed connections live in the set, so they end with the relay.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((local, _)) = accepted else { return };
+                        let (egress, host, tls, feed) =
+                            (egress.clone(), host.clone(), tls.clone(), feed.clone());
+                        conns.spawn(async move {
+                            if let Err(e) = relay_one(local, &egress, &host, port, tls).await {
+                                tracing::warn!(feed = %feed, error = %e, "MQTT broker connection failed");
+                            }
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Ok(Relay {
+            path,
+            _dir: dir,
+            _task: AbortOnDrop(task),
+        })
+    }
+}
+
+async fn relay_one(
+    local: tokio::net::UnixStream,
+    egress: &EgressPolicy,
+    host: &str,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(), String> {
+    let remote = egress
+        .connect_tcp(host, port)
+        .await
+        .map_err(|e| match e.detail() {
+            "" => e.to_string(),
+            d => format!("{e} ({d})"),
+        })?;
+    match tls {
+        None => splice(local, remote).await,
+        Some(config) => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+                .map_err(|e| format!("'{host}' is not a valid TLS server name: {e}"))?;
+            let handshake = rumqttc::tokio_rustls::TlsConnector::from(config).connect(name, remote);
+            let secure = tokio::time::timeout(egress.connect_timeout(), handshake)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no TLS handshake with {} within {} s",
+                        nimbus_egress::host_port(host, port),
+                        egress.connect_timeout().as_secs()
+                    )
+                })?
+                .map_err(|e| format!("TLS with {}: {e}", nimbus_egress::host_port(host, port)))?;
+            splice(local, secure).await
+        }
+    }
+}
+
+/// Copies both ways until either side ends, then drops both: when rumqttc gives up a
+/// connection (keep-alive timeout) a broker that stopped answering is not waited for.
+async fn splice<A, B>(a: A, b: B) -> Result<(), String>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let r = tokio::select! {
+        r = tokio::io::copy(&mut ar, &mut bw) => r,
+        r = tokio::io::copy(&mut br, &mut aw) => r,
+    };
+    r.map(|_| ()).map_err(|e| e.to_string())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -16,6 +16,7 @@ use crate::fire::{Backoff, Fired, Firer};
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use base64::Engine;
 use futures_util::StreamExt;
+use nimbus_egress::EgressPolicy;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -98,8 +99,20 @@ fn parse(p: &Map<String, Value>) -> FeedResult<Config> {
 }
 
 pub(crate) fn configure(params: Map<String, Value>) -> FeedResult<Value> {
-    parse(&params)?;
+    let cfg = parse(&params)?;
+    server_addr(&cfg.url)?;
     Ok(Value::Object(params))
+}
+
+fn server_addr(url: &str) -> FeedResult<async_nats::ServerAddr> {
+    url.parse::<async_nats::ServerAddr>()
+        .map_err(|e| invalid(format!("'url' is not a NATS server URL ({e}): '{url}'.")))
+}
+
+/// The server the configuration connects to (host, port), for the egress check at CREATE.
+pub(crate) fn destination(p: &Map<String, Value>) -> FeedResult<(String, u16)> {
+    let a = server_addr(&parse(p)?.url)?;
+    Ok((a.host().to_string(), a.port()))
 }
 
 fn payload(format: &str, bytes: &[u8]) -> Result<Value, String> {
@@ -159,21 +172,51 @@ async fn process(
     }
 }
 
-async fn connect(cfg: &Config, feed: String) -> Result<async_nats::Client, String> {
-    let mut opts = async_nats::ConnectOptions::new().event_callback(move |ev| {
-        let feed = feed.clone();
-        async move {
-            match ev {
-                async_nats::Event::Connected => {
-                    tracing::info!(feed = %feed, "NATS feed (re)connected")
+/// Reconnects async-nats makes on its own before the feed resolves the name again.
+const MAX_RECONNECTS: usize = 10;
+
+/// Connects through the egress policy: the server's name is resolved and checked here and
+/// async-nats gets the checked addresses only, so its own reconnects dial those (after
+/// [`MAX_RECONNECTS`] the subscription ends and the feed resolves again). Servers the NATS
+/// server advertises (cluster `connect_urls`) are ignored: they were never checked. Over TLS
+/// the certificate is verified for the configured host name.
+async fn connect(
+    egress: &EgressPolicy,
+    cfg: &Config,
+    feed: String,
+) -> Result<async_nats::Client, String> {
+    let server = server_addr(&cfg.url).map_err(|e| e.to_string())?;
+    let host = server.host().to_string();
+    let checked = egress
+        .resolve(&host, server.port())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut servers = Vec::new();
+    for a in &checked {
+        let mut u = server.clone().into_inner();
+        u.set_ip_host(a.ip())
+            .map_err(|()| format!("cannot address {a} as a NATS server"))?;
+        servers.push(async_nats::ServerAddr::from_url(u).map_err(|e| e.to_string())?);
+    }
+    let mut opts = async_nats::ConnectOptions::new()
+        .ignore_discovered_servers()
+        .retain_servers_order()
+        .connection_timeout(egress.connect_timeout())
+        .max_reconnects(MAX_RECONNECTS)
+        .event_callback(move |ev| {
+            let feed = feed.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        tracing::info!(feed = %feed, "NATS feed (re)connected")
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(feed = %feed, "NATS connection lost; reconnecting")
+                    }
+                    other => tracing::debug!(feed = %feed, event = %other, "NATS event"),
                 }
-                async_nats::Event::Disconnected => {
-                    tracing::warn!(feed = %feed, "NATS connection lost; reconnecting")
-                }
-                other => tracing::debug!(feed = %feed, event = %other, "NATS event"),
             }
-        }
-    });
+        });
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts = opts.user_and_password(u.clone(), p.clone());
     }
@@ -183,11 +226,17 @@ async fn connect(cfg: &Config, feed: String) -> Result<async_nats::Client, Strin
     if cfg.tls {
         opts = opts
             .require_tls(true)
-            .tls_client_config(crate::tls::client_config(&cfg.tls_settings)?);
+            .tls_client_config(crate::tls::client_config_for(
+                &cfg.tls_settings,
+                Some(&host),
+            )?);
     }
-    opts.connect(cfg.url.as_str())
-        .await
-        .map_err(|e| e.to_string())
+    opts.connect(servers).await.map_err(|e| {
+        format!(
+            "could not connect to {}: {e}",
+            nimbus_egress::host_port(&host, server.port())
+        )
+    })
 }
 
 pub(crate) async fn run(firer: Firer) {
@@ -203,7 +252,7 @@ pub(crate) async fn run(firer: Firer) {
     let feed = format!("{}/{}", reg.namespace, reg.trigger);
     let mut backoff = Backoff::default();
     loop {
-        let client = match connect(&cfg, feed.clone()).await {
+        let client = match connect(&firer.inner().egress, &cfg, feed.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 let d = backoff.next_delay();

@@ -19,9 +19,12 @@ use crate::error::{FeedError, FeedResult, invalid};
 use crate::event::CloudEvent;
 use crate::fire::{Backoff, Fired, Firer};
 use futures_util::StreamExt;
+use nimbus_egress::{EgressPolicy, host_port};
 use nimbus_store::FeedRegistration;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+use tokio::net::TcpStream;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 #[derive(Debug, Clone)]
@@ -152,18 +155,112 @@ fn qualified(cfg: &Config) -> String {
     }
 }
 
+type PgConnection = tokio_postgres::Connection<TcpStream, tokio_postgres::tls::NoTlsStream>;
+
+/// The TCP destinations of a connection string, in order (`host` entries with their `port`,
+/// default 5432). Unix-socket hosts are refused: they are this machine's own databases.
+fn targets(cfg: &tokio_postgres::Config) -> FeedResult<Vec<(String, u16, Option<IpAddr>)>> {
+    let hosts = cfg.get_hosts();
+    if hosts.is_empty() {
+        return Err(invalid(
+            "'url' must name the database server: host=ADDRESS (or postgres://ADDRESS/...).",
+        ));
+    }
+    let ports = cfg.get_ports();
+    let addrs = cfg.get_hostaddrs();
+    let mut out = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        match h {
+            tokio_postgres::config::Host::Tcp(name) => {
+                out.push((name.clone(), port, addrs.get(i).copied()))
+            }
+            tokio_postgres::config::Host::Unix(_) => {
+                return Err(FeedError::Forbidden(
+                    "Unix-socket PostgreSQL hosts are not reachable from feeds: give host=ADDRESS."
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the egress policy checks at CREATE: every host (or its `hostaddr`) with its port.
+pub(crate) fn destinations(p: &Map<String, Value>) -> FeedResult<Vec<(String, u16)>> {
+    let cfg = parse(p)?;
+    let pg = cfg.url.parse::<tokio_postgres::Config>().map_err(|e| {
+        invalid(format!(
+            "'url' is not a valid PostgreSQL connection string: {e}"
+        ))
+    })?;
+    Ok(targets(&pg)?
+        .into_iter()
+        .map(|(host, port, addr)| (addr.map_or(host, |a| a.to_string()), port))
+        .collect())
+}
+
+/// Connects through the egress policy: each host in turn is resolved and checked and the
+/// checked address dialled (an explicit `hostaddr` is checked as is), then the PostgreSQL
+/// handshake runs on that connection within the policy's connect timeout, so a port that
+/// accepts and never answers fails in seconds.
 async fn connect(
+    egress: &EgressPolicy,
     url: &str,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    ),
-    String,
-> {
-    tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<(tokio_postgres::Client, PgConnection), ConnectFailure> {
+    let cfg = url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
+    let mut errors = Vec::new();
+    let targets = targets(&cfg).map_err(|e| match e {
+        FeedError::Forbidden(m) => ConnectFailure::Refused(m),
+        other => ConnectFailure::Failed(other.to_string()),
+    })?;
+    for (host, port, addr) in targets {
+        let stream = match addr {
+            Some(ip) => {
+                egress
+                    .connect_checked(&ip.to_string(), port, &[SocketAddr::new(ip, port)])
+                    .await
+            }
+            None => egress.connect_tcp(&host, port).await,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            // A refused host refuses the whole connection string (no trying the next one).
+            Err(e) if e.is_refusal() => return Err(ConnectFailure::Refused(e.to_string())),
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let limit = egress.connect_timeout();
+        match tokio::time::timeout(limit, cfg.connect_raw(stream, NoTls)).await {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(e)) => errors.push(format!("{}: {e}", host_port(&host, port))),
+            Err(_) => errors.push(format!(
+                "could not connect to {}: no PostgreSQL handshake within {} s",
+                host_port(&host, port),
+                limit.as_secs()
+            )),
+        }
+    }
+    Err(ConnectFailure::Failed(errors.join("; ")))
+}
+
+/// Why [`connect`] failed: the egress policy refused a host, or none could be reached.
+#[derive(Debug)]
+enum ConnectFailure {
+    Refused(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Refused(m) | ConnectFailure::Failed(m) => f.write_str(m),
+        }
+    }
 }
 
 async fn install_with(
@@ -209,36 +306,51 @@ fn changes_table(cfg: &Config, name: &str) -> String {
 /// Changes read per round trip.
 const CHANGE_BATCH: i64 = 256;
 
-pub(crate) async fn install(reg: &FeedRegistration) -> FeedResult<()> {
+/// How long installing the trigger may take at CREATE (it may wait for a lock on the table).
+const INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub(crate) async fn install(egress: &EgressPolicy, reg: &FeedRegistration) -> FeedResult<()> {
     let cfg = reg
         .config
         .as_object()
         .map(parse)
         .transpose()?
         .ok_or_else(|| invalid("no configuration"))?;
-    let (client, conn) = connect(&cfg.url).await.map_err(|e| {
-        FeedError::Unavailable(format!(
-            "cannot connect to PostgreSQL ({}): {e}",
+    let (client, conn) = connect(egress, &cfg.url).await.map_err(|e| match e {
+        ConnectFailure::Refused(m) => FeedError::Forbidden(m),
+        ConnectFailure::Failed(m) => FeedError::Unavailable(format!(
+            "cannot connect to PostgreSQL ({}): {m}",
             redact(&cfg.url)
-        ))
+        )),
     })?;
     let driver = tokio::spawn(conn);
-    let r = install_with(&client, &cfg, &object_name(reg)).await;
+    let r = tokio::time::timeout(
+        INSTALL_TIMEOUT,
+        install_with(&client, &cfg, &object_name(reg)),
+    )
+    .await;
     drop(client);
-    let _ = driver.await;
-    r.map_err(|e| {
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        invalid(format!(
-            "cannot install the change trigger on {}: {detail}",
-            qualified(&cfg)
-        ))
-    })
+    close(driver, egress).await;
+    match r {
+        Ok(r) => r.map_err(|e| {
+            let detail = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            invalid(format!(
+                "cannot install the change trigger on {}: {detail}",
+                qualified(&cfg)
+            ))
+        }),
+        Err(_) => Err(FeedError::Unavailable(format!(
+            "installing the change trigger on {} did not finish within {} s (is the table locked?)",
+            qualified(&cfg),
+            INSTALL_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
-pub(crate) async fn uninstall(reg: &FeedRegistration) -> Result<(), String> {
+pub(crate) async fn uninstall(egress: &EgressPolicy, reg: &FeedRegistration) -> Result<(), String> {
     let cfg = reg
         .config
         .as_object()
@@ -246,21 +358,38 @@ pub(crate) async fn uninstall(reg: &FeedRegistration) -> Result<(), String> {
         .transpose()
         .map_err(|e| e.to_string())?
         .ok_or("no configuration")?;
-    let (client, conn) = connect(&cfg.url).await?;
+    let (client, conn) = connect(egress, &cfg.url).await.map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
     let name = object_name(reg);
-    let r = client
-        .batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS {name} ON {}; DROP FUNCTION IF EXISTS {name}();
+    let sql = format!(
+        "DROP TRIGGER IF EXISTS {name} ON {}; DROP FUNCTION IF EXISTS {name}();
              DROP TABLE IF EXISTS {};",
-            qualified(&cfg),
-            changes_table(&cfg, &name)
-        ))
-        .await
-        .map_err(|e| e.to_string());
+        qualified(&cfg),
+        changes_table(&cfg, &name)
+    );
+    let r = match tokio::time::timeout(INSTALL_TIMEOUT, client.batch_execute(&sql)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "did not finish within {} s",
+            INSTALL_TIMEOUT.as_secs()
+        )),
+    };
     drop(client);
-    let _ = driver.await;
+    close(driver, egress).await;
     r
+}
+
+/// Lets a connection whose client was dropped say goodbye, for a bounded time.
+async fn close(
+    mut driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    egress: &EgressPolicy,
+) {
+    if tokio::time::timeout(egress.connect_timeout(), &mut driver)
+        .await
+        .is_err()
+    {
+        driver.abort();
+    }
 }
 
 fn source(cfg: &Config) -> String {
@@ -297,7 +426,7 @@ pub(crate) async fn run(firer: Firer) {
     let src = source(&cfg);
     let mut backoff = Backoff::default();
     loop {
-        let (client, mut conn) = match connect(&cfg.url).await {
+        let (client, mut conn) = match connect(&firer.inner().egress, &cfg.url).await {
             Ok(c) => c,
             Err(e) => {
                 let d = backoff.next_delay();

@@ -4,7 +4,10 @@
 //! (mutual TLS, as AWS IoT Core and most managed IoT brokers do).
 
 use crate::error::{FeedResult, invalid};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -97,6 +100,16 @@ pub(crate) fn pem_certificates(pem: &str) -> FeedResult<Vec<CertificateDer<'stat
 /// A client configuration trusting `caCert` when given, else the system's roots, and
 /// presenting the client certificate when given.
 pub(crate) fn client_config(s: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    client_config_for(s, None)
+}
+
+/// As [`client_config`]; with `bound_name`, the server certificate is verified for that name
+/// whatever address the connection was made to (the feed dials the address the egress policy
+/// checked, so the TLS library only knows the IP).
+pub(crate) fn client_config_for(
+    s: &TlsSettings,
+    bound_name: Option<&str>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     match s.ca_cert.as_deref() {
         Some(pem) => {
@@ -113,12 +126,23 @@ pub(crate) fn client_config(s: &TlsSettings) -> Result<rustls::ClientConfig, Str
             }
         }
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match bound_name {
+        None => builder.with_root_certificates(roots),
+        Some(name) => {
+            let name = ServerName::try_from(name.to_string())
+                .map_err(|e| format!("'{name}' is not a valid TLS server name: {e}"))?;
+            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("no usable CA certificate: {e}"))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(BoundName { inner, name }))
+        }
+    };
     match (&s.client_cert, &s.client_key) {
         (Some(c), Some(k)) => {
             let (chain, key) = client_identity(c, k).map_err(|e| e.to_string())?;
@@ -127,5 +151,49 @@ pub(crate) fn client_config(s: &TlsSettings) -> Result<rustls::ClientConfig, Str
                 .map_err(|e| format!("the client certificate cannot be used: {e}"))
         }
         _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Standard WebPKI verification, for a fixed server name instead of the one the connection
+/// was opened with.
+#[derive(Debug)]
+struct BoundName {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for BoundName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }

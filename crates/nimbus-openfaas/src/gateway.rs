@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     pub default_namespace: String,
     /// `--dev`: fixed, documented credentials instead of generated ones.
     pub dev: bool,
+    /// Where callbacks (`X-Callback-Url`) may be sent.
+    pub egress: nimbus_egress::EgressPolicy,
     /// How `POST /build` runs pip and npm (sandboxed unless the server runs `--no-sandbox`).
     pub builder: crate::bundle::Builder,
 }
@@ -96,9 +98,11 @@ pub struct Gateway {
     pub(crate) secrets: SecretStore,
     pub(crate) admin: (String, String),
     pub(crate) payload_secret: Vec<u8>,
-    http: reqwest::Client,
     callbacks: tokio::sync::Notify,
 }
+
+/// How long a callback POST may take.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn write_secret_file(path: &Path, value: &str) -> Result<()> {
     use std::io::Write;
@@ -176,10 +180,6 @@ impl Gateway {
         };
         let payload_secret = load_or_create(&cfg.dir, "payload-secret", || random_token(48))?;
         let secrets = SecretStore::new(cfg.dir.join("secrets"), cfg.mounts.clone())?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| GatewayError::io("http client", e))?;
         Ok(Arc::new(Gateway {
             controller,
             cfg,
@@ -187,7 +187,6 @@ impl Gateway {
             secrets,
             admin,
             payload_secret: payload_secret.into_bytes(),
-            http,
             callbacks: tokio::sync::Notify::new(),
         }))
     }
@@ -649,13 +648,7 @@ impl Gateway {
         caller: &Caller,
     ) -> Result<String> {
         if let Some(url) = &callback {
-            let ok = reqwest::Url::parse(url)
-                .is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https");
-            if !ok {
-                return Err(GatewayError::BadRequest(format!(
-                    "X-Callback-Url '{url}' is not an http(s) URL"
-                )));
-            }
+            self.check_callback(url)?;
         }
         let (name, ns) = self.split_name(full_name);
         let ns = self.nimbus_ns(ns);
@@ -752,8 +745,39 @@ impl Gateway {
         }
     }
 
+    /// A callback URL must be http(s), and a literal address in it must pass the egress
+    /// policy now (a host name is checked when the callback is sent, once resolved).
+    fn check_callback(&self, url: &str) -> Result<()> {
+        let bad =
+            || GatewayError::BadRequest(format!("X-Callback-Url '{url}' is not an http(s) URL"));
+        let u = reqwest::Url::parse(url).map_err(|_| bad())?;
+        if u.scheme() != "http" && u.scheme() != "https" {
+            return Err(bad());
+        }
+        let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+            return Err(bad());
+        };
+        if let Some(Err(e)) = self.cfg.egress.check_literal(host, port) {
+            return Err(GatewayError::BadRequest(format!("X-Callback-Url: {e}")));
+        }
+        Ok(())
+    }
+
     async fn deliver(&self, p: &PendingCallback, r: FunctionResponse) {
-        let mut req = self.http.post(&p.url);
+        // Checked again (a name resolved now, every address) and sent only to the checked
+        // addresses, without redirects: a refusal is logged and counted, never sent.
+        let client = match reqwest::Url::parse(&p.url) {
+            Ok(url) => self.cfg.egress.http_client(&url, CALLBACK_TIMEOUT).await,
+            Err(_) => Err(nimbus_egress::EgressError::InvalidHost(p.url.clone())),
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(call_id = %p.call_id, error = %e, detail = e.detail(), "callback not sent");
+                return;
+            }
+        };
+        let mut req = client.post(&p.url);
         for (k, v) in &r.headers {
             req = req.header(k, v);
         }

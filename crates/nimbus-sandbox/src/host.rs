@@ -1,6 +1,7 @@
 //! The host operations the sandbox needs, behind [`HostOps`] so the setup logic can be tested
-//! without root: what exists on the machine, whether a tool works, cgroup detection, and
-//! spawning helper processes (slirp4netns).
+//! without root: what exists on the machine, whether a tool works, cgroup detection,
+//! spawning helper processes (slirp4netns) and running a tool inside a sandbox's network
+//! namespace (nft).
 
 use crate::cgroup::{self, CgroupManager};
 use std::ffi::OsString;
@@ -42,6 +43,19 @@ pub trait HostOps: Send + Sync + fmt::Debug {
         args: &[OsString],
         inherit: &[RawFd],
     ) -> io::Result<Child>;
+    /// Runs `program args` to completion inside the network namespace of process `pid`, with
+    /// `input` on its stdin (`nft -f -` loading a sandbox's egress rules); `Err` carries
+    /// stderr or the reason.
+    fn run_in_netns(
+        &self,
+        pid: u32,
+        program: &Path,
+        args: &[OsString],
+        input: &[u8],
+    ) -> Result<(), String> {
+        let _ = (pid, program, args, input);
+        Err("entering a sandbox's network namespace is not supported by this host".into())
+    }
     /// Effective gid of the server.
     fn egid(&self) -> u32 {
         nix::unistd::getegid().as_raw()
@@ -160,6 +174,60 @@ impl HostOps for RealHost {
             cmd.pre_exec(hook);
         }
         cmd.spawn()
+    }
+
+    fn run_in_netns(
+        &self,
+        pid: u32,
+        program: &Path,
+        args: &[OsString],
+        input: &[u8],
+    ) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        // Opened here, joined in the child: the process keeps its own namespaces.
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| format!("cannot open the network namespace of {pid}: {e}"))?;
+        let fd = ns.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let hook = move || -> io::Result<()> {
+            // SAFETY: setns on a descriptor number; no memory is touched.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls setns (async-signal-safe) and does not allocate.
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        // A write error (the program exited early) is reported after its own stderr.
+        let written = child.stdin.take().map(|mut stdin| stdin.write_all(input));
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for {}: {e}", program.display()))?;
+        drop(ns);
+        if out.status.success() {
+            match written {
+                Some(Err(e)) => Err(format!("writing to {}: {e}", program.display())),
+                _ => Ok(()),
+            }
+        } else {
+            Err(format!(
+                "{} failed ({}): {}",
+                program.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
     }
 
     fn chown_tree(&self, dir: &Path, uid: u32, gid: u32) -> io::Result<()> {

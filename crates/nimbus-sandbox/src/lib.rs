@@ -4,7 +4,8 @@
 //!   new mount, PID, IPC, UTS, network (and cgroup) namespaces, a read-only root filesystem
 //!   assembled from binds, a private `/tmp`, an unprivileged uid with no capabilities,
 //!   `no_new_privs`, a seccomp filter ([`seccomp`], policy in `policy/seccomp.json`), rlimits,
-//!   and optionally outbound network through slirp4netns. It is built on bubblewrap (`bwrap`);
+//!   and optionally outbound network through slirp4netns, filtered by the server's egress
+//!   policy with nftables rules inside the sandbox's network namespace ([`egress_ruleset`]). It is built on bubblewrap (`bwrap`);
 //!   every privileged operation goes through [`HostOps`], so the setup logic is unit-tested
 //!   with a test double. See `docs/sandbox.md`.
 //! - [`cgroup`]: one cgroup per instance (memory, pids, CPU share, freezer), v1 or v2.
@@ -23,5 +24,5 @@ pub use host::{Entry, HostOps, RealHost};
 pub use job::{Job, JobEnd, JobOutput, run_job};
 pub use sandbox::{
     CODE_DIR, ChildSetup, LAUNCHER_DIR, Layers, NetHandle, Network, PathMap, PendingNetwork,
-    Sandbox, SandboxError, SandboxSpec, Wrapped,
+    Sandbox, SandboxError, SandboxSpec, Wrapped, egress_ruleset, host_loopback_ports,
 };

@@ -14,6 +14,7 @@
 use crate::cgroup::{CgroupHandle, CgroupLimits, CgroupManager};
 use crate::host::{Entry, HostOps};
 use crate::seccomp::{self, CompiledPolicy};
+use nimbus_egress::{EgressConfig, EgressPolicy};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -222,6 +223,10 @@ pub struct Sandbox {
     uid_mode: UidMode,
     policy: Option<Arc<CompiledPolicy>>,
     slirp: Option<PathBuf>,
+    /// `nft`, which loads the egress rules into each outbound sandbox's namespace.
+    nft: Option<PathBuf>,
+    /// What outbound sandboxes may reach (see [`egress_ruleset`]).
+    egress: EgressPolicy,
     cgroups: Option<Arc<dyn CgroupManager>>,
     /// System directories as they exist on this host.
     system: Vec<(PathBuf, Entry)>,
@@ -265,6 +270,11 @@ impl Sandbox {
             uid_mode: UidMode::None,
             policy,
             slirp: None,
+            nft: None,
+            egress: EgressPolicy::new(EgressConfig {
+                own_addresses: nimbus_egress::host_addresses(),
+                ..EgressConfig::default()
+            }),
             cgroups: None,
             system,
             etc,
@@ -319,17 +329,24 @@ impl Sandbox {
                         .to_string(),
                 ),
             }
-            match (ops.which("slirp4netns"), root) {
-                (Some(s), true) => {
+            match (ops.which("slirp4netns"), ops.which("nft"), root) {
+                (Some(s), Some(nft), true) => {
                     sb.layers.outbound = true;
                     sb.slirp = Some(s);
+                    sb.nft = Some(nft);
                 }
-                (Some(_), false) => warnings.push(
+                (Some(_), None, true) => warnings.push(
+                    "nftables (nft) is not installed: functions asking for network 'outbound' \
+                     get no network, because the egress policy cannot be enforced in their \
+                     network namespace (install the 'nftables' package)"
+                        .to_string(),
+                ),
+                (Some(_), _, false) => warnings.push(
                     "network 'outbound' is NOT available: slirp4netns is only wired up for a \
                      root server; such functions get no network"
                         .to_string(),
                 ),
-                (None, _) => warnings.push(
+                (None, _, _) => warnings.push(
                     "slirp4netns is not installed: functions asking for network 'outbound' \
                      get no network (install the 'slirp4netns' package)"
                         .to_string(),
@@ -376,6 +393,12 @@ impl Sandbox {
         }
         sb.warnings = warnings;
         sb
+    }
+
+    /// The egress policy outbound sandboxes get (by default: the deny table and this host's
+    /// addresses, nothing opened).
+    pub fn set_egress(&mut self, egress: EgressPolicy) {
+        self.egress = egress;
     }
 
     /// The layers in force.
@@ -721,24 +744,41 @@ impl Sandbox {
     }
 
     /// `Network::Outbound`: after spawning the [`Wrapped`] command, connects the sandbox's
-    /// network namespace to the outside with slirp4netns (`--disable-host-loopback`), then lets
-    /// the sandboxed program start (it waits on bwrap's `--block-fd` until then). Keep the
-    /// returned handle as long as the instance lives; dropping it stops slirp4netns.
+    /// network namespace to the outside with slirp4netns (host loopback disabled unless the
+    /// egress policy opens a loopback port), loads the egress rules into that namespace with
+    /// `nft`, then lets the sandboxed program start (it waits on bwrap's `--block-fd` until
+    /// then). Keep the returned handle as long as the instance lives; dropping it stops
+    /// slirp4netns. Any failure leaves the program blocked, to be killed by the caller.
     pub async fn attach_network(&self, pending: PendingNetwork) -> Result<NetHandle, SandboxError> {
-        let slirp = self
-            .slirp
-            .clone()
-            .ok_or_else(|| SandboxError::Network("slirp4netns is not available".into()))?;
+        let (Some(slirp), Some(nft)) = (self.slirp.clone(), self.nft.clone()) else {
+            return Err(SandboxError::Network(
+                "slirp4netns and nft are needed for outbound network".into(),
+            ));
+        };
         let ops = self.ops.clone();
-        tokio::task::spawn_blocking(move || attach_blocking(&*ops, &slirp, pending))
+        let net = NetSetup {
+            slirp,
+            nft,
+            rules: egress_ruleset(&self.egress),
+            host_loopback: !host_loopback_ports(&self.egress).is_empty(),
+        };
+        tokio::task::spawn_blocking(move || attach_blocking(&*ops, &net, pending))
             .await
             .map_err(|e| SandboxError::Network(format!("attach task failed: {e}")))?
     }
 }
 
+/// What [`attach_blocking`] needs.
+struct NetSetup {
+    slirp: PathBuf,
+    nft: PathBuf,
+    rules: String,
+    host_loopback: bool,
+}
+
 fn attach_blocking(
     ops: &dyn HostOps,
-    slirp: &Path,
+    net: &NetSetup,
     pending: PendingNetwork,
 ) -> Result<NetHandle, SandboxError> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -751,9 +791,18 @@ fn attach_blocking(
     })?;
     let (ready_r, ready_w) = pipe()?;
     let (exit_r, exit_w) = pipe()?;
-    let args = slirp_args(pid, ready_w.as_raw_fd(), exit_r.as_raw_fd());
+    let args = slirp_args(
+        pid,
+        ready_w.as_raw_fd(),
+        exit_r.as_raw_fd(),
+        net.host_loopback,
+    );
     let child = ops
-        .spawn_helper(slirp, &args, &[ready_w.as_raw_fd(), exit_r.as_raw_fd()])
+        .spawn_helper(
+            &net.slirp,
+            &args,
+            &[ready_w.as_raw_fd(), exit_r.as_raw_fd()],
+        )
         .map_err(|e| SandboxError::Network(format!("cannot start slirp4netns: {e}")))?;
     drop(ready_w);
     drop(exit_r);
@@ -768,6 +817,10 @@ fn attach_blocking(
             "slirp4netns did not become ready ({status:?})"
         )));
     }
+    // slirp4netns configured tap0 and its routes; the rules go in before the program runs.
+    let nft_args = [OsString::from("-f"), OsString::from("-")];
+    ops.run_in_netns(pid, &net.nft, &nft_args, net.rules.as_bytes())
+        .map_err(|e| SandboxError::Network(format!("cannot load the egress rules: {e}")))?;
     let mut block = File::from(pending.block);
     block
         .write_all(b"1")
@@ -777,23 +830,147 @@ fn attach_blocking(
 
 /// The slirp4netns command line for the network namespace of `pid`: configures `tap0` with
 /// slirp's addresses (10.0.2.100/24, gateway 10.0.2.2, DNS 10.0.2.3), refuses connections to
-/// the host's loopback through 10.0.2.2, sandboxes and seccomp-filters slirp4netns itself,
+/// the host's loopback through 10.0.2.2 unless `host_loopback` (the egress rules then open
+/// exactly the allowed ports of 10.0.2.2), sandboxes and seccomp-filters slirp4netns itself,
 /// signals readiness on `ready_fd` and exits when `exit_fd` is closed.
-pub fn slirp_args(pid: u32, ready_fd: RawFd, exit_fd: RawFd) -> Vec<OsString> {
-    [
-        "--configure".to_string(),
-        "--mtu=65520".to_string(),
-        "--disable-host-loopback".to_string(),
+pub fn slirp_args(pid: u32, ready_fd: RawFd, exit_fd: RawFd, host_loopback: bool) -> Vec<OsString> {
+    let mut args = vec!["--configure".to_string(), "--mtu=65520".to_string()];
+    if !host_loopback {
+        args.push("--disable-host-loopback".to_string());
+    }
+    args.extend([
         "--enable-sandbox".to_string(),
         "--enable-seccomp".to_string(),
         format!("--ready-fd={ready_fd}"),
         format!("--exit-fd={exit_fd}"),
         pid.to_string(),
         "tap0".to_string(),
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect()
+    ]);
+    args.into_iter().map(OsString::from).collect()
+}
+
+/// slirp4netns's network inside the sandbox; its gateway 10.0.2.2 is the host's loopback.
+const SLIRP_NET: &str = "10.0.2.0/24";
+const SLIRP_GATEWAY: &str = "10.0.2.2";
+
+/// The ports of the host's loopback (127.0.0.1, reached at 10.0.2.2 from inside) the policy
+/// opens; `None` in the list means every port. Empty: host loopback stays disabled.
+pub fn host_loopback_ports(egress: &EgressPolicy) -> Vec<Option<u16>> {
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    // As in the policy: an own address is opened only by an entry naming that address.
+    let own = egress.own_addresses().contains(&lo);
+    egress
+        .allow_entries()
+        .iter()
+        .filter(|e| e.net.contains(&lo) && (!own || e.is_single_address()))
+        .map(|e| e.port)
+        .collect()
+}
+
+fn port_match(port: Option<u16>) -> String {
+    port.map(|p| format!(" meta l4proto {{ tcp, udp }} th dport {p}"))
+        .unwrap_or_default()
+}
+
+/// The nftables ruleset loaded into an outbound sandbox's network namespace: the egress
+/// policy as packet filters, in the policy's own order. Allowed: the sandbox's loopback, DNS
+/// to slirp's forwarder, the opened host-loopback ports at 10.0.2.2; refused: the rest of
+/// slirp's network, the host's own addresses (unless an entry names one), then, after the
+/// operator's allow entries, the deny table. Refusals answer at once (TCP reset, ICMP
+/// administratively prohibited), so the function sees "connection refused", not a timeout.
+pub fn egress_ruleset(egress: &EgressPolicy) -> String {
+    let is_loopback = |ip: &std::net::IpAddr| ip.is_loopback();
+    let mut deny4 = Vec::new();
+    let mut deny6 = Vec::new();
+    for (net, _) in nimbus_egress::deny_table() {
+        if net.addr().is_ipv4() {
+            deny4.push(net.to_string());
+        } else {
+            deny6.push(net.to_string());
+        }
+    }
+    let own: Vec<std::net::IpAddr> = egress
+        .own_addresses()
+        .iter()
+        .filter(|ip| !is_loopback(ip))
+        .copied()
+        .collect();
+    let own4: Vec<String> = own
+        .iter()
+        .filter(|i| i.is_ipv4())
+        .map(|i| i.to_string())
+        .collect();
+    let own6: Vec<String> = own
+        .iter()
+        .filter(|i| i.is_ipv6())
+        .map(|i| i.to_string())
+        .collect();
+    let set = |name: &str, ty: &str, elems: &[String]| {
+        format!(
+            "  set {name} {{\n    type {ty}\n    flags interval\n    auto-merge\n    elements = {{ {} }}\n  }}\n",
+            elems.join(", ")
+        )
+    };
+    let mut out = String::from("table inet nimbus_egress {\n");
+    out.push_str(&set("deny4", "ipv4_addr", &deny4));
+    out.push_str(&set("deny6", "ipv6_addr", &deny6));
+    if !own4.is_empty() {
+        out.push_str(&set("own4", "ipv4_addr", &own4));
+    }
+    if !own6.is_empty() {
+        out.push_str(&set("own6", "ipv6_addr", &own6));
+    }
+    out.push_str(
+        "  chain refuse {\n    meta l4proto tcp reject with tcp reset\n    reject with icmpx type admin-prohibited\n  }\n",
+    );
+    out.push_str("  chain output {\n    type filter hook output priority filter; policy accept;\n");
+    let mut rule = |r: String| {
+        out.push_str("    ");
+        out.push_str(&r);
+        out.push('\n');
+    };
+    rule("oif \"lo\" accept".into());
+    rule(format!(
+        "ip daddr {SLIRP_DNS}{} accept",
+        port_match(Some(53))
+    ));
+    for port in host_loopback_ports(egress) {
+        rule(format!(
+            "ip daddr {SLIRP_GATEWAY}{} accept",
+            port_match(port)
+        ));
+    }
+    rule(format!("ip daddr {SLIRP_NET} jump refuse"));
+    for e in egress.allow_entries() {
+        let ip = e.net.addr();
+        if e.is_single_address() && own.contains(&ip) {
+            let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
+            rule(format!("{fam} daddr {ip}{} accept", port_match(e.port)));
+        }
+    }
+    if !own4.is_empty() {
+        rule("ip daddr @own4 jump refuse".into());
+    }
+    if !own6.is_empty() {
+        rule("ip6 daddr @own6 jump refuse".into());
+    }
+    for e in egress.allow_entries() {
+        // Loopback entries were mapped to slirp's gateway above; inside, loopback is the
+        // sandbox's own.
+        if e.net.addr().is_loopback() {
+            continue;
+        }
+        let fam = if e.net.addr().is_ipv4() { "ip" } else { "ip6" };
+        rule(format!(
+            "{fam} daddr {}{} accept",
+            e.net,
+            port_match(e.port)
+        ));
+    }
+    rule("ip daddr @deny4 jump refuse".into());
+    rule("ip6 daddr @deny6 jump refuse".into());
+    out.push_str("  }\n}\n");
+    out
 }
 
 /// `{"child-pid": 123, ...}` from bwrap's `--info-fd`.
@@ -1206,7 +1383,7 @@ mod tests {
             let tmp = std::env::temp_dir().join("nimbus-sandbox-fake-cg");
             Fake {
                 euid: 0,
-                programs: vec!["bwrap", "setpriv", "slirp4netns"],
+                programs: vec!["bwrap", "setpriv", "slirp4netns", "nft"],
                 entries,
                 probe_ok: true,
                 cgroups: Some(Arc::new(
@@ -1258,6 +1435,19 @@ mod tests {
                 .unwrap()
                 .push(format!("spawn {}", program.display()));
             Err(io::Error::other("not in tests"))
+        }
+        fn run_in_netns(
+            &self,
+            pid: u32,
+            program: &Path,
+            _: &[OsString],
+            _: &[u8],
+        ) -> Result<(), String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("netns {pid} {}", program.display()));
+            Err("not in tests".into())
         }
         fn egid(&self) -> u32 {
             self.euid
@@ -1454,12 +1644,113 @@ mod tests {
         // passwd, group, resolv.conf, 2 seccomp, info, block.
         assert_eq!(w.setup.inherited_fds().len(), 7);
 
-        let args = slirp_args(4242, 11, 12);
+        let args = slirp_args(4242, 11, 12, false);
         let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         assert!(args.contains(&"--disable-host-loopback".into()));
         assert!(args.contains(&"--ready-fd=11".into()));
         assert!(args.contains(&"--exit-fd=12".into()));
         assert_eq!(args[args.len() - 2..], ["4242", "tap0"]);
+        let args = slirp_args(4242, 11, 12, true);
+        assert!(!args.iter().any(|a| a == "--disable-host-loopback"));
+    }
+
+    #[test]
+    fn outbound_without_nft_is_no_network_and_says_so() {
+        let mut fake = Fake::root();
+        fake.programs.retain(|p| *p != "nft");
+        let sb = Sandbox::detect(Arc::new(fake));
+        assert!(!sb.layers().outbound);
+        assert!(sb.warnings().iter().any(|w| w.contains("nftables")));
+        let mut s = spec();
+        s.network = Network::Outbound;
+        let w = wrap(&sb, &s);
+        assert!(w.network.is_none());
+        assert!(!strings(&w).iter().any(|x| x == "/etc/resolv.conf"));
+    }
+
+    fn policy(allow: &[&str], own: &[&str]) -> EgressPolicy {
+        EgressPolicy::new(EgressConfig {
+            allow: allow
+                .iter()
+                .map(|s| nimbus_egress::AllowEntry::parse(s).unwrap())
+                .collect(),
+            own_addresses: own.iter().map(|s| s.parse().unwrap()).collect(),
+            ..EgressConfig::default()
+        })
+    }
+
+    fn rule_lines(rules: &str) -> Vec<String> {
+        rules
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("daddr") || l.starts_with("oif"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn egress_rules_follow_the_policy_order() {
+        let p = policy(
+            &[
+                "127.0.0.1:1883",
+                "10.0.0.0/8:5432",
+                "192.0.2.2:8080",
+                "[fd00::5]:80",
+            ],
+            &["127.0.0.1", "::1", "192.0.2.2", "fd00::2"],
+        );
+        let rules = egress_ruleset(&p);
+        assert_eq!(host_loopback_ports(&p), vec![Some(1883)]);
+        let tcp_udp = "meta l4proto { tcp, udp } th dport";
+        assert_eq!(
+            rule_lines(&rules),
+            vec![
+                "oif \"lo\" accept".to_string(),
+                format!("ip daddr 10.0.2.3 {tcp_udp} 53 accept"),
+                format!("ip daddr 10.0.2.2 {tcp_udp} 1883 accept"),
+                "ip daddr 10.0.2.0/24 jump refuse".to_string(),
+                format!("ip daddr 192.0.2.2 {tcp_udp} 8080 accept"),
+                "ip daddr @own4 jump refuse".to_string(),
+                "ip6 daddr @own6 jump refuse".to_string(),
+                format!("ip daddr 10.0.0.0/8 {tcp_udp} 5432 accept"),
+                format!("ip daddr 192.0.2.2/32 {tcp_udp} 8080 accept"),
+                format!("ip6 daddr fd00::5/128 {tcp_udp} 80 accept"),
+                "ip daddr @deny4 jump refuse".to_string(),
+                "ip6 daddr @deny6 jump refuse".to_string(),
+            ]
+        );
+        // Loopback addresses of the host are not in the own-address sets (inside, loopback
+        // is the sandbox's own); the deny sets hold the whole table.
+        assert!(rules.contains("elements = { 192.0.2.2 }"), "{rules}");
+        assert!(rules.contains("elements = { fd00::2 }"), "{rules}");
+        for net in [
+            "169.254.0.0/16",
+            "10.0.0.0/8",
+            "127.0.0.0/8",
+            "100.64.0.0/10",
+        ] {
+            assert!(rules.contains(net), "{net}: {rules}");
+        }
+        for net in ["fe80::/10", "64:ff9b::/96", "2002::/16", "fc00::/7"] {
+            assert!(rules.contains(net), "{net}: {rules}");
+        }
+        assert!(rules.contains("reject with tcp reset"));
+        assert!(rules.contains("reject with icmpx type admin-prohibited"));
+    }
+
+    #[test]
+    fn host_loopback_is_opened_only_by_entries_naming_it() {
+        let own = ["127.0.0.1"];
+        assert!(host_loopback_ports(&policy(&[], &own)).is_empty());
+        assert!(host_loopback_ports(&policy(&["127.0.0.0/8"], &own)).is_empty());
+        assert!(host_loopback_ports(&policy(&["10.0.0.0/8"], &own)).is_empty());
+        assert_eq!(
+            host_loopback_ports(&policy(&["127.0.0.1"], &own)),
+            vec![None]
+        );
+        let rules = egress_ruleset(&policy(&[], &own));
+        assert!(!rules.contains("10.0.2.2"), "{rules}");
+        assert!(!rules.contains("own4"), "{rules}");
     }
 
     #[test]
@@ -1643,6 +1934,19 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("slirp4netns"));
+    }
+
+    #[tokio::test]
+    async fn attach_network_needs_nft() {
+        let mut fake = Fake::root();
+        fake.programs.retain(|p| *p != "nft");
+        let sb = Sandbox::detect(Arc::new(fake));
+        let (a, b) = pipe().unwrap();
+        let e = sb
+            .attach_network(PendingNetwork { info: a, block: b })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("nft"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The sandbox against the real kernel: a probe runs inside and reports what it can do.
 //!
-//! Needs bubblewrap (and slirp4netns for the outbound test); as root the test installs them with
-//! apt-get (`bubblewrap slirp4netns`) when missing, and only skips, saying so, when bwrap is still
+//! Needs bubblewrap (and slirp4netns and nft for the outbound test); as root the test installs
+//! them with apt-get (`bubblewrap slirp4netns nftables`) when missing, and only skips, saying so, when bwrap is still
 //! unavailable. Runs the spawn the way `nimbus-runtime` does: `env_clear`, a result pipe
 //! `dup2`'d onto fd 3 in `pre_exec`, its own process group, the cgroup joined in `pre_exec`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use nimbus_egress::{AllowEntry, EgressConfig, EgressPolicy};
 use nimbus_sandbox::{
     CgroupHandle, CgroupManager, Network, RealHost, Sandbox, SandboxSpec, Wrapped,
 };
@@ -98,10 +99,19 @@ fn env() -> Option<&'static Env> {
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         };
-        if (!have("bwrap") || !have("slirp4netns")) && nix::unistd::geteuid().is_root() {
-            eprintln!("installing bubblewrap slirp4netns with apt-get");
+        if (!have("bwrap") || !have("slirp4netns") || !have("nft"))
+            && nix::unistd::geteuid().is_root()
+        {
+            eprintln!("installing bubblewrap slirp4netns nftables with apt-get");
             let _ = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "bubblewrap", "slirp4netns"])
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "bubblewrap",
+                    "slirp4netns",
+                    "nftables",
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status();
         }
@@ -369,7 +379,7 @@ fn host_ip() -> Option<String> {
 }
 
 #[test]
-fn outbound_reaches_out_but_not_host_loopback() {
+fn outbound_reaches_only_what_the_egress_policy_allows() {
     let Some(env) = env() else { return };
     if !env.sb.layers().outbound {
         eprintln!(
@@ -381,14 +391,16 @@ fn outbound_reaches_out_but_not_host_loopback() {
     let fx = fixture(PROBE);
     let local = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = local.local_addr().unwrap().port();
-    // A listener on every address: reachable from the sandbox only via the host's real IP,
-    // which proves outbound traffic flows, while 10.0.2.2 (slirp's alias for the host's
-    // loopback) must be refused.
+    // A listener on every address, reachable from the sandbox only through the host's own
+    // address, which the default policy refuses like 10.0.2.2 (slirp's alias for the host's
+    // loopback), cloud metadata and private networks: all refused at once.
     let any = TcpListener::bind("0.0.0.0:0").unwrap();
     let any_port = any.local_addr().unwrap().port();
     let mut connect = serde_json::json!({
         "slirp_host_loopback": ["10.0.2.2", any_port],
         "slirp_host_pg": ["10.0.2.2", 5432],
+        "metadata": ["169.254.169.254", 80],
+        "private": ["10.1.2.3", 80],
     });
     let ip = host_ip();
     if let Some(ip) = &ip {
@@ -396,21 +408,45 @@ fn outbound_reaches_out_but_not_host_loopback() {
     }
     let mut s = spec(env, &fx);
     s.network = Network::Outbound;
-    let r = run_probe(
-        env,
-        &s,
-        &fx,
-        serde_json::json!({ "port": port, "connect": connect }),
-    );
+    let args = serde_json::json!({ "port": port, "connect": connect });
+    let r = run_probe(env, &s, &fx, args.clone());
     eprintln!("{r:#}");
     assert_eq!(r["pg"], ECONNREFUSED);
     assert_eq!(r["host_listener"], ECONNREFUSED);
-    assert_ne!(r["slirp_host_loopback"], "connected");
-    assert_ne!(r["slirp_host_pg"], "connected");
-    if ip.is_some() {
-        assert_eq!(r["host_ip"], "connected", "outbound traffic does not flow");
+    for k in [
+        "slirp_host_loopback",
+        "slirp_host_pg",
+        "metadata",
+        "private",
+    ] {
+        assert_eq!(r[k], ECONNREFUSED, "{k}");
     }
     assert_eq!(r["uid"], 65534);
+    let Some(ip) = ip else {
+        eprintln!("no non-loopback host address: the opened case is not checked");
+        return;
+    };
+    assert_eq!(r["host_ip"], ECONNREFUSED);
+
+    // The operator opens the host's address on that port only: traffic flows there, and
+    // nowhere else.
+    let mut sb = Sandbox::detect(Arc::new(RealHost));
+    sb.set_egress(EgressPolicy::new(EgressConfig {
+        allow: vec![AllowEntry::parse(&format!("{ip}:{any_port}")).unwrap()],
+        own_addresses: nimbus_egress::host_addresses(),
+        ..EgressConfig::default()
+    }));
+    let opened = Env {
+        sb,
+        extra_ro: env.extra_ro.clone(),
+        python: env.python.clone(),
+    };
+    let r = run_probe(&opened, &s, &fx, args);
+    eprintln!("{r:#}");
+    assert_eq!(r["host_ip"], "connected", "outbound traffic does not flow");
+    for k in ["slirp_host_loopback", "metadata", "private"] {
+        assert_eq!(r[k], ECONNREFUSED, "{k}");
+    }
     drop((local, any));
 }
 

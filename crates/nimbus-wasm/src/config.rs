@@ -52,6 +52,9 @@ pub struct WasmConfig {
     pub max_wasm_stack: usize,
     /// Host stack of one async call (must exceed `max_wasm_stack`).
     pub async_stack_size: usize,
+    /// The server's egress policy, applied to outbound `wasi:http` connections on top of each
+    /// function's allowed hosts. The default refuses the deny table and opens nothing.
+    pub egress: nimbus_egress::EgressPolicy,
 }
 
 impl WasmConfig {
@@ -74,6 +77,7 @@ impl WasmConfig {
             max_result_bytes: 5 << 20,
             max_wasm_stack: 1 << 20,
             async_stack_size: 2 << 20,
+            egress: nimbus_egress::EgressPolicy::default(),
         }
     }
 

@@ -76,6 +76,11 @@ impl Logs {
         }
     }
 
+    /// Adds one line from the host (e.g. why an outbound request was refused).
+    pub(crate) fn note(&self, stream: &str, text: &str) {
+        lock(&self.0).push(stream, text.as_bytes());
+    }
+
     /// Takes the lines collected so far.
     pub(crate) fn take(&self) -> Vec<String> {
         std::mem::take(&mut lock(&self.0).lines)

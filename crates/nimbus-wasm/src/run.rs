@@ -178,13 +178,15 @@ impl Runner {
         Ok(b)
     }
 
-    fn comp_state(&self, b: &mut WasiCtxBuilder) -> CompState {
+    fn comp_state(&self, b: &mut WasiCtxBuilder, logs: &Logs) -> CompState {
         CompState {
             wasi: b.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks {
                 caps: self.caps.clone(),
+                egress: self.inner.config.egress.clone(),
+                logs: Some(logs.clone()),
             },
             limiter: MemoryLimiter::new(self.memory_limit),
         }
@@ -288,7 +290,7 @@ impl Runner {
             Ok(b) => b,
             Err(e) => return setup_error(&e),
         };
-        let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b));
+        let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b, logs));
         store.limiter(|s| &mut s.limiter);
         arm_deadline(&mut store, req.timeout);
 
@@ -330,7 +332,7 @@ impl Runner {
             Ok(b) => b,
             Err(e) => return setup_error(&e),
         };
-        let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b));
+        let mut store = Store::new(&self.inner.engine, self.comp_state(&mut b, logs));
         store.limiter(|s| &mut s.limiter);
         arm_deadline(&mut store, req.timeout);
 

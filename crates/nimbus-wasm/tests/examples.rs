@@ -11,6 +11,7 @@
 mod support;
 
 use base64::Engine as _;
+use nimbus_egress::{AllowEntry, EgressConfig, EgressPolicy};
 use nimbus_model::ActionLimits;
 use nimbus_runtime::{InstanceSpec, RunRequest, RunResult, Runtime};
 use nimbus_wasm::{Capabilities, HostPattern, WasmConfig, WasmRuntime};
@@ -316,7 +317,15 @@ async fn outbound_http_only_to_allowed_hosts() {
     let url = format!("http://127.0.0.1:{port}/");
     let bytes = example("rust-http.wasm");
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime(dir.path());
+    // The listener is on loopback: the server's egress policy must open it too.
+    let mut cfg = WasmConfig::new(dir.path());
+    cfg.max_concurrent_instances = 16;
+    cfg.pool_instances = 16;
+    cfg.egress = EgressPolicy::new(EgressConfig {
+        allow: vec![AllowEntry::parse(&format!("127.0.0.1:{port}")).unwrap()],
+        ..EgressConfig::default()
+    });
+    let rt = WasmRuntime::new(cfg).unwrap();
 
     // Denied by default.
     let mut inst = rt
@@ -356,6 +365,31 @@ async fn outbound_http_only_to_allowed_hosts() {
             assert_eq!(connections.load(Ordering::SeqCst), 0);
         }
     }
+
+    // The default egress policy refuses loopback although the function may call the host:
+    // no connection, and the activation's logs carry the policy's reason.
+    let rt = runtime(dir.path());
+    let caps = Capabilities {
+        allowed_outbound_hosts: vec![HostPattern::parse(&format!("127.0.0.1:{port}")).unwrap()],
+        ..Capabilities::default()
+    };
+    let mut inst = rt
+        .start_with_capabilities(&spec("wasm:http", &bytes), caps)
+        .await
+        .unwrap();
+    let out = inst.run(req(json!({"fetch": url}))).await;
+    let RunResult::Ok(v) = out.result else {
+        panic!("{:?}", out.result)
+    };
+    assert!(v["fetchError"].is_string(), "{v}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert!(
+        out.logs
+            .iter()
+            .any(|l| l.contains("refused by the egress policy")),
+        "{:?}",
+        out.logs
+    );
 }
 
 // --- Python and JavaScript (componentize-py, componentize-js) ---------------------------------

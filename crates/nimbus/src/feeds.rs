@@ -42,11 +42,15 @@ impl DeadLetterSink for ControllerDeadLetters {
 }
 
 /// Registers the built-in providers as native actions and resumes their stored registrations.
-pub async fn start(controller: &Arc<Controller>, store: SqliteStore) -> anyhow::Result<Feeds> {
+pub async fn start(
+    controller: &Arc<Controller>,
+    store: SqliteStore,
+    egress: nimbus_egress::EgressPolicy,
+) -> anyhow::Result<Feeds> {
     let dead = Arc::new(ControllerDeadLetters {
         controller: controller.clone(),
     });
-    let feeds = Feeds::new(controller.clone(), Arc::new(store), dead);
+    let feeds = Feeds::new(controller.clone(), Arc::new(store), dead, egress);
     controller.set_native_actions(Arc::new(feeds.clone()));
     let n = feeds.resume().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if n > 0 {

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod datadir;
+mod egress;
 mod faas;
 mod feeds;
 mod serve;

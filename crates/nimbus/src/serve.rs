@@ -83,6 +83,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub wasm: crate::wasm::WasmArgs,
     #[command(flatten)]
+    pub egress: crate::egress::EgressArgs,
+    #[command(flatten)]
     pub storage: StorageArgs,
 }
 
@@ -173,13 +175,16 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     store.start_housekeeping(a.storage.retention_interval);
     // The feed providers keep their registrations in the same database (cheap clone).
     let feed_store = store.clone();
+    let egress = crate::egress::policy(&a.egress, a.listen)?;
+    tracing::info!(policy = %egress, "egress policy");
     let shutdown_store = store.clone();
     let mut warnings = Vec::new();
     let sandbox = if a.no_sandbox {
         warnings.push("functions run WITHOUT the Linux sandbox (--no-sandbox): they can read this machine's files and reach its services".to_string());
         None
     } else {
-        let sb = Sandbox::detect(Arc::new(RealHost));
+        let mut sb = Sandbox::detect(Arc::new(RealHost));
+        sb.set_egress(egress.scoped("sandbox"));
         warnings.extend(sb.warnings());
         Some(Arc::new(sb))
     };
@@ -225,7 +230,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(runtime)];
-    if let Some(wasm) = crate::wasm::runtime(&a.wasm, &a.data_dir)? {
+    if let Some(wasm) = crate::wasm::runtime(&a.wasm, &a.data_dir, egress.scoped("wasm"))? {
         runtimes.push(Arc::new(wasm));
     }
     let invoker = Invoker::new(
@@ -310,7 +315,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let feeds = crate::feeds::start(&controller, feed_store).await?;
+    let feeds = crate::feeds::start(&controller, feed_store, egress.scoped("feed")).await?;
 
     // --- OpenFaaS gateway (issue 6): same listener, same controller; see docs/openfaas.md ---
     let gateway = nimbus_openfaas::Gateway::new(
@@ -320,6 +325,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             mounts: a.data_dir.join("openfaas").join("mounts"),
             default_namespace: "guest".into(),
             dev: a.dev,
+            egress: egress.scoped("callback"),
             builder,
         },
     )
@@ -339,7 +345,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         },
         nimbus_api::ConsoleOptions {
             // The OpenFaaS gateway_* metrics are served on the same /metrics.
-            metrics_sources: vec![Arc::new(GatewayMetricsSource(gateway.clone()))],
+            metrics_sources: vec![
+                Arc::new(GatewayMetricsSource(gateway.clone())),
+                Arc::new(crate::egress::EgressMetricsSource(egress.clone())),
+            ],
             metrics_token: a.metrics_token.clone().filter(|t| !t.is_empty()),
             metrics_open: a.listen.ip().is_loopback(),
         },

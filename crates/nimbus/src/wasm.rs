@@ -22,11 +22,16 @@ pub struct WasmArgs {
 /// Builds the runtime (`None` with `--no-wasm`). Other knobs: `NIMBUS_WASM_POOL_INSTANCES`,
 /// `NIMBUS_WASM_MAX_MEMORY_MB`, `NIMBUS_WASM_KEEP_RESIDENT_KB`, `NIMBUS_WASM_EPOCH_TICK_MS`,
 /// `NIMBUS_WASM_MAX_RESULT_KB`.
-pub fn runtime(a: &WasmArgs, data_dir: &Path) -> anyhow::Result<Option<WasmRuntime>> {
+pub fn runtime(
+    a: &WasmArgs,
+    data_dir: &Path,
+    egress: nimbus_egress::EgressPolicy,
+) -> anyhow::Result<Option<WasmRuntime>> {
     if a.no_wasm {
         return Ok(None);
     }
     let mut cfg = WasmConfig::new(data_dir.join("wasm"));
+    cfg.egress = egress;
     cfg.apply_env().map_err(|e| anyhow::anyhow!(e))?;
     // Flags (which also read their own variables) win over the environment defaults.
     cfg.max_concurrent_instances = a.wasm_max_concurrent.max(1);

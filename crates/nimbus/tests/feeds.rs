@@ -166,7 +166,7 @@ async fn publish_until(
 
 #[tokio::test]
 async fn mqtt_feed_fires_rule_and_dead_letters_malformed_messages() {
-    let s = Server::start(&["--dev"]).await;
+    let s = Server::start(&["--dev", "--allow-egress", "127.0.0.1:1883"]).await;
     let trigger = uniq("mq");
     let action = pipeline(&s, &trigger).await;
     let base = uniq("nimbus-test/");
@@ -262,6 +262,13 @@ struct TlsBroker {
     client_cert: std::path::PathBuf,
     client_key: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl TlsBroker {
+    /// The `--allow-egress` entry that opens this broker (it listens on loopback).
+    fn allow(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
 }
 
 impl Drop for TlsBroker {
@@ -387,7 +394,7 @@ async fn tls_broker(kind: BrokerKind) -> TlsBroker {
 #[tokio::test]
 async fn nats_feed_over_tls() {
     let broker = tls_broker(BrokerKind::Nats).await;
-    let s = Server::start(&["--dev"]).await;
+    let s = Server::start(&["--dev", "--allow-egress", &broker.allow()]).await;
     let url = format!("tls://127.0.0.1:{}", broker.port);
     let nc = async_nats::ConnectOptions::new()
         .add_root_certificates(broker.ca.clone())
@@ -429,7 +436,7 @@ async fn nats_feed_over_tls() {
 #[tokio::test]
 async fn mqtt_feed_over_mutual_tls() {
     let broker = tls_broker(BrokerKind::MosquittoMutual).await;
-    let s = Server::start(&["--dev"]).await;
+    let s = Server::start(&["--dev", "--allow-egress", &broker.allow()]).await;
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
     let (ca, cert, key) = (
         read(&broker.ca),
@@ -594,6 +601,147 @@ async fn feed_create_rejects_bad_parameters_and_foreign_triggers() {
     assert_eq!(st, 502);
 }
 
+/// Feeds aimed at the host (issue 13): the egress policy refuses loopback, link-local and
+/// Unix-socket destinations when the feed is created, with the policy's reason, so nothing is
+/// installed in the host's database and nothing is registered.
+#[tokio::test]
+async fn feeds_into_the_host_are_refused_at_create_with_the_policy_reason() {
+    let s = Server::start(&["--dev"]).await;
+    let (db, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let table = uniq("egress_");
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id serial PRIMARY KEY, v text)"
+    ))
+    .await
+    .unwrap();
+    let trigger = uniq("eg");
+    pipeline(&s, &trigger).await;
+    let pg = |url: &str| json!({"url": url, "table": table});
+    for (action, params, needle) in [
+        (
+            "postgres/changes",
+            pg("host=127.0.0.1 port=5432 user=postgres dbname=test"),
+            "connection to 127.0.0.1:5432 refused by the egress policy: loopback addresses",
+        ),
+        (
+            "postgres/changes",
+            pg("postgres://postgres@localhost:5432/test"),
+            "connection to localhost:5432 (",
+        ),
+        (
+            "postgres/changes",
+            pg("host=10.0.0.1,127.0.0.1 user=postgres dbname=test"),
+            "connection to 10.0.0.1:5432 refused by the egress policy: private network",
+        ),
+        (
+            "postgres/changes",
+            pg("host=/var/run/postgresql user=postgres dbname=test"),
+            "Unix-socket PostgreSQL hosts are not reachable",
+        ),
+        (
+            "mqtt/subscribe",
+            json!({"url": "mqtt://127.0.0.1:1883", "topic": "t"}),
+            "connection to 127.0.0.1:1883 refused by the egress policy",
+        ),
+        (
+            "mqtt/subscribe",
+            json!({"url": "mqtts://[::1]:8883", "topic": "t"}),
+            "connection to [::1]:8883 refused by the egress policy",
+        ),
+        (
+            "nats/subscribe",
+            json!({"url": "nats://127.0.0.1:4222", "subject": "s"}),
+            "connection to 127.0.0.1:4222 refused by the egress policy",
+        ),
+        (
+            "nats/subscribe",
+            json!({"url": "nats://169.254.169.254:4222", "subject": "s"}),
+            "link-local addresses",
+        ),
+    ] {
+        let mut body = params.as_object().unwrap().clone();
+        body.insert("lifecycleEvent".into(), json!("CREATE"));
+        body.insert("triggerName".into(), json!(format!("/guest/{trigger}")));
+        let (st, v) = feed(&s, action, Value::Object(body)).await;
+        // (A feed action's error is an application error of its activation, hence 502.)
+        assert_eq!(st, 502, "{action}: {v}");
+        let err = v["response"]["result"]["error"].as_str().unwrap();
+        assert!(err.contains(needle), "{action}: {err}");
+        if needle.contains("refused by the egress policy") {
+            assert!(err.contains("--allow-egress"), "{action}: {err}");
+        }
+        let (st, _) = lifecycle(&s, action, &trigger, "READ").await;
+        assert_eq!(st, 502, "{action}: nothing may be registered");
+    }
+    let triggers: i64 = db
+        .query_one(
+            &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        triggers, 0,
+        "a trigger was installed in the host's database"
+    );
+    db.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A PostgreSQL feed aimed at a port that accepts and never answers fails within the connect
+/// timeout with a clear message (it held the request for 400 s before); a closed port reads
+/// "could not connect", like any unreachable one.
+#[tokio::test]
+async fn postgres_feed_at_a_silent_port_fails_within_the_timeout() {
+    // The kernel completes connections into the backlog; nobody ever answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (a, b) = (
+        format!("127.0.0.1:{silent_port}"),
+        format!("127.0.0.1:{closed_port}"),
+    );
+    let s = Server::start(&["--dev", "--allow-egress", &a, "--allow-egress", &b]).await;
+    let trigger = uniq("silent");
+    pipeline(&s, &trigger).await;
+    for (port, needle) in [
+        (
+            silent_port,
+            format!(
+                "could not connect to 127.0.0.1:{silent_port}: no PostgreSQL handshake within 10 s"
+            ),
+        ),
+        (
+            closed_port,
+            format!("could not connect to 127.0.0.1:{closed_port}"),
+        ),
+    ] {
+        let (st, v) = feed(
+            &s,
+            "postgres/changes",
+            json!({"lifecycleEvent": "CREATE", "triggerName": format!("/guest/{trigger}"),
+                   "url": format!("host=127.0.0.1 port={port} user=postgres dbname=test"),
+                   "table": "t"}),
+        )
+        .await;
+        assert_eq!(st, 502, "{v}");
+        let err = v["response"]["result"]["error"].as_str().unwrap();
+        assert!(err.contains(&needle), "{err}");
+    }
+    drop(silent);
+}
+
 /// A TCP proxy on a fixed port that can be stopped (dropping every connection) and restarted.
 struct Proxy {
     port: u16,
@@ -649,10 +797,11 @@ impl Proxy {
 
 #[tokio::test]
 async fn mqtt_feed_reconnects_after_the_broker_goes_away_and_gets_what_was_published_meanwhile() {
-    let s = Server::start(&["--dev"]).await;
+    let mut proxy = Proxy::start(1883).await;
+    let allow = format!("127.0.0.1:{}", proxy.port);
+    let s = Server::start(&["--dev", "--allow-egress", &allow]).await;
     let trigger = uniq("mqr");
     let action = pipeline(&s, &trigger).await;
-    let mut proxy = Proxy::start(1883).await;
     let topic = format!("{}/x", uniq("nimbus-test/"));
     create_feed(
         &s,
@@ -803,7 +952,7 @@ async fn once_alarm_fires_once_and_deletes_its_trigger() {
 
 #[tokio::test]
 async fn nats_core_and_jetstream_feeds() {
-    let s = Server::start(&["--dev"]).await;
+    let s = Server::start(&["--dev", "--allow-egress", "127.0.0.1:4222"]).await;
     let nc = async_nats::connect("127.0.0.1:4222").await.unwrap();
 
     // Core NATS subject.
@@ -1075,7 +1224,8 @@ async fn webhook_verifies_signatures_and_accepts_cloudevents_in_both_modes() {
 async fn postgres_changes_feed_fires_on_insert_update_delete_and_replays_after_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let mut s = Server::start_in(&dir, &["--dev"], None).await;
+    let opened = ["--dev", "--allow-egress", "127.0.0.1:5432"];
+    let mut s = Server::start_in(&dir, &opened, None).await;
     let conn_str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
     let (db, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls)
         .await
@@ -1155,7 +1305,7 @@ async fn postgres_changes_feed_fires_on_insert_update_delete_and_replays_after_a
     )
     .await
     .unwrap();
-    let s = Server::start_in(&dir, &["--dev"], None).await;
+    let s = Server::start_in(&dir, &opened, None).await;
     let got = results(&s, &action, 5, Duration::from_secs(30)).await;
     let devices: Vec<&str> = got
         .iter()

@@ -75,8 +75,9 @@ async fn iot_pipeline_end_to_end() {
         "Mosquitto must listen on 127.0.0.1:1883"
     );
     // The functions reach PostgreSQL and the API on the host's loopback, which a sandboxed
-    // function cannot (its own network namespace): see examples/iot/README.md.
-    let s = Server::start(&["--dev", "--no-sandbox"]).await;
+    // function cannot (its own network namespace): see examples/iot/README.md. The MQTT feed
+    // connects to the broker on loopback, which the operator must open.
+    let s = Server::start(&["--dev", "--no-sandbox", "--allow-egress", "127.0.0.1:1883"]).await;
     let tag = format!(
         "{:x}",
         std::process::id() ^ (Instant::now().elapsed().as_nanos() as u32)

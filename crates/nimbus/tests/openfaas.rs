@@ -414,7 +414,11 @@ fn image_of(tmp: &tempfile::TempDir, name: &str) -> String {
 
 #[tokio::test]
 async fn async_call_posts_the_result_to_the_callback_url() {
-    let s = Server::start(&["--dev"]).await;
+    // A real HTTP server on loopback receives the callback: the egress policy refuses
+    // loopback unless the operator opens it, as this server does for exactly that port.
+    let (port, mut rx) = callback_server().await;
+    let allow = format!("127.0.0.1:{port}");
+    let s = Server::start(&["--dev", "--allow-egress", &allow]).await;
     let tmp = tempfile::tempdir().unwrap();
     let image = bundle(
         &tmp.path().join("up"),
@@ -429,9 +433,6 @@ async fn async_call_posts_the_result_to_the_callback_url() {
     )
     .await;
     assert_eq!(st, 202, "{text}");
-
-    // A real HTTP server receives the callback.
-    let (port, mut rx) = callback_server().await;
 
     let r = s
         .client
@@ -782,7 +783,9 @@ async fn generated_admin_credential_and_remote_builder_contract() {
 async fn queued_call_and_its_callback_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let mut s = Server::start_in(&dir, &["--dev"], None).await;
+    let (port, mut rx) = callback_server().await;
+    let allow = format!("127.0.0.1:{port}");
+    let mut s = Server::start_in(&dir, &["--dev", "--allow-egress", &allow], None).await;
     let image = bundle(
         &tmp.path().join("slow"),
         "python3",
@@ -799,7 +802,6 @@ async fn queued_call_and_its_callback_survive_kill_9() {
     )
     .await;
     assert_eq!(st, 202, "{text}");
-    let (port, mut rx) = callback_server().await;
     let r = s
         .client
         .post(format!("{}/async-function/slow", s.base))
@@ -812,7 +814,7 @@ async fn queued_call_and_its_callback_survive_kill_9() {
     let call_id = r.headers()["x-call-id"].to_str().unwrap().to_string();
     // Killed while the call runs: the queued call and the pending callback are on disk.
     s.kill9();
-    let s2 = Server::start_in(&dir, &["--dev"], Some(s.port)).await;
+    let s2 = Server::start_in(&dir, &["--dev", "--allow-egress", &allow], Some(s.port)).await;
     let (h, body) = tokio::time::timeout(Duration::from_secs(90), rx.recv())
         .await
         .unwrap()
@@ -893,6 +895,86 @@ async fn nimbus_up_installs_pip_and_npm_dependencies_into_the_bundle() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"isNumber": true}));
+}
+
+/// Callbacks into the host (issue 13): a loopback callback URL is refused at accept time with
+/// the policy's reason and nothing is ever sent; a host name that resolves to loopback is
+/// accepted (names are checked once resolved) but refused when the callback would be sent,
+/// which is logged and counted, never sent.
+#[tokio::test]
+async fn callbacks_into_the_host_are_refused_by_the_egress_policy() {
+    let (port, mut rx) = callback_server().await;
+    let s = Server::start(&["--dev"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let image = bundle(
+        &tmp.path().join("up"),
+        "python3",
+        &[("handler.py", "def handle(req):\n    return req.upper()\n")],
+    );
+    let (st, text) = sys(
+        &s,
+        Method::POST,
+        "/system/functions",
+        Some(json!({"service": "upper", "image": image})),
+    )
+    .await;
+    assert_eq!(st, 202, "{text}");
+
+    for url in [
+        format!("http://127.0.0.1:{port}/cb"),
+        format!("http://[::1]:{port}/cb"),
+        format!("http://[::ffff:127.0.0.1]:{port}/cb"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        format!("http://127.0.0.1:{}/system/functions", s.port),
+    ] {
+        let r = s
+            .client
+            .post(format!("{}/async-function/upper", s.base))
+            .header("X-Callback-Url", &url)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("refused by the egress policy"),
+            "{url}: {text}"
+        );
+        assert!(text.contains("--allow-egress"), "{url}: {text}");
+    }
+
+    // A name is checked when the callback is sent: refused, counted, not sent.
+    let r = s
+        .client
+        .post(format!("{}/async-function/upper", s.base))
+        .header("X-Callback-Url", format!("http://localhost:{port}/cb"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let t = std::time::Instant::now();
+    loop {
+        let m = s
+            .client
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("nimbus_egress_refused_total{purpose=\"callback\"} 6") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no refusal counted: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rx.try_recv().is_err(), "a refused callback was delivered");
 }
 
 /// A signed `POST /build` of a Node.js context whose `package.json` has `scripts`.

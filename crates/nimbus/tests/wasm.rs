@@ -65,14 +65,19 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 async fn start() -> Server {
-    Server::start(&[
+    start_with(&[]).await
+}
+
+async fn start_with(extra: &[&str]) -> Server {
+    let mut args = vec![
         "--dev",
         "--concurrent-invocations",
         "5000",
         "--invocations-per-minute",
         "100000",
-    ])
-    .await
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args).await
 }
 
 async fn deploy(s: &Server, name: &str, kind: &str, bytes: &[u8], extra: Value) -> Value {
@@ -400,8 +405,10 @@ fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_are_granted_only_as_declared() {
-    let s = start().await;
+    // The listener is on loopback, which the egress policy refuses unless the operator opens
+    // it: this server opens exactly its port.
     let (port, connections) = counting_server().await;
+    let s = start_with(&["--allow-egress", &format!("127.0.0.1:{port}")]).await;
     let probe = fixture("probe");
     let archive = zip_of(&[
         ("main.wasm", &probe),
@@ -468,6 +475,79 @@ async fn capabilities_are_granted_only_as_declared() {
     .await;
     assert!(v["response"]["result"]["fetchError"].is_string(), "{v}");
     assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// The egress policy applies on top of a function's allowed hosts (issue 13): listing a
+/// loopback listener, or the server itself, in `wasm-allowed-hosts` does not reach it unless
+/// the operator opened it; no connection is made and the activation's logs say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_hosts_cannot_reach_the_host_without_the_operator() {
+    let (port, connections) = counting_server().await;
+    let s = start().await;
+    let probe = fixture("probe");
+    deploy(
+        &s,
+        "into-host",
+        "wasm:http",
+        &probe,
+        json!({"annotations": [{"key": "wasm-allowed-hosts", "value": [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{}", s.port),
+        ]}]}),
+    )
+    .await;
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://127.0.0.1:{}/metrics", s.port),
+    ] {
+        let v = invoke(&s, "into-host", json!({"fetch": url})).await;
+        assert!(
+            v["response"]["result"]["fetchError"].is_string(),
+            "{url}: {v}"
+        );
+        let logs = v["logs"].to_string();
+        assert!(
+            logs.contains("refused by the egress policy"),
+            "{url}: {logs}"
+        );
+        assert!(logs.contains("loopback addresses"), "{url}: {logs}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+
+    // Opened by the operator: the same function reaches exactly that port.
+    let s2 = start_with(&["--allow-egress", &format!("127.0.0.1:{port}")]).await;
+    deploy(
+        &s2,
+        "into-host",
+        "wasm:http",
+        &probe,
+        json!({"annotations": [{"key": "wasm-allowed-hosts", "value": [
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{}", s2.port),
+        ]}]}),
+    )
+    .await;
+    let v = invoke(
+        &s2,
+        "into-host",
+        json!({"fetch": format!("http://127.0.0.1:{port}/")}),
+    )
+    .await;
+    assert_eq!(
+        v["response"]["result"],
+        json!({"status": 200, "body": "hello"}),
+        "{v}"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    let v = invoke(
+        &s2,
+        "into-host",
+        json!({"fetch": format!("http://127.0.0.1:{}/metrics", s2.port)}),
+    )
+    .await;
+    assert!(v["response"]["result"]["fetchError"].is_string(), "{v}");
 }
 
 #[tokio::test]

@@ -354,6 +354,8 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
         .pool_max_idle_per_host(4)
         .build()?;
     let big = "100000000".to_string();
+    // The feed connects to the broker through the egress policy: open exactly the broker.
+    let (host, port) = broker_addr(&o.broker)?;
     let server = Server::start(
         &client,
         &[
@@ -363,6 +365,8 @@ pub(super) async fn run(o: &Opts) -> anyhow::Result<String> {
             big,
             "--concurrent-invocations".into(),
             "10000".into(),
+            "--allow-egress".into(),
+            nimbus_egress::host_port(&host, port),
         ],
     )
     .await?;
