@@ -23,6 +23,9 @@ pub enum NativeOutcome {
     /// The action failed for a reason the caller can fix (bad parameters, unknown trigger):
     /// recorded as an application error, as a failing user action would be.
     Failed(String),
+    /// The request is refused before anything happens (e.g. a destination the egress policy
+    /// refuses): answered 403 with the message, and no activation is recorded.
+    Refused(String),
 }
 
 #[async_trait]
@@ -66,6 +69,7 @@ impl Controller {
             NativeOutcome::Failed(m) => {
                 ActivationResponse::error(ResponseStatus::ApplicationError, m)
             }
+            NativeOutcome::Refused(m) => return Err(ControllerError::Forbidden(m)),
         };
         let mut annotations = KeyValues::new();
         annotations.set(

@@ -9,6 +9,9 @@ pub enum FeedError {
     NotFound(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A destination the egress policy refuses: answered 403 before anything is stored.
+    #[error("{0}")]
+    EgressRefused(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]

@@ -121,7 +121,7 @@ impl Provider {
         for (host, port) in targets {
             match egress.resolve(&host, port).await {
                 Ok(_) => {}
-                Err(e) if e.is_refusal() => return Err(FeedError::Forbidden(e.to_string())),
+                Err(e) if e.is_refusal() => return Err(FeedError::EgressRefused(e.to_string())),
                 Err(e) => {
                     tracing::info!(host = %host, port, error = %e, detail = e.detail(), "feed destination does not resolve yet; accepted")
                 }
@@ -496,6 +496,10 @@ impl NativeActions for Feeds {
         };
         match self.lifecycle(who, provider, params).await {
             Ok(v) => NativeOutcome::Success(v),
+            Err(FeedError::EgressRefused(m)) => {
+                tracing::info!(action = %action, reason = %m, "feed destination refused by the egress policy");
+                NativeOutcome::Refused(m)
+            }
             Err(e) => {
                 tracing::info!(action = %action, error = %e, "feed lifecycle call rejected");
                 NativeOutcome::Failed(e.to_string())

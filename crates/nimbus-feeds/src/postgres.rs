@@ -176,7 +176,7 @@ fn targets(cfg: &tokio_postgres::Config) -> FeedResult<Vec<(String, u16, Option<
                 out.push((name.clone(), port, addrs.get(i).copied()))
             }
             tokio_postgres::config::Host::Unix(_) => {
-                return Err(FeedError::Forbidden(
+                return Err(FeedError::EgressRefused(
                     "Unix-socket PostgreSQL hosts are not reachable from feeds: give host=ADDRESS."
                         .into(),
                 ));
@@ -213,7 +213,7 @@ async fn connect(
         .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
     let mut errors = Vec::new();
     let targets = targets(&cfg).map_err(|e| match e {
-        FeedError::Forbidden(m) => ConnectFailure::Refused(m),
+        FeedError::EgressRefused(m) => ConnectFailure::Refused(m),
         other => ConnectFailure::Failed(other.to_string()),
     })?;
     for (host, port, addr) in targets {
@@ -317,7 +317,7 @@ pub(crate) async fn install(egress: &EgressPolicy, reg: &FeedRegistration) -> Fe
         .transpose()?
         .ok_or_else(|| invalid("no configuration"))?;
     let (client, conn) = connect(egress, &cfg.url).await.map_err(|e| match e {
-        ConnectFailure::Refused(m) => FeedError::Forbidden(m),
+        ConnectFailure::Refused(m) => FeedError::EgressRefused(m),
         ConnectFailure::Failed(m) => FeedError::Unavailable(format!(
             "cannot connect to PostgreSQL ({}): {m}",
             redact(&cfg.url)

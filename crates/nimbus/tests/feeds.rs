@@ -669,9 +669,9 @@ async fn feeds_into_the_host_are_refused_at_create_with_the_policy_reason() {
         body.insert("lifecycleEvent".into(), json!("CREATE"));
         body.insert("triggerName".into(), json!(format!("/guest/{trigger}")));
         let (st, v) = feed(&s, action, Value::Object(body)).await;
-        // (A feed action's error is an application error of its activation, hence 502.)
-        assert_eq!(st, 502, "{action}: {v}");
-        let err = v["response"]["result"]["error"].as_str().unwrap();
+        // Refused before anything runs or is stored: 403 with the policy's reason.
+        assert_eq!(st, 403, "{action}: {v}");
+        let err = v["error"].as_str().unwrap();
         assert!(err.contains(needle), "{action}: {err}");
         if needle.contains("refused by the egress policy") {
             assert!(err.contains("--allow-egress"), "{action}: {err}");
